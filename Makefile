@@ -1,0 +1,35 @@
+# Everything here needs only python3 (3.11+), git and make.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.DEFAULT_GOAL := install
+.PHONY: install test sandbox sandbox-down lint demo stop clean
+
+install: $(STAMP)
+
+# The lock pins every package with its hashes; the project itself is an editable
+# install so `deployctl` runs this checkout.
+$(STAMP): requirements.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "python3 3.11 or newer is required")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+sandbox: $(STAMP)
+	$(BIN)/deployctl sandbox up
+
+sandbox-down: $(STAMP)
+	$(BIN)/deployctl sandbox down
+
+lint: $(STAMP)
+	$(BIN)/python -m ruff check .
+
+clean:
+	-$(BIN)/deployctl sandbox down
+	rm -rf $(VENV) .sandbox

@@ -1,0 +1,330 @@
+"""Environment files: what an environment is, validated before anything runs.
+
+One TOML file per environment in the environments directory (`deployments/` by default, or the
+directory named by `DEPLOY_ENVIRONMENTS_DIR`). The file names are the allowlist of environment
+names: nothing builds a path from a name that is not one of them.
+
+Secret values never appear in a file. A value that is secret is a *source*: `{ env = "NAME" }`
+(the worker's environment, then the `env_files` the file lists) or `{ secret = "block-name" }`
+(a Prefect Secret block). `deployments.secrets` resolves them at the moment they are needed.
+
+Relative paths in a file are relative to the file's own directory.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Mapping
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from deployments.errors import ConfigError, InvalidInput
+
+ENVIRONMENTS_DIR_VARIABLE = "DEPLOY_ENVIRONMENTS_DIR"
+DEFAULT_ENVIRONMENTS_DIR = Path(__file__).resolve().parent
+ENVIRONMENT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
+ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+BLOCK_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,99}$")
+APPROVER_ROLES = ("team-lead", "product-owner")
+
+
+def _relative_to_file(value: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir")
+    # normpath, not resolve(): a venv's python is a symlink that must stay one.
+    if base is not None and not value.is_absolute():
+        return Path(os.path.normpath(Path(base) / value))
+    return value
+
+
+FilePath = Annotated[Path, AfterValidator(_relative_to_file)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ValueSource(Model):
+    """Where a secret value comes from: exactly one of `env` or `secret`."""
+
+    env: str | None = Field(None, description="environment variable holding the value")
+    secret: str | None = Field(None, description="name of a Prefect Secret block holding the value")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ValueSource:
+        if (self.env is None) == (self.secret is None):
+            raise ValueError('give exactly one of env = "VARIABLE" or secret = "block-name"')
+        if self.env is not None and not ENV_VAR_NAME.match(self.env):
+            raise ValueError(f"{self.env!r} is not an environment variable name")
+        if self.secret is not None and not BLOCK_NAME.match(self.secret):
+            raise ValueError(f"{self.secret!r} is not a block name (lowercase letters, digits, dashes)")
+        return self
+
+    def describe(self) -> str:
+        return f"environment variable {self.env}" if self.env else f"Prefect Secret block {self.secret!r}"
+
+
+class SourceConfig(Model):
+    repository: str = Field(description="the origin repository: a path or URL git can fetch")
+    branch: str = Field("main", description="releases must be merged to this branch")
+    remote: str = "origin"
+    workspace: FilePath = Field(description="the app's checkout that is deployed in place")
+
+
+class ServiceConfig(Model):
+    base_url: str = Field(description="where the app answers, e.g. http://127.0.0.1:8102")
+    python: FilePath = Field(description="the app's own interpreter; its tests and migrations run with it")
+    start_command: list[str] = Field(description="argv that starts the app in the workspace, detached")
+    reload: Literal["usr2", "hup", "command"] = Field(
+        "usr2", description="usr2: start a new master, retire the old one once it serves; hup: reload in place"
+    )
+    reload_command: list[str] | None = None
+    pid_file: FilePath
+    startup_log: FilePath
+    error_patterns: list[str] = ["Traceback (most recent call last)", "Worker failed to boot", "CRITICAL"]
+    grace_seconds: float = Field(10.0, ge=0, le=600)
+    env: dict[str, str] = Field(default_factory=dict, description="plain (non-secret) variables of the app")
+    secrets: dict[str, ValueSource] = Field(default_factory=dict, description="app variable -> secret source")
+    required_env: list[str] = Field(default_factory=list, description="variables the app must be given")
+
+    @field_validator("base_url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+$", value):
+            raise ValueError("use scheme://host:port with no path, e.g. http://127.0.0.1:8102")
+        return value
+
+    @field_validator("error_patterns")
+    @classmethod
+    def _patterns_compile(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a valid regular expression: {exc}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _reload_command(self) -> ServiceConfig:
+        if self.reload == "command" and not self.reload_command:
+            raise ValueError('reload = "command" needs reload_command = ["argv", ...]')
+        return self
+
+
+class DatabaseConfig(Model):
+    url: ValueSource = Field(description="the database URL; never written in the file")
+    app_variable: str = Field("DATABASE_URL", description="the app's variable the URL is passed in")
+    alembic_config: str = "alembic.ini"
+    lock_timeout_ms: int = Field(5_000, ge=100)
+    statement_timeout_ms: int = Field(600_000, ge=1_000)
+
+
+class BackupConfig(Model):
+    directory: FilePath
+    keep: int = Field(10, ge=1)
+    pg_dump: str = "pg_dump"
+    pg_restore: str = "pg_restore"
+
+
+class HealthConfig(Model):
+    path: str = "/health"
+    api_path: str = "/api/health"
+    timeout_seconds: float = Field(5.0, gt=0, le=120)
+    deadline_seconds: float = Field(60.0, gt=0, le=3600)
+    check_version: bool = Field(True, description="require /api/health to report the deployed SHA")
+    required_services: list[str] = ["database", "scraper", "ai", "documents", "email"]
+
+
+class CriticalPathCheck(Model):
+    name: str
+    method: Literal["GET", "POST", "PUT"] = "GET"
+    path: str
+    json_body: dict[str, Any] | None = Field(
+        None,
+        alias="json",
+        description='request body; "{{ other-check.key.0 }}" takes a value from an earlier check\'s answer',
+    )
+    expect_status: int = 200
+    expect_keys: list[str] = Field(default_factory=list)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("a path starts with /, e.g. /api/scrape")
+        return value
+
+
+class MonitoringConfig(Model):
+    source: Literal["app", "prometheus"] = "app"
+    metrics_path: str = "/metrics"
+    prometheus_url: str | None = None
+    queries: dict[str, str] = Field(default_factory=dict, description="error_rate, p95_seconds, active_users")
+    max_error_rate: float = Field(0.02, ge=0, le=1)
+    max_p95_seconds: float = Field(1.0, gt=0)
+    max_p95_regression: float = Field(2.0, ge=1, description="allowed p95 as a multiple of the baseline")
+
+    @model_validator(mode="after")
+    def _prometheus(self) -> MonitoringConfig:
+        if self.source == "prometheus" and not self.prometheus_url:
+            raise ValueError('source = "prometheus" needs prometheus_url = "http://host:9090"')
+        return self
+
+
+class ApprovalConfig(Model):
+    required_roles: list[Literal["team-lead", "product-owner"]] = Field(default_factory=list)
+    timeout_seconds: int = Field(3600, ge=10, le=7 * 24 * 3600)
+
+
+class NotificationConfig(Model):
+    blocks: list[str] = Field(default_factory=list, description="Prefect notification block names")
+
+
+class WatchConfig(Model):
+    enabled: bool = True
+    duration_seconds: int = Field(7200, ge=10)
+    interval_seconds: int = Field(60, ge=1)
+    breach_ticks: int = Field(3, ge=1)
+    auto_rollback: bool = True
+
+
+class PrerequisiteConfig(Model):
+    test_command: list[str] = Field(default_factory=list, description="the release's own tests; empty skips")
+    scan_command: list[str] | None = Field(None, description="default: bandit on the release, fail on high")
+    migration_rehearsal: bool = True
+    staging_environment: str | None = Field(None, description="must serve the same SHA before this one")
+
+
+class EnvironmentConfig(Model):
+    name: str
+    description: str = ""
+    env_files: list[FilePath] = Field(default_factory=list, description="KEY=VALUE files for env sources")
+    state_dir: FilePath = Field(description="the ledger and the orchestrator's metrics live here")
+    source: SourceConfig
+    service: ServiceConfig
+    database: DatabaseConfig
+    backups: BackupConfig
+    health: HealthConfig = HealthConfig()
+    critical_paths: list[CriticalPathCheck] = Field(default_factory=list)
+    monitoring: MonitoringConfig = MonitoringConfig()
+    approvals: ApprovalConfig = ApprovalConfig()
+    notifications: NotificationConfig = NotificationConfig()
+    watch: WatchConfig = WatchConfig()
+    prerequisites: PrerequisiteConfig = PrerequisiteConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str, info: ValidationInfo) -> str:
+        expected = (info.context or {}).get("file_stem")
+        if expected is not None and value != expected:
+            raise ValueError(f"name must match the file name: name = {expected!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _checks_are_unique(self) -> EnvironmentConfig:
+        names = [check.name for check in self.critical_paths]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"critical_paths names must be unique; repeated: {', '.join(duplicates)}")
+        return self
+
+    @property
+    def requires_approval(self) -> bool:
+        return bool(self.approvals.required_roles)
+
+
+def environments_dir(environ: Mapping[str, str] | None = None) -> Path:
+    environ = os.environ if environ is None else environ
+    configured = environ.get(ENVIRONMENTS_DIR_VARIABLE)
+    return Path(configured).resolve() if configured else DEFAULT_ENVIRONMENTS_DIR
+
+
+def available_environments(directory: Path | None = None) -> list[str]:
+    directory = directory or environments_dir()
+    return sorted(p.stem for p in directory.glob("*.toml") if ENVIRONMENT_NAME.match(p.stem))
+
+
+def environment_file(name: str, directory: Path | None = None) -> Path:
+    """The file of an environment named `name`, which must be one of the files that exist."""
+    directory = directory or environments_dir()
+    known = available_environments(directory)
+    if not isinstance(name, str) or name not in known:
+        raise InvalidInput(
+            "environment",
+            f"unknown environment {str(name)[:60]!r}",
+            f"use one of: {', '.join(known) or '(none: add a <name>.toml file to ' + str(directory) + ')'}",
+        )
+    return directory / f"{name}.toml"
+
+
+def load_environment(name: str, directory: Path | None = None) -> EnvironmentConfig:
+    return load_environment_file(environment_file(name, directory))
+
+
+def load_environment_file(path: Path) -> EnvironmentConfig:
+    step = f"environment file {path}"
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(step, f"cannot read it ({exc.strerror})", "check the path and its permissions") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(step, f"it is not valid TOML ({exc})", "fix the syntax at that line") from exc
+    context = {"base_dir": path.resolve().parent, "file_stem": path.stem}
+    try:
+        return EnvironmentConfig.model_validate(raw, context=context)
+    except ValidationError as exc:
+        problems = [_explain(error, raw) for error in exc.errors()]
+        raise ConfigError(step, "; ".join(problems), "fix the field(s) named and run `deployctl check` again") from None
+
+
+def _explain(error: Mapping[str, Any], raw: Mapping[str, Any]) -> str:
+    location = ".".join(str(part) for part in error["loc"])
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        key = str(error["loc"][-1])
+        known = _known_keys(error["loc"][:-1])
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known keys here: {', '.join(known)}"
+        return f"{location}: unknown key; remove it or rename it ({hint})"
+    if kind == "missing":
+        return f"{location}: required and missing; add it"
+    if kind in ("model_type", "model_attributes_type") and _is_secret_field(error["loc"]):
+        return (f"{location}: secret values are never written in the file; "
+                'name their source instead: { env = "VARIABLE" } or { secret = "block-name" }')
+    message = str(error["msg"]).removeprefix("Value error, ")
+    given = error.get("input")
+    shown = "" if isinstance(given, (dict, list)) or given is None else f" (got {given!r})"
+    return f"{location}: {message}{shown}"
+
+
+def _is_secret_field(location: tuple[Any, ...]) -> bool:
+    return tuple(location[:2]) == ("database", "url") or tuple(location[:2]) == ("service", "secrets")
+
+
+def _known_keys(location: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = EnvironmentConfig
+    for part in location:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        nested = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if nested is None:
+            return []
+        model = nested
+    return sorted((f.alias or n) for n, f in model.model_fields.items())

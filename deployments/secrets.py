@@ -1,0 +1,138 @@
+"""Secret values: resolved from their sources when needed, and kept out of every log line.
+
+Prefect masks Secret blocks in its UI only; a logged value prints in clear. So every value resolved
+here is registered with `redact`, and a logging filter installed on the root and Prefect loggers
+rewrites any record that carries a registered value or a `scheme://user:password@` credential.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Mapping
+
+from deployments.config import EnvironmentConfig, ValueSource
+from deployments.errors import ConfigError
+
+MASK = "********"
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^@\s]+)@")
+_known: set[str] = set()
+_known_lock = threading.Lock()
+
+
+def redact(text: str) -> str:
+    """`text` with every registered secret value and URL password masked."""
+    with _known_lock:
+        values = sorted(_known, key=len, reverse=True)
+    for value in values:
+        text = text.replace(value, MASK)
+    return _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
+
+
+def register_secret(value: str) -> None:
+    # Very short values would mask innocent text everywhere; no real credential is that short.
+    if len(value) >= 4:
+        with _known_lock:
+            _known.add(value)
+
+
+class RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+_FILTER = RedactingFilter()
+
+
+def install_redaction() -> None:
+    """Attach the filter to the handlers that print, so records from any logger are cleaned."""
+    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+        for handler in logger.handlers:
+            if _FILTER not in handler.filters:
+                handler.addFilter(_FILTER)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines; `#` comments and blank lines skipped; no interpolation."""
+    values: dict[str, str] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise ConfigError(f"env file {path}", f"line {number} has no '='", "write KEY=VALUE on each line")
+        values[key.strip().removeprefix("export ").strip()] = value.strip().strip("'\"")
+    return values
+
+
+def resolve(
+    source: ValueSource,
+    field: str,
+    config: EnvironmentConfig,
+    environ: Mapping[str, str] | None = None,
+) -> str:
+    """The value of `source`, registered for redaction. `field` names it in errors."""
+    step = f"secret {field} of environment {config.name}"
+    if source.env is not None:
+        environ = os.environ if environ is None else environ
+        value = environ.get(source.env)
+        if value is None:
+            for env_file in config.env_files:
+                if env_file.is_file():
+                    value = read_env_file(env_file).get(source.env)
+                if value is not None:
+                    break
+        if not value:
+            where = ", ".join(str(p) for p in config.env_files) or "no env_files listed"
+            raise ConfigError(
+                step,
+                f"environment variable {source.env} is not set (looked in the process environment and {where})",
+                f"set {source.env} for the worker, add it to an env file, or use {{ secret = \"block-name\" }}",
+            )
+    else:
+        value = _load_secret_block(str(source.secret), step)
+    register_secret(value)
+    return value
+
+
+def _load_secret_block(name: str, step: str) -> str:
+    from prefect.blocks.system import Secret
+
+    try:
+        value = Secret.load(name).get()
+    except ValueError as exc:
+        raise ConfigError(
+            step,
+            f"Prefect Secret block {name!r} does not exist ({exc})",
+            f"create it: Secret(value=...).save({name!r}) or in the UI under Blocks",
+        ) from None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(step, f"Prefect Secret block {name!r} is empty or not text", "store the value as a string")
+    return value
+
+
+def resolve_app_environment(config: EnvironmentConfig, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Every variable the app is given: its plain `env`, its secrets and the database URL."""
+    resolved = dict(config.service.env)
+    for variable, source in config.service.secrets.items():
+        resolved[variable] = resolve(source, f"service.secrets.{variable}", config, environ)
+    resolved[config.database.app_variable] = resolve(config.database.url, "database.url", config, environ)
+    missing = [name for name in config.service.required_env if name not in resolved]
+    if missing:
+        raise ConfigError(
+            f"verify environment configuration of {config.name}",
+            f"required variable(s) {', '.join(missing)} are not configured",
+            "add them to [service.env] or [service.secrets] in the environment file",
+        )
+    return resolved
