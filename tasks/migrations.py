@@ -6,11 +6,20 @@ own interpreter, because a real app's `env.py` imports its models and settings.
 
 from __future__ import annotations
 
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from deployments.config import EnvironmentConfig
 from deployments.errors import MigrationFailed
+from deployments.secrets import redact
+from tasks import service
 
 
 def connect(url: str, application_name: str = "deployctl", lock_timeout_ms: int = 5000,
@@ -57,3 +66,84 @@ def database_revision(url: str, application_name: str = "deployctl") -> str | No
             "merge the heads in the release before deploying",
         )
     return rows[0] if rows else None
+
+
+RUNNER = Path(__file__).with_name("migration_runner.py")
+
+
+@dataclass(frozen=True)
+class PendingRevision:
+    revision: str
+    message: str
+    has_downgrade: bool
+
+
+@dataclass(frozen=True)
+class MigrationStatus:
+    heads: list[str]
+    current: str | None
+    pending: list[PendingRevision]
+    known: bool = True
+
+    def describe(self) -> str:
+        if not self.known:
+            return f"the database is at {self.current}, which this release's scripts do not know"
+        if not self.pending:
+            return "No pending migrations"
+        return "Pending: " + ", ".join(f"{p.revision} ({p.message})" for p in self.pending)
+
+
+def run_runner(
+    config: EnvironmentConfig,
+    app_env: Mapping[str, str],
+    cwd: Path,
+    *args: str,
+    step: str,
+    application_name: str = "deployctl",
+) -> dict[str, Any]:
+    """Run the migration runner in the app's interpreter, in `cwd` (a workspace or worktree)."""
+    env = service.app_process_env(app_env)
+    # libpq reads these, so the app's own engine gets bounded waits and a name we can find it by.
+    env["PGOPTIONS"] = (f"-c lock_timeout={config.database.lock_timeout_ms} "
+                        f"-c statement_timeout={config.database.statement_timeout_ms}")
+    env["PGAPPNAME"] = application_name
+    argv = [str(config.service.python), str(RUNNER), *args, "--config", config.database.alembic_config]
+    try:
+        result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True,
+                                timeout=config.database.statement_timeout_ms / 1000 + 60)
+    except subprocess.TimeoutExpired:
+        raise MigrationFailed(step, "alembic did not finish in time",
+                              "look for a blocking session in the database, then roll back or run again") from None
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+        cause = redact(lines[-1]) if lines else f"exit {result.returncode}"
+        raise MigrationFailed(step, f"alembic {args[0]} failed: {cause}",
+                              "the release's migration must be fixed; production is being rolled back")
+    last = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else "{}"
+    payload: dict[str, Any] = json.loads(last)
+    return payload
+
+
+def migration_status(config: EnvironmentConfig, app_env: Mapping[str, str], cwd: Path,
+                     current: str | None) -> MigrationStatus:
+    payload = run_runner(config, app_env, cwd, "status", "--current", current or "", step="check migrations")
+    return MigrationStatus(
+        heads=list(payload["heads"]),
+        current=payload["current"],
+        pending=[PendingRevision(p["revision"], p["message"], bool(p["has_downgrade"])) for p in payload["pending"]],
+        known=bool(payload["known"]),
+    )
+
+
+def upgrade(config: EnvironmentConfig, app_env: Mapping[str, str], cwd: Path, application_name: str,
+            to: str = "heads") -> float:
+    payload = run_runner(config, app_env, cwd, "upgrade", "--to", to, step="run migrations",
+                         application_name=application_name)
+    return float(payload.get("seconds", 0.0))
+
+
+def downgrade(config: EnvironmentConfig, app_env: Mapping[str, str], cwd: Path, to: str,
+              application_name: str) -> float:
+    payload = run_runner(config, app_env, cwd, "downgrade", "--to", to, step="downgrade database",
+                         application_name=application_name)
+    return float(payload.get("seconds", 0.0))

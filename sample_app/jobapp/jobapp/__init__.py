@@ -1,0 +1,1 @@
+"""jobapp: finds job postings, scores them against a profile, writes cover letters, queues email."""

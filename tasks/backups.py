@@ -1,0 +1,359 @@
+"""Pre-deployment backups: taken, verified, restorable; never a half-written file taken for a backup.
+
+A backup is a directory `<backups>/<tag>/` holding the database copy and `manifest.json` (tag, run,
+database kind, source URL without password, alembic revision, git SHA, row counts, size, sha256, tool
+versions). It is written as `<tag>.partial/`, fsynced, verified, then renamed: a directory without
+`.partial` is always a complete, verified backup.
+
+SQLite: the online backup API (a file copy of a WAL database can miss committed pages), then
+`PRAGMA integrity_check`, the revision and the row counts read back from the copy.
+PostgreSQL: the row counts and `pg_dump -Fc` read one exported snapshot, so they describe the same
+data; the password goes in a 0600 passfile (never argv or environment); verification is a full
+`pg_restore -f /dev/null` read of the archive (`--list` reads only its table of contents).
+Restore: the backup API into the live file, or `pg_restore --single-transaction --clean`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import URL, make_url
+
+from deployments.errors import BackupFailed
+from deployments.secrets import redact
+from tasks.migrations import connect
+
+TAG_FORMAT = "pre-deployment-%Y%m%d-%H%M%S"
+SQLITE_FILE = "database.sqlite3"
+POSTGRES_FILE = "database.dump"
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class Manifest:
+    tag: str
+    kind: str
+    source: str
+    revision: str | None
+    git_sha: str | None
+    run_id: str | None
+    file: str
+    size_bytes: int = 0
+    sha256: str = ""
+    row_counts: dict[str, int] = field(default_factory=dict)
+    tool_versions: dict[str, str] = field(default_factory=dict)
+    created_at: str = ""
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def new_tag(now: datetime | None = None) -> str:
+    return (now or datetime.now(timezone.utc)).strftime(TAG_FORMAT)
+
+
+def public_url(url: str) -> str:
+    """The URL with any password removed: safe for manifests, logs and artifacts."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def take_backup(url: str, directory: Path, tag: str, *, revision: str | None, git_sha: str | None,
+                run_id: str | None, pg_dump: str = "pg_dump", pg_restore: str = "pg_restore") -> Manifest:
+    """Write, verify and publish a backup of the database at `url`. BackupFailed leaves nothing behind."""
+    parsed = make_url(url)
+    kind = "sqlite" if parsed.get_backend_name() == "sqlite" else "postgresql"
+    final = directory / tag
+    partial = directory / f"{tag}.partial"
+    if final.exists():
+        raise BackupFailed("backup database", f"a backup tagged {tag} already exists",
+                           "wait a second and run again; tags are unique to the second")
+    manifest = Manifest(tag=tag, kind=kind, source=public_url(url), revision=revision, git_sha=git_sha,
+                        run_id=run_id, file=SQLITE_FILE if kind == "sqlite" else POSTGRES_FILE,
+                        created_at=datetime.now(timezone.utc).isoformat())
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        target = partial / manifest.file
+        started = time.perf_counter()
+        if kind == "sqlite":
+            _sqlite_backup(parsed, target, manifest)
+        else:
+            _postgres_backup(parsed, target, manifest, pg_dump)
+        manifest.seconds["dump"] = round(time.perf_counter() - started, 3)
+        started = time.perf_counter()
+        manifest.sha256 = _sha256(target)
+        manifest.size_bytes = target.stat().st_size
+        if kind == "sqlite":
+            _verify_sqlite(target, manifest)
+        else:
+            _verify_postgres_archive(target, pg_restore)
+        manifest.seconds["verify"] = round(time.perf_counter() - started, 3)
+        _write_json(partial / MANIFEST, manifest.to_json())
+        _fsync_dir(partial)
+        os.rename(partial, final)
+        _fsync_dir(directory)
+    except BackupFailed:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    except (OSError, sqlite3.Error, subprocess.SubprocessError) as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise BackupFailed("backup database", f"the backup could not be written ({type(exc).__name__}: "
+                           f"{redact(str(exc))})", "free disk space or fix the backup directory; "
+                           "nothing was migrated") from None
+    return manifest
+
+
+def load_manifest(directory: Path, tag: str) -> Manifest:
+    path = directory / tag / MANIFEST
+    try:
+        return Manifest(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError) as exc:
+        raise BackupFailed("restore backup", f"backup {tag} has no readable manifest ({exc})",
+                           "pick another backup with `ls` in the backup directory") from None
+
+
+def verify_file(directory: Path, manifest: Manifest) -> Path:
+    """The backup's file, after checking it is the one the manifest describes."""
+    path = directory / manifest.tag / manifest.file
+    if not path.exists() or _sha256(path) != manifest.sha256:
+        raise BackupFailed("restore backup", f"backup {manifest.tag} is missing or its sha256 does not match",
+                           "do not restore it; pick an older verified backup")
+    return path
+
+
+def restore_backup(url: str, directory: Path, tag: str, pg_restore: str = "pg_restore") -> Manifest:
+    """Put the database back exactly as the backup has it; checks revision and row counts after."""
+    manifest = load_manifest(directory, tag)
+    path = verify_file(directory, manifest)
+    parsed = make_url(url)
+    if manifest.kind == "sqlite":
+        _sqlite_restore(path, parsed)
+    else:
+        _postgres_restore(path, parsed, pg_restore, keep_tables=set(manifest.row_counts))
+    counts, revision = _live_counts(url)
+    if revision != manifest.revision or counts != manifest.row_counts:
+        raise BackupFailed("restore backup", f"after restoring {tag} the database is at {revision} with "
+                           f"{sum(counts.values())} rows, the backup says {manifest.revision} with "
+                           f"{sum(manifest.row_counts.values())}", "keep the app in maintenance and restore by hand")
+    return manifest
+
+
+def prune(directory: Path, keep: int, protected: set[str]) -> list[str]:
+    """Delete the oldest backups beyond `keep`, never a protected one (last good, unfinished releases)."""
+    backups = sorted(p.name for p in directory.glob("pre-deployment-*") if p.is_dir() and not p.name.endswith(".partial"))
+    removed = []
+    for tag in backups[:-keep] if len(backups) > keep else []:
+        if tag not in protected:
+            shutil.rmtree(directory / tag)
+            removed.append(tag)
+    return removed
+
+
+def _sqlite_backup(parsed: URL, target: Path, manifest: Manifest) -> None:
+    source_path = parsed.database or ""
+    if not Path(source_path).exists():
+        raise BackupFailed("backup database", f"the SQLite database {source_path} does not exist",
+                           "check database.url")
+    source = sqlite3.connect(f"file:{source_path}?mode=ro", uri=True)
+    destination = sqlite3.connect(target)
+    try:
+        source.backup(destination)
+        manifest.tool_versions["sqlite"] = sqlite3.sqlite_version
+    finally:
+        destination.close()
+        source.close()
+    with open(target, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def _verify_sqlite(target: Path, manifest: Manifest) -> None:
+    conn = sqlite3.connect(f"file:{target}?mode=ro", uri=True)
+    try:
+        result = conn.execute("PRAGMA integrity_check").fetchone()[0]
+        if result != "ok":
+            raise BackupFailed("verify backup", f"integrity_check of the copy says {result!r}",
+                               "the source database may be damaged; do not deploy")
+        counts, revision = _counts_sqlite(conn)
+    finally:
+        conn.close()
+    if revision != manifest.revision:
+        raise BackupFailed("verify backup", f"the copy is at revision {revision}, the database was at "
+                           f"{manifest.revision}", "something migrated during the backup; run again")
+    manifest.row_counts = counts
+
+
+def _counts_sqlite(conn: sqlite3.Connection) -> tuple[dict[str, int], str | None]:
+    tables = [row[0] for row in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+    counts = {table: conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0] for table in tables}
+    revision = None
+    if "alembic_version" in tables:
+        row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+        revision = row[0] if row else None
+    return counts, revision
+
+
+def _live_counts(url: str) -> tuple[dict[str, int], str | None]:
+    engine = connect(url, "deploy-backup-verify")
+    try:
+        with engine.connect() as conn:
+            tables = sorted(t for t in inspect(conn).get_table_names())
+            counts = {t: conn.execute(text(f'SELECT count(*) FROM "{t}"')).scalar_one() for t in tables}
+            revision = (conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+                        if "alembic_version" in tables else None)
+    finally:
+        engine.dispose()
+    return counts, revision
+
+
+def _sqlite_restore(path: Path, parsed: URL) -> None:
+    source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    # The backup API replaces every page of the live database under its write lock, so the app's
+    # connections see either the old database or the restored one, never a mix.
+    destination = sqlite3.connect(parsed.database or "", timeout=30)
+    try:
+        source.backup(destination)
+    finally:
+        destination.close()
+        source.close()
+
+
+@contextmanager
+def _passfile(parsed: URL) -> Iterator[dict[str, str]]:
+    """libpq connection settings: host, port, user, db in the environment; the password in a 0600 file."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PGCONNECT_TIMEOUT": "10"}
+    with tempfile.TemporaryDirectory(prefix="deploy-pg-") as tmp:
+        passfile = Path(tmp) / "pgpass"
+        fd = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            if parsed.password:
+                fields = [parsed.host or "localhost", str(parsed.port or 5432), parsed.database or "*",
+                          parsed.username or "*", str(parsed.password)]
+                handle.write(":".join(f.replace("\\", "\\\\").replace(":", "\\:") for f in fields) + "\n")
+        env["PGPASSFILE"] = str(passfile)
+        yield env
+
+
+def _pg_args(parsed: URL) -> list[str]:
+    args = ["--host", parsed.host or "localhost", "--port", str(parsed.port or 5432)]
+    if parsed.username:
+        args += ["--username", parsed.username]
+    return args + ["--no-password"]
+
+
+def _postgres_backup(parsed: URL, target: Path, manifest: Manifest, pg_dump: str) -> None:
+    url = parsed.render_as_string(hide_password=False)
+    engine = connect(url, "deploy-backup")
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            snapshot = conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one()
+            tables = sorted(inspect(conn).get_table_names())
+            manifest.row_counts = {t: conn.execute(text(f'SELECT count(*) FROM "{t}"')).scalar_one()
+                                   for t in tables}
+            if "alembic_version" in tables:
+                revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+                if revision != manifest.revision:
+                    raise BackupFailed("backup database", f"the database moved to revision {revision} "
+                                       f"(expected {manifest.revision})", "something else is migrating; stop it")
+            manifest.tool_versions["server"] = str(conn.exec_driver_sql("SHOW server_version").scalar())
+            with _passfile(parsed) as env:
+                argv = [pg_dump, *_pg_args(parsed), "--format=custom", "--snapshot", snapshot,
+                        "--file", str(target), "--dbname", parsed.database or ""]
+                result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=6 * 3600)
+                manifest.tool_versions["pg_dump"] = _tool_version(pg_dump)
+            conn.exec_driver_sql("COMMIT")
+    finally:
+        engine.dispose()
+    if result.returncode != 0:
+        raise BackupFailed("backup database", f"pg_dump failed: {redact(result.stderr.strip()[-300:])}",
+                           "fix the cause (disk, permissions, connection); nothing was migrated")
+    with open(target, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def _verify_postgres_archive(target: Path, pg_restore: str) -> None:
+    result = subprocess.run([pg_restore, "--file", os.devnull, str(target)], capture_output=True, text=True,
+                            timeout=6 * 3600, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+    if result.returncode != 0:
+        raise BackupFailed("verify backup", f"pg_restore cannot read the archive: {result.stderr.strip()[-300:]}",
+                           "do not deploy; check pg_dump and the disk")
+
+
+def _postgres_restore(path: Path, parsed: URL, pg_restore: str, keep_tables: set[str]) -> None:
+    _end_other_sessions(parsed)
+    _drop_tables_not_in(parsed, keep_tables)
+    with _passfile(parsed) as env:
+        argv = [pg_restore, *_pg_args(parsed), "--single-transaction", "--clean", "--if-exists", "--no-owner",
+                "--exit-on-error", "--dbname", parsed.database or "", str(path)]
+        result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=6 * 3600)
+    if result.returncode != 0:
+        raise BackupFailed("restore backup", f"pg_restore failed: {redact(result.stderr.strip()[-300:])}",
+                           "the database is unchanged (single transaction); keep maintenance on and restore by hand")
+
+
+def _drop_tables_not_in(parsed: URL, keep_tables: set[str]) -> None:
+    """`--clean` drops only what the archive holds: a table a failed migration created would survive."""
+    engine = connect(parsed.render_as_string(hide_password=False), "deploy-restore")
+    try:
+        with engine.begin() as conn:
+            for table in inspect(conn).get_table_names():
+                if table not in keep_tables:
+                    conn.execute(text(f'DROP TABLE IF EXISTS "{table}" CASCADE'))
+    finally:
+        engine.dispose()
+
+
+def _end_other_sessions(parsed: URL) -> None:
+    """Sessions of the app would block --clean's DROPs until lock_timeout; the app is in maintenance."""
+    engine = connect(parsed.render_as_string(hide_password=False), "deploy-restore")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+            conn.commit()
+    finally:
+        engine.dispose()
+
+
+def _tool_version(tool: str) -> str:
+    result = subprocess.run([tool, "--version"], capture_output=True, text=True, timeout=30)
+    return result.stdout.strip()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=2, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,79 @@
+"""Runs inside the *app's* interpreter, never imported by the orchestrator.
+
+    python migration_runner.py status  --config alembic.ini --current REV
+    python migration_runner.py upgrade --config alembic.ini --to REV
+    python migration_runner.py downgrade --config alembic.ini --to REV
+
+It depends only on the standard library and alembic (which an Alembic app has), and prints one JSON
+object on its last line of stdout. Upgrades and downgrades go through the app's own `env.py`, so the
+app's models and settings load with the app's own packages and variables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+import time
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("command", choices=["status", "upgrade", "downgrade"])
+    parser.add_argument("--config", default="alembic.ini")
+    parser.add_argument("--current", default="")
+    parser.add_argument("--to", default="heads")
+    args = parser.parse_args()
+
+    from alembic import command
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config(args.config)
+    script = ScriptDirectory.from_config(config)
+    heads = list(script.get_heads())
+    if args.command == "status":
+        current = args.current or None
+        pending = []
+        known = True
+        if current is not None and script.get_revision(current) is None:
+            known = False
+        else:
+            for head in heads:
+                for rev in script.iterate_revisions(head, current):
+                    pending.append({"revision": rev.revision, "message": (rev.doc or "").strip(),
+                                    "has_downgrade": _has_downgrade(rev)})
+        pending.reverse()
+        _emit({"heads": heads, "current": current, "known": known, "pending": pending})
+        return 0
+    started = time.perf_counter()
+    if args.command == "upgrade":
+        command.upgrade(config, args.to)
+    else:
+        command.downgrade(config, args.to)
+    _emit({"heads": heads, "seconds": round(time.perf_counter() - started, 3)})
+    return 0
+
+
+def _has_downgrade(rev: object) -> bool:
+    """False when downgrade() is missing, empty (pass, ..., a docstring) or only raises."""
+    path = getattr(rev, "path", None)
+    if not path:
+        return False
+    with open(path, encoding="utf-8") as handle:
+        tree = ast.parse(handle.read())
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == "downgrade":
+            body = [stmt for stmt in node.body
+                    if not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant))]
+            return bool(body) and not all(isinstance(stmt, (ast.Pass, ast.Raise)) for stmt in body)
+    return False
+
+
+def _emit(payload: dict[str, object]) -> None:
+    sys.stdout.write("\n" + json.dumps(payload) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

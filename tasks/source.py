@@ -1,0 +1,157 @@
+"""The release's source: refs, SHAs, the workspace checkout.
+
+A ref is user input. It is checked against a strict pattern before git sees it, resolved with
+`rev-parse --verify --end-of-options`, and every later command acts on the 40-hex SHA. Commands are
+argv lists run in one place, `_git`, never through a shell.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from deployments.config import EnvironmentConfig
+from deployments.errors import DeployError, InvalidInput, PreflightError
+
+REF_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
+SHA_PATTERN = re.compile(r"^[0-9a-f]{40}$")
+GIT_TIMEOUT = 120
+
+
+class GitError(DeployError):
+    pass
+
+
+@dataclass(frozen=True)
+class Commit:
+    sha: str
+    subject: str
+    author: str
+    committed_at: datetime
+
+
+def validate_ref(ref: str) -> str:
+    """`ref` if it can only be a branch, tag or SHA name; InvalidInput before anything is touched."""
+    problem = None
+    if not isinstance(ref, str) or not REF_PATTERN.match(ref):
+        problem = "it must start with a letter or digit and use only letters, digits, . _ / -"
+    elif ".." in ref or "@{" in ref or "//" in ref:
+        problem = "'..', '@{' and '//' are not allowed"
+    elif ref.endswith((".", "/", ".lock")):
+        problem = "it may not end with '.', '/' or '.lock'"
+    if problem:
+        shown = repr(ref)[:80] if isinstance(ref, str) else type(ref).__name__
+        raise InvalidInput("validate ref", f"{shown} is not a valid ref: {problem}",
+                           "pass a branch, a tag or a commit SHA, e.g. main or v2")
+    return ref
+
+
+def _git(cwd: Path, *args: str, step: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    argv = ["git", "-c", "advice.detachedHead=false", *args]
+    try:
+        result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=GIT_TIMEOUT,
+                                env={"GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/local/bin:/usr/bin:/bin",
+                                     "HOME": str(cwd), "LC_ALL": "C"})
+    except FileNotFoundError as exc:
+        raise GitError(step, f"cannot run git in {cwd} ({exc.strerror})",
+                       "check source.workspace in the environment file") from exc
+    except subprocess.TimeoutExpired:
+        raise GitError(step, f"git {args[0]} took longer than {GIT_TIMEOUT} s",
+                       "check that the repository is reachable, then run again") from None
+    if check and result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        raise GitError(step, f"git {args[0]} failed: {detail[-1] if detail else 'exit ' + str(result.returncode)}",
+                       "check source.repository and source.workspace, then run again")
+    return result
+
+
+def fetch(config: EnvironmentConfig) -> None:
+    """Bring the remote's branches and tags into the workspace; a moved tag is taken as it is now."""
+    ws = config.source.workspace
+    _git(ws, "fetch", "--quiet", "--prune", "--tags", "--force", "--", config.source.remote,
+         f"+refs/heads/*:refs/remotes/{config.source.remote}/*", step="fetch release")
+
+
+def resolve(config: EnvironmentConfig, ref: str) -> str:
+    """The commit SHA `ref` names: a remote branch first, then a tag, then a commit SHA (full or short)."""
+    ref = validate_ref(ref)
+    remote = config.source.remote
+    for candidate in (f"refs/remotes/{remote}/{ref}", f"refs/tags/{ref}", ref):
+        if candidate == ref and not re.fullmatch(r"[0-9a-f]{7,40}", ref):
+            continue
+        result = _git(config.source.workspace, "rev-parse", "--verify", "--quiet", "--end-of-options",
+                      f"{candidate}^{{commit}}", step="resolve ref", check=False)
+        if result.returncode == 0 and SHA_PATTERN.match(result.stdout.strip()):
+            return result.stdout.strip()
+    raise PreflightError("resolve ref", f"{ref!r} is not a branch, tag or commit of {config.source.repository}",
+                         "push it first, or check the spelling")
+
+
+def is_merged(config: EnvironmentConfig, sha: str) -> bool:
+    """True when `sha` is reachable from the remote's release branch."""
+    branch = f"refs/remotes/{config.source.remote}/{config.source.branch}"
+    result = _git(config.source.workspace, "merge-base", "--is-ancestor", _sha(sha), branch,
+                  step="check merged to main", check=False)
+    if result.returncode not in (0, 1):
+        raise GitError("check merged to main", result.stderr.strip() or "git merge-base failed",
+                       f"fetch {config.source.branch} and run again")
+    return result.returncode == 0
+
+
+def current_sha(workspace: Path) -> str:
+    return _git(workspace, "rev-parse", "--verify", "HEAD", step="read live release").stdout.strip()
+
+
+def local_changes(workspace: Path) -> list[str]:
+    """Tracked files changed by hand in the workspace: a deploy would silently discard them."""
+    out = _git(workspace, "status", "--porcelain", "--untracked-files=no", step="check workspace").stdout
+    return [line[3:] for line in out.splitlines() if line.strip()]
+
+
+def checkout(config: EnvironmentConfig, sha: str) -> None:
+    _git(config.source.workspace, "checkout", "--quiet", "--force", "--detach", _sha(sha), step="check out release")
+
+
+def commit(config: EnvironmentConfig, sha: str) -> Commit:
+    out = _git(config.source.workspace, "show", "-s", "--format=%H%x00%s%x00%an%x00%ct", _sha(sha),
+               step="read commit").stdout.strip()
+    full, subject, author, stamp = out.split("\x00")
+    return Commit(full, subject, author, datetime.fromtimestamp(int(stamp), tz=timezone.utc))
+
+
+def commits_between(config: EnvironmentConfig, old: str, new: str, limit: int = 50) -> list[Commit]:
+    """The commits `new` brings that `old` does not have, newest first."""
+    out = _git(config.source.workspace, "log", f"--max-count={limit}", "--format=%H%x00%s%x00%an%x00%ct",
+               f"{_sha(old)}..{_sha(new)}", step="list commits").stdout
+    commits = []
+    for line in out.splitlines():
+        full, subject, author, stamp = line.split("\x00")
+        commits.append(Commit(full, subject, author, datetime.fromtimestamp(int(stamp), tz=timezone.utc)))
+    return commits
+
+
+def add_worktree(config: EnvironmentConfig, sha: str, dest: Path) -> Path:
+    """A scratch checkout of `sha` for the release's tests, scan and migration rehearsal."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists():
+        remove_worktree(config, dest)
+    _git(config.source.workspace, "worktree", "add", "--quiet", "--detach", "--", str(dest), _sha(sha),
+         step="prepare scratch worktree")
+    return dest
+
+
+def remove_worktree(config: EnvironmentConfig, dest: Path) -> None:
+    _git(config.source.workspace, "worktree", "remove", "--force", "--", str(dest),
+         step="remove scratch worktree", check=False)
+    shutil.rmtree(dest, ignore_errors=True)
+    _git(config.source.workspace, "worktree", "prune", step="remove scratch worktree", check=False)
+
+
+def _sha(sha: str) -> str:
+    if not SHA_PATTERN.match(sha):
+        raise InvalidInput("git", f"{sha!r} is not a 40-hex commit SHA", "resolve the ref first")
+    return sha
