@@ -2,6 +2,8 @@
 
     deployctl sandbox up|down|status [--dir DIR] [--db sqlite|postgres]
     deployctl check ENV          validate an environment file and check what it can reach, changing nothing
+    deployctl approve RUN_ID --as NAME --role ROLE [--reject] [--comment TEXT]
+    deployctl status ENV         the live release and the last releases, from the ledger
 
 Exit codes: 0 fine, 1 a check failed, 2 bad input or configuration.
 """
@@ -41,6 +43,19 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate an environment file and check what it can reach")
     check.add_argument("environment")
     check.set_defaults(handler=_check)
+
+    approve = commands.add_parser("approve", help="answer a deploy that waits for approval")
+    approve.add_argument("run_id", help="the flow run id (shown in the UI and the run's log)")
+    approve.add_argument("--as", dest="approver", required=True, help="your full name")
+    approve.add_argument("--role", required=True, choices=["team-lead", "product-owner"])
+    approve.add_argument("--reject", action="store_true", help="stop the deploy; nothing changes")
+    approve.add_argument("--comment", default="", help="why (shown in the summary)")
+    approve.set_defaults(handler=_approve)
+
+    status = commands.add_parser("status", help="the live release and the last releases of an environment")
+    status.add_argument("environment")
+    status.add_argument("--limit", type=int, default=10)
+    status.set_defaults(handler=_status)
     return parser
 
 
@@ -84,6 +99,64 @@ def _check(args: argparse.Namespace) -> int:
     if failed:
         print(f"{failed} check(s) failed", file=sys.stderr)
         return 1
+    return 0
+
+
+def _approve(args: argparse.Namespace) -> int:
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.flow_runs import resume_flow_run
+
+    try:
+        run_id = UUID(args.run_id)
+    except ValueError:
+        print(f"error: approve: {args.run_id!r} is not a flow run id. Copy it from the run's page or log", file=sys.stderr)
+        return 2
+    with get_client(sync_client=True) as client:
+        try:
+            run = client.read_flow_run(run_id)
+        except ObjectNotFound:
+            print(f"error: approve: no flow run {run_id}. Check the id and PREFECT_API_URL", file=sys.stderr)
+            return 2
+    if run.state is None or not run.state.is_paused():
+        state = run.state.name if run.state else "unknown"
+        print(f"error: approve: run {run.name} is {state}, not waiting for approval", file=sys.stderr)
+        return 1
+    decision = "reject" if args.reject else "approve"
+    resume_flow_run(run_id, run_input={"approver": args.approver, "role": args.role, "decision": decision,
+                                       "comment": args.comment})
+    print(f"{decision}d {run.name} as {args.approver} ({args.role})")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from deployments.config import load_environment
+    from deployments.secrets import resolve_app_environment
+    from tasks.health import probe
+    from tasks.ledger import Ledger
+    from tasks.migrations import database_revision
+    from tasks.source import current_sha
+
+    config = load_environment(args.environment)
+    ledger = Ledger.for_state_dir(config.state_dir)
+    live_sha = current_sha(config.source.workspace)
+    revision = database_revision(resolve_app_environment(config)[config.database.app_variable])
+    answer = probe(config.service.base_url + config.health.api_path, config.health.timeout_seconds)
+    served = (answer.body or {}).get("version", "?")
+    last_good = ledger.last_succeeded(config.name)
+    print(f"{config.name}: live {live_sha[:12]} (serves {str(served)[:12]}, health "
+          f"{(answer.body or {}).get('status', answer.describe())}), database at {revision}")
+    if last_good is not None:
+        print(f"last good release: {last_good.ref} {str(last_good.target_sha)[:12]} at "
+              f"{last_good.finished_at:%Y-%m-%d %H:%M:%S}")
+    print(f"\n{'ID':<5} {'STARTED (UTC)':<20} {'REF':<14} {'SHA':<13} {'OUTCOME':<16} {'PHASE / STEP':<30} RUN")
+    for release in ledger.releases(config.name, limit=args.limit, include_dry_runs=True):
+        where = release.failed_step or release.phase
+        outcome = release.outcome + (" (dry)" if release.dry_run else "")
+        print(f"{release.id:<5} {release.started_at:%Y-%m-%d %H:%M:%S}  {release.ref[:14]:<14} "
+              f"{(release.target_sha or '-')[:12]:<13} {outcome:<16} {where[:30]:<30} {release.flow_run_name or '-'}")
     return 0
 
 

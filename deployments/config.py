@@ -66,9 +66,9 @@ class ValueSource(Model):
     def _exactly_one(self) -> ValueSource:
         if (self.env is None) == (self.secret is None):
             raise ValueError('give exactly one of env = "VARIABLE" or secret = "block-name"')
-        if self.env is not None and not ENV_VAR_NAME.match(self.env):
+        if self.env is not None and not ENV_VAR_NAME.fullmatch(self.env):
             raise ValueError(f"{self.env!r} is not an environment variable name")
-        if self.secret is not None and not BLOCK_NAME.match(self.secret):
+        if self.secret is not None and not BLOCK_NAME.fullmatch(self.secret):
             raise ValueError(f"{self.secret!r} is not a block name (lowercase letters, digits, dashes)")
         return self
 
@@ -98,11 +98,15 @@ class ServiceConfig(Model):
     env: dict[str, str] = Field(default_factory=dict, description="plain (non-secret) variables of the app")
     secrets: dict[str, ValueSource] = Field(default_factory=dict, description="app variable -> secret source")
     required_env: list[str] = Field(default_factory=list, description="variables the app must be given")
+    workers: int = Field(1, ge=1, le=64, description="worker processes; a reload waits for this many")
+    preflight_command: list[str] = Field(
+        default_factory=list, description="argv run in the workspace before a reload, e.g. an import test"
+    )
 
     @field_validator("base_url")
     @classmethod
     def _http(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/\s]+$", value):
+        if not re.fullmatch(r"https?://[^/\s]+", value):
             raise ValueError("use scheme://host:port with no path, e.g. http://127.0.0.1:8102")
         return value
 
@@ -172,6 +176,9 @@ class CriticalPathCheck(Model):
 class MonitoringConfig(Model):
     source: Literal["app", "prometheus"] = "app"
     metrics_path: str = "/metrics"
+    requests_metric: str = Field("http_requests_total", description="counter with route and status labels")
+    latency_metric: str = Field("http_request_duration_seconds", description="histogram of request durations")
+    users_metric: str = Field("active_users", description="gauge of active users")
     prometheus_url: str | None = None
     queries: dict[str, str] = Field(default_factory=dict, description="error_rate, p95_seconds, active_users")
     max_error_rate: float = Field(0.02, ge=0, le=1)
@@ -255,7 +262,7 @@ def environments_dir(environ: Mapping[str, str] | None = None) -> Path:
 
 def available_environments(directory: Path | None = None) -> list[str]:
     directory = directory or environments_dir()
-    return sorted(p.stem for p in directory.glob("*.toml") if ENVIRONMENT_NAME.match(p.stem))
+    return sorted(p.stem for p in directory.glob("*.toml") if ENVIRONMENT_NAME.fullmatch(p.stem))
 
 
 def environment_file(name: str, directory: Path | None = None) -> Path:

@@ -32,8 +32,10 @@ from typing import Any, Iterator
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import URL, make_url
 
+from deployments.config import EnvironmentConfig
 from deployments.errors import BackupFailed
-from deployments.secrets import redact
+from deployments.secrets import redact, resolve_app_environment
+from tasks import change_step
 from tasks.migrations import connect
 
 TAG_FORMAT = "pre-deployment-%Y%m%d-%H%M%S"
@@ -60,6 +62,11 @@ class Manifest:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def describe(self) -> str:
+        rows = sum(self.row_counts.values())
+        return (f"{self.tag}: {self.kind}, revision {self.revision}, {rows} rows, {self.size_bytes} bytes, "
+                f"sha256 {self.sha256[:12]}, verified")
 
 
 def new_tag(now: datetime | None = None) -> str:
@@ -357,3 +364,57 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextmanager
+def scratch_copy(url: str, workdir: Path, pg_dump: str = "pg_dump", pg_restore: str = "pg_restore") -> Iterator[str]:
+    """A throwaway copy of the database at `url`, for rehearsing migrations on real data."""
+    parsed = make_url(url)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if parsed.get_backend_name() == "sqlite":
+        copy = workdir / f"rehearsal-{os.getpid()}-{time.monotonic_ns()}.sqlite3"
+        source = sqlite3.connect(f"file:{parsed.database}?mode=ro", uri=True)
+        destination = sqlite3.connect(copy)
+        try:
+            source.backup(destination)
+        finally:
+            destination.close()
+            source.close()
+        try:
+            yield parsed.set(database=str(copy)).render_as_string(hide_password=False)
+        finally:
+            copy.unlink(missing_ok=True)
+        return
+    scratch = f"{(parsed.database or 'db')[:40]}_rehearsal_{os.getpid()}_{time.monotonic_ns() % 10**8}"
+    admin = connect(parsed.render_as_string(hide_password=False), "deploy-rehearsal")
+    dump = workdir / f"{scratch}.dump"
+    try:
+        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text(f'CREATE DATABASE "{scratch}"'))
+        with _passfile(parsed) as env:
+            for argv in (
+                [pg_dump, *_pg_args(parsed), "--format=custom", "--file", str(dump), "--dbname", parsed.database or ""],
+                [pg_restore, *_pg_args(parsed), "--no-owner", "--exit-on-error", "--dbname", scratch, str(dump)],
+            ):
+                result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=6 * 3600)
+                if result.returncode != 0:
+                    raise BackupFailed("test migrations", f"copying the database failed: "
+                                       f"{redact(result.stderr.strip()[-300:])}", "check the database and disk space")
+        yield parsed.set(database=scratch).render_as_string(hide_password=False)
+    finally:
+        dump.unlink(missing_ok=True)
+        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@change_step("backup-database")
+def backup_database(config: EnvironmentConfig, revision: str | None, git_sha: str, run_id: str | None,
+                    protected: set[str]) -> Manifest:
+    """Runbook step 3: a tagged, verified pre-deployment backup; then old backups beyond `keep` go."""
+    app_env = resolve_app_environment(config)
+    manifest = take_backup(app_env[config.database.app_variable], config.backups.directory, new_tag(),
+                           revision=revision, git_sha=git_sha, run_id=run_id,
+                           pg_dump=config.backups.pg_dump, pg_restore=config.backups.pg_restore)
+    prune(config.backups.directory, config.backups.keep, protected | {manifest.tag})
+    return manifest

@@ -13,6 +13,10 @@ from typing import Any
 
 import httpx
 
+from deployments.config import EnvironmentConfig
+from deployments.errors import HealthCheckFailed
+from tasks import read_step
+
 
 @dataclass(frozen=True)
 class Probe:
@@ -57,3 +61,56 @@ def probe(url: str, timeout: float, transport: httpx.BaseTransport | None = None
 
 def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 1)
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    liveness: Probe
+    api: Probe
+    version: str | None
+
+    def describe(self) -> str:
+        return (f"{self.liveness.url} HTTP {self.liveness.status_code}; {self.api.url} HTTP "
+                f"{self.api.status_code}, status {(self.api.body or {}).get('status')!r}, "
+                f"serves {(self.version or 'unknown')[:12]}")
+
+
+def assess(config: EnvironmentConfig, expected_sha: str | None, step: str, allow_maintenance: bool = False) -> HealthReport:
+    """Both endpoints healthy, every required service ok and, when asked, the expected SHA served."""
+    base = config.service.base_url
+    timeout = config.health.timeout_seconds
+    liveness = probe(base + config.health.path, timeout)
+    api = probe(base + config.health.api_path, timeout)
+    body = api.body or {}
+    in_maintenance = allow_maintenance and body.get("maintenance") is True
+    for answer in (liveness, api):
+        if not answer.ok and not (in_maintenance and answer.status_code == 503):
+            hint = " (redirects are not followed: point health at the final URL)" if (
+                answer.status_code or 0) in range(300, 400) else ""
+            raise HealthCheckFailed(step, answer.describe() + hint,
+                                    "read the app's log; the deploy does not continue on an unhealthy app")
+    services = body.get("services") if isinstance(body.get("services"), dict) else {}
+    broken = [f"{name}: {(services.get(name) or {}).get('detail') or (services.get(name) or {}).get('status', 'missing')}"
+              for name in config.health.required_services
+              if (services.get(name) or {}).get("status") != "ok"]
+    if broken:
+        raise HealthCheckFailed(step, f"{api.url} reports unhealthy services ({'; '.join(broken)})",
+                                "fix the service named; the deploy does not continue")
+    version = body.get("version") if isinstance(body.get("version"), str) else None
+    if config.health.check_version and expected_sha is not None and version != expected_sha:
+        raise HealthCheckFailed(step, f"{api.url} serves {str(version)[:12]}, expected {expected_sha[:12]}",
+                                "the reload did not take; read the app's log")
+    return HealthReport(liveness, api, version)
+
+
+@read_step("check-staging-health", retries=2)
+def check_staging_health(staging: EnvironmentConfig, expected_sha: str | None = None) -> HealthReport:
+    """Runbook step 1: staging answers HTTP 200 and every service is operational."""
+    return assess(staging, expected_sha, f"check staging health ({staging.name})")
+
+
+@read_step("check-health", retries=0)
+def check_health(config: EnvironmentConfig, expected_sha: str | None) -> HealthReport:
+    """Runbook step 7: /health and /api/health healthy, serving the deployed SHA. Call it with
+    `.with_options(retries=...)` so a slow start is retried within the deadline, visibly."""
+    return assess(config, expected_sha, f"check health ({config.name})")

@@ -17,9 +17,9 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from deployments.config import EnvironmentConfig
-from deployments.errors import MigrationFailed
-from deployments.secrets import redact
-from tasks import service
+from deployments.errors import MigrationFailed, PreflightError
+from deployments.secrets import redact, resolve_app_environment
+from tasks import change_step, read_step, service
 
 
 def connect(url: str, application_name: str = "deployctl", lock_timeout_ms: int = 5000,
@@ -147,3 +147,54 @@ def downgrade(config: EnvironmentConfig, app_env: Mapping[str, str], cwd: Path, 
     payload = run_runner(config, app_env, cwd, "downgrade", "--to", to, step="downgrade database",
                          application_name=application_name)
     return float(payload.get("seconds", 0.0))
+
+
+@read_step("check-migrations", retries=1)
+def check_migrations(config: EnvironmentConfig, release_tree: Path) -> MigrationStatus:
+    """Runbook step 2: the release's pending migrations against the live database, or none."""
+    app_env = resolve_app_environment(config)
+    current = database_revision(app_env[config.database.app_variable])
+    status = migration_status(config, app_env, release_tree, current)
+    if not status.known:
+        raise MigrationFailed("check migrations", status.describe(),
+                              "the database is ahead of this release: deploy a newer one or roll back by hand")
+    if len(status.heads) != 1:
+        raise MigrationFailed("check migrations", f"the release has {len(status.heads)} migration heads "
+                              f"({', '.join(status.heads)})", "merge the heads (alembic merge) and release again")
+    return status
+
+
+@read_step("test-migrations", retries=0)
+def test_migrations(config: EnvironmentConfig, release_tree: Path, scratch_dir: Path) -> str:
+    """Prerequisite: one head; upgrade, downgrade, upgrade on a scratch copy of the live database,
+    so a migration that fails on production's data fails here, before anything changes."""
+    from tasks.backups import scratch_copy
+
+    status = check_migrations.fn(config, release_tree)
+    if not status.pending:
+        return "No pending migrations; nothing to rehearse"
+    app_env = resolve_app_environment(config)
+    url = app_env[config.database.app_variable]
+    step = "test migrations"
+    with scratch_copy(url, scratch_dir, config.backups.pg_dump, config.backups.pg_restore) as copy:
+        rehearsal_env = {**app_env, config.database.app_variable: copy}
+        try:
+            upgrade(config, rehearsal_env, release_tree, "deploy-rehearsal")
+            if all(p.has_downgrade for p in status.pending):
+                downgrade(config, rehearsal_env, release_tree, status.current or "base", "deploy-rehearsal")
+                upgrade(config, rehearsal_env, release_tree, "deploy-rehearsal")
+        except MigrationFailed as exc:
+            raise PreflightError(step, f"on a copy of {config.name}'s data, {exc.cause}",
+                                 f"fix the migration in the release; {config.name} was not touched") from None
+    round_trip = "upgrade, downgrade, upgrade" if all(p.has_downgrade for p in status.pending) else (
+        "upgrade (no downgrade in " + ", ".join(p.revision for p in status.pending if not p.has_downgrade) + ")")
+    return f"{round_trip} passed on a copy of {config.name}'s database: {status.describe()}"
+
+
+@change_step("run-migrations")
+def run_migrations(config: EnvironmentConfig, application_name: str) -> str:
+    """Runbook step 5: upgrade the live database to the release's head, in the app's interpreter."""
+    app_env = resolve_app_environment(config)
+    seconds = upgrade(config, app_env, config.source.workspace, application_name)
+    revision = database_revision(app_env[config.database.app_variable])
+    return f"database at {revision} after {seconds:.2f} s"

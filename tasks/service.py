@@ -16,6 +16,8 @@ from typing import Mapping, Sequence
 
 from deployments.config import EnvironmentConfig
 from deployments.errors import ServiceError
+from deployments.secrets import redact, resolve_app_environment
+from tasks import change_step, read_step
 
 PASSED_THROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
 
@@ -121,3 +123,121 @@ def _leads_group(pid: int) -> bool:
         return os.getpgid(pid) == pid
     except ProcessLookupError:
         return False
+
+
+def children(pid: int) -> list[int]:
+    """Live child processes of `pid` (a gunicorn master's workers)."""
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return []
+    found: list[int] = []
+    for tid in threads:
+        try:
+            found += [int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+        except FileNotFoundError:
+            continue
+    return [child for child in found if is_alive(child)]
+
+
+def reload(config: EnvironmentConfig, app_env: Mapping[str, str], workers: int, timeout: float = 60.0) -> int:
+    """Make the app serve the code now in the workspace; returns the pid of the master that serves it.
+
+    usr2: gunicorn starts a second master on the same sockets. Once its workers are up, the old master
+    is told to stop (its workers finish what they are serving). If the new master cannot boot, it
+    exits and the old one keeps serving: a broken release never takes the app down.
+    hup: reload in place (new workers, same master); a release that cannot import takes the app down,
+    which is why `preflight_command` runs first.
+    """
+    old = running_pid(config)
+    if old is None:
+        start(config, app_env)
+        return wait_for_pid_file(config, timeout)
+    if config.service.reload == "command":
+        argv = expand_argv(config.service.reload_command or [], config)
+        subprocess.run(argv, cwd=config.source.workspace, env=app_process_env(app_env), check=True, timeout=timeout)
+        return wait_for_pid_file(config, timeout)
+    if config.service.reload == "hup":
+        before = set(children(old))
+        os.kill(old, signal.SIGHUP)
+        _wait(lambda: len(set(children(old)) - before) >= workers, timeout, config, "new workers after HUP")
+        return old
+    os.kill(old, signal.SIGUSR2)
+    new = wait_for_pid_file(config, timeout, not_pid=old)
+    _wait(lambda: len(children(new)) >= workers or not is_alive(new), timeout, config, "the new master's workers")
+    if not is_alive(new):
+        raise ServiceError(f"restart application ({config.name})", "the new release's master exited while booting",
+                           f"the old release is still serving; read {config.service.startup_log}")
+    os.kill(old, signal.SIGTERM)
+    _wait(lambda: not is_alive(old), timeout, config, "the old master to finish")
+    return new
+
+
+def _wait(condition, timeout: float, config: EnvironmentConfig, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise ServiceError(f"restart application ({config.name})", f"timed out after {timeout:.0f} s waiting for {what}",
+                               f"read {config.service.startup_log}; the old release may still be serving")
+        time.sleep(0.05)
+
+
+def log_offset(config: EnvironmentConfig) -> int:
+    try:
+        return config.service.startup_log.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def scan_startup_log(config: EnvironmentConfig, offset: int) -> list[str]:
+    """Lines written since `offset` that match one of the configured error patterns."""
+    import re
+
+    patterns = [re.compile(p) for p in config.service.error_patterns]
+    try:
+        with open(config.service.startup_log, "rb") as handle:
+            handle.seek(offset)
+            text = handle.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    return [line for line in text.splitlines() if any(p.search(line) for p in patterns)]
+
+
+@read_step("verify-environment", retries=0)
+def verify_environment(config: EnvironmentConfig) -> str:
+    """Runbook step 6: every variable the app needs is configured and every secret resolves."""
+    app_env = resolve_app_environment(config)
+    secret_names = sorted([*config.service.secrets, config.database.app_variable])
+    return (f"{len(app_env)} variables configured; secrets resolved from their sources: "
+            f"{', '.join(secret_names)} (values not shown)")
+
+
+@change_step("restart-application")
+def restart_application(config: EnvironmentConfig) -> str:
+    """Restart the app on the checked-out code; a release that cannot import is never reloaded."""
+    app_env = resolve_app_environment(config)
+    step = f"restart application ({config.name})"
+    if config.service.preflight_command:
+        argv = expand_argv(config.service.preflight_command, config)
+        result = subprocess.run(argv, cwd=config.source.workspace, env=app_process_env(app_env),
+                                capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            last = (result.stderr.strip().splitlines() or ["exit " + str(result.returncode)])[-1]
+            raise ServiceError(step, f"the release fails its preflight ({redact(last)})",
+                               "the running release was not touched; fix the release")
+    pid = reload(config, app_env, config.service.workers)
+    return f"serving from master pid {pid} ({config.service.reload})"
+
+
+@read_step("watch-startup-logs", retries=0)
+def watch_startup_logs(config: EnvironmentConfig, offset: int) -> str:
+    """Warning of step 4: watch the log for startup errors for the grace time."""
+    deadline = time.monotonic() + config.service.grace_seconds
+    while True:
+        matches = scan_startup_log(config, offset)
+        if matches:
+            raise ServiceError(f"watch startup logs ({config.name})", f"{len(matches)} error line(s) after the "
+                               f"restart, first: {redact(matches[0])[:300]}", f"read {config.service.startup_log}")
+        if time.monotonic() >= deadline:
+            return f"no error pattern in {config.service.startup_log} for {config.service.grace_seconds:g} s"
+        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from deployments.config import EnvironmentConfig
 from deployments.errors import DeployError, InvalidInput, PreflightError
+from tasks import change_step, read_step
 
 REF_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
 SHA_PATTERN = re.compile(r"^[0-9a-f]{40}$")
@@ -37,7 +38,7 @@ class Commit:
 def validate_ref(ref: str) -> str:
     """`ref` if it can only be a branch, tag or SHA name; InvalidInput before anything is touched."""
     problem = None
-    if not isinstance(ref, str) or not REF_PATTERN.match(ref):
+    if not isinstance(ref, str) or not REF_PATTERN.fullmatch(ref):
         problem = "it must start with a letter or digit and use only letters, digits, . _ / -"
     elif ".." in ref or "@{" in ref or "//" in ref:
         problem = "'..', '@{' and '//' are not allowed"
@@ -85,7 +86,7 @@ def resolve(config: EnvironmentConfig, ref: str) -> str:
             continue
         result = _git(config.source.workspace, "rev-parse", "--verify", "--quiet", "--end-of-options",
                       f"{candidate}^{{commit}}", step="resolve ref", check=False)
-        if result.returncode == 0 and SHA_PATTERN.match(result.stdout.strip()):
+        if result.returncode == 0 and SHA_PATTERN.fullmatch(result.stdout.strip()):
             return result.stdout.strip()
     raise PreflightError("resolve ref", f"{ref!r} is not a branch, tag or commit of {config.source.repository}",
                          "push it first, or check the spelling")
@@ -152,6 +153,65 @@ def remove_worktree(config: EnvironmentConfig, dest: Path) -> None:
 
 
 def _sha(sha: str) -> str:
-    if not SHA_PATTERN.match(sha):
+    if not SHA_PATTERN.fullmatch(sha):
         raise InvalidInput("git", f"{sha!r} is not a 40-hex commit SHA", "resolve the ref first")
     return sha
+
+
+@dataclass(frozen=True)
+class ResolvedRelease:
+    ref: str
+    sha: str
+    subject: str
+    committed_at: datetime
+    live_sha: str
+
+    @property
+    def short(self) -> str:
+        return self.sha[:12]
+
+    def describe(self) -> str:
+        return f"{self.ref} = {self.short} ({self.subject}); live: {self.live_sha[:12]}"
+
+
+@read_step("fetch-release", retries=2)
+def fetch_release(config: EnvironmentConfig) -> str:
+    fetch(config)
+    return f"fetched {config.source.remote} into {config.source.workspace}"
+
+
+@read_step("resolve-release", retries=0)
+def resolve_release(config: EnvironmentConfig, ref: str) -> ResolvedRelease:
+    sha = resolve(config, ref)
+    info = commit(config, sha)
+    return ResolvedRelease(ref, sha, info.subject, info.committed_at, current_sha(config.source.workspace))
+
+
+@read_step("check-merged-to-main", retries=0)
+def check_merged_to_main(config: EnvironmentConfig, sha: str) -> str:
+    """Prerequisite: code changes merged to the release branch."""
+    if not is_merged(config, sha):
+        raise PreflightError("check merged to main", f"{sha[:12]} is not on {config.source.remote}/"
+                             f"{config.source.branch}", f"merge it to {config.source.branch} first; nothing was changed")
+    return f"{sha[:12]} is on {config.source.remote}/{config.source.branch}"
+
+
+@read_step("check-workspace", retries=0)
+def check_workspace(config: EnvironmentConfig) -> str:
+    changed = local_changes(config.source.workspace)
+    if changed:
+        raise PreflightError("check workspace", f"{config.source.workspace} has local changes "
+                             f"({', '.join(changed[:5])})", "commit them to the repository or discard them; "
+                             "a deploy would silently overwrite them")
+    return "no local changes"
+
+
+@change_step("pull-release")
+def pull_release(config: EnvironmentConfig, sha: str) -> str:
+    """Runbook step 4 (code): check out the resolved SHA in the workspace."""
+    checkout(config, sha)
+    now = current_sha(config.source.workspace)
+    if now != sha:
+        raise GitError("pull release", f"the workspace is at {now[:12]} after checking out {sha[:12]}",
+                       "check the workspace by hand")
+    return f"checked out {sha[:12]}"

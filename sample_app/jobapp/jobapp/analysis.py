@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Protocol
 
 from jobapp.settings import Settings
 
@@ -55,16 +56,20 @@ def score_text(text: str, profile: str) -> Match:
     return Match(score=round(100 * len(matched) / len(wanted)), matched=matched, model=MODEL)
 
 
+class Scorer(Protocol):
+    def score(self, text: str, profile: str) -> Match: ...
+
+
 class KeywordScorer:
     def score(self, text: str, profile: str) -> Match:
         return score_text(text, profile)
 
 
-def build_scorer(settings: Settings) -> KeywordScorer:
+def build_scorer(settings: Settings) -> Scorer:
     return KeywordScorer()
 
 
-def check_canary(scorer: KeywordScorer) -> str:
+def check_canary(scorer: Scorer) -> str:
     result = scorer.score(CANARY_TEXT, CANARY_PROFILE)
     if result.score != CANARY_SCORE:
         raise AnalysisError(f"canary scored {result.score}, expected {CANARY_SCORE}")

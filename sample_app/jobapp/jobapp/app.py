@@ -33,7 +33,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # and requests refused for maintenance do not count as user activity.
     app.add_middleware(ActivityMiddleware, recorder=runtime.activity)
     app.add_middleware(MaintenanceMiddleware, flag=runtime.settings.maintenance_file)
-    app.add_middleware(MetricsMiddleware, routes=app.router.routes)
+    # The router's own routes, not the app's: FastAPI wraps included routers in objects
+    # that do not expose a path template.
+    app.add_middleware(MetricsMiddleware, routes=[*routes.router.routes, *app.router.routes])
     return app
 
 

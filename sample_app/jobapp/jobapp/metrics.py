@@ -40,11 +40,17 @@ log = logging.getLogger(__name__)
 
 def route_template(routes: Sequence[BaseRoute], scope: Scope) -> str:
     """The path template of the matching route: raw paths would make one series per job id."""
+    partial = UNMATCHED_ROUTE
     for route in routes:
+        path = getattr(route, "path", None)
+        if path is None:
+            continue
         match, _ = route.matches(scope)
         if match is Match.FULL:
-            return str(getattr(route, "path", UNMATCHED_ROUTE))
-    return UNMATCHED_ROUTE
+            return str(path)
+        if match is Match.PARTIAL and partial == UNMATCHED_ROUTE:
+            partial = str(path)
+    return partial
 
 
 class MetricsMiddleware:

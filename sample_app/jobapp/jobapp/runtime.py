@@ -9,7 +9,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobapp.activity import ActivityRecorder
-from jobapp.analysis import KeywordScorer, build_scorer
+from jobapp.analysis import Scorer, build_scorer
 from jobapp.db import APP_DIR, expected_revision, make_engine, make_session_factory
 from jobapp.documents import LetterWriter
 from jobapp.metrics import AppStateCollector
@@ -24,7 +24,7 @@ class Runtime:
     sessions: sessionmaker[Session]
     version: str
     expected_revision: str | None
-    scorer: KeywordScorer
+    scorer: Scorer
     letters: LetterWriter
     activity: ActivityRecorder
     state_metrics: CollectorRegistry

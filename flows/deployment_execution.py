@@ -1,0 +1,40 @@
+"""deployment-execution: runbook phase 2, in the order that never runs new code on an old schema.
+
+    verify-environment       step 6: variables present, secrets resolved from their sources
+    pull-release             step 4: check out the resolved SHA
+    run-migrations           step 5: upgrade to the release's head
+    restart-application      step 4: graceful reload; a release that cannot start leaves the old one serving
+    watch-startup-logs       step 4's warning: no error pattern in the log for the grace time
+
+The runbook restarts before migrating; for a moment that runs new code on the old schema. Like
+Heroku's release phase, Fly's release_command and capistrano-rails, we migrate first, then restart.
+The ledger is told before each change, so a crash at any point knows what may need undoing.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from deployments.config import load_environment
+from deployments.secrets import resolve_app_environment
+from tasks.ledger import Ledger
+from tasks.migrations import database_revision, run_migrations
+from tasks.service import log_offset, restart_application, verify_environment, watch_startup_logs
+from tasks.source import pull_release
+
+
+@flow(name="deployment-execution")
+def deployment_execution(environment: str, release_id: int, sha: str, application_name: str) -> str | None:
+    config = load_environment(environment)
+    ledger = Ledger.for_state_dir(config.state_dir)
+    verify_environment(config)
+    ledger.update(release_id, code_changed=True)
+    pull_release(config, sha)
+    ledger.update(release_id, migration_started=True)
+    run_migrations(config, application_name)
+    revision = database_revision(resolve_app_environment(config)[config.database.app_variable])
+    ledger.update(release_id, db_revision_after=revision)
+    offset = log_offset(config)
+    restart_application(config)
+    watch_startup_logs(config, offset)
+    return revision

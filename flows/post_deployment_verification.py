@@ -1,0 +1,34 @@
+"""post-deployment-verification: runbook phase 3.
+
+    check-health               step 7: /health and /api/health healthy, serving the new SHA
+    run-critical-path-tests    step 8: job scraping, AI analysis, document generation, email
+    check-performance          step 9: metrics received; error rate and p95 within range and vs baseline
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prefect import flow
+
+from deployments.config import load_environment
+from tasks.health import HealthReport, check_health
+from tasks.monitoring import Baseline, Performance, check_performance
+from tasks.smoke import SmokeReport, run_critical_path_tests
+
+
+@dataclass(frozen=True)
+class PostDeployment:
+    health: HealthReport
+    smoke: SmokeReport
+    performance: Performance
+
+
+@flow(name="post-deployment-verification")
+def post_deployment_verification(environment: str, sha: str, baseline: Baseline | None) -> PostDeployment:
+    config = load_environment(environment)
+    attempts = max(1, int(config.health.deadline_seconds))
+    health = check_health.with_options(retries=attempts - 1, retry_delay_seconds=1)(config, sha)
+    smoke = run_critical_path_tests(config)
+    performance = check_performance(config, baseline)
+    return PostDeployment(health, smoke, performance)

@@ -1,0 +1,59 @@
+"""pre-deployment-verification: runbook phase 1.
+
+    check-staging-health     step 1: staging answers HTTP 200, every service operational
+    check-migrations         step 2: the pending migrations, or "No pending migrations"
+    backup-database          step 3: tagged pre-deployment-YYYYmmdd-HHMMSS, verified
+    record-baseline          the performance phase 3 and the post-deploy watch compare against
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prefect import flow
+
+from deployments.config import load_environment
+from deployments.secrets import resolve_app_environment
+from flows.verify_prerequisites import release_tree
+from tasks.backups import Manifest, backup_database
+from tasks.health import check_staging_health
+from tasks.ledger import Ledger
+from tasks.migrations import MigrationStatus, check_migrations, database_revision
+from tasks.monitoring import Baseline, record_baseline
+
+
+@dataclass(frozen=True)
+class PreDeployment:
+    migrations: MigrationStatus
+    revision_before: str | None
+    backup: Manifest | None
+    baseline: Baseline
+
+
+@flow(name="pre-deployment-verification")
+def pre_deployment_verification(environment: str, release_id: int, sha: str, dry_run: bool = False,
+                                run_id: str | None = None) -> PreDeployment:
+    config = load_environment(environment)
+    ledger = Ledger.for_state_dir(config.state_dir)
+    staging = load_environment(config.prerequisites.staging_environment or environment)
+    check_staging_health(staging)
+    migrations = check_migrations(config, release_tree(config, release_id))
+    revision = database_revision(resolve_app_environment(config)[config.database.app_variable])
+    ledger.update(release_id, db_revision_before=revision)
+    backup = None
+    if not dry_run:
+        backup = backup_database(config, revision, ledger.get(release_id).previous_sha or sha, run_id,
+                                 protected=_protected_backups(ledger, environment))
+        ledger.update(release_id, backup_tag=backup.tag, backup_manifest=backup.to_json())
+    baseline = record_baseline(config)
+    ledger.update(release_id, baseline=baseline.__dict__)
+    return PreDeployment(migrations, revision, backup, baseline)
+
+
+def _protected_backups(ledger: Ledger, environment: str) -> set[str]:
+    """The last good release's backup and those of unfinished releases are never pruned."""
+    keep = {r.backup_tag for r in ledger.running(environment) if r.backup_tag}
+    last_good = ledger.last_succeeded(environment)
+    if last_good is not None and last_good.backup_tag:
+        keep.add(last_good.backup_tag)
+    return keep

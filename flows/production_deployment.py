@@ -1,0 +1,168 @@
+"""production-deployment: the team's runbook, carried out.
+
+    verify-prerequisites            merged to main · tests pass · security scan · migrations tested · staging verified
+    approvals                       team lead and product owner, two different people (production)
+    pre-deployment-verification     step 1 staging health · step 2 migration status · step 3 backup · baseline
+    deployment-execution            step 6 environment · step 4 code · step 5 migrations · restart · startup log
+    post-deployment-verification    step 7 health · step 8 critical paths · step 9 performance
+    success criteria                evaluated from the ledger; summary and table artifacts; notifications
+
+Parameters: `environment` (a file in deployments/), `ref` (branch, tag or SHA; default main),
+`dry_run` (every read-only check, no change, no backup), `reason`, `force` (redeploy the live SHA).
+Everything the deploy does is written to the ledger as it happens; the outcome is one of
+succeeded, failed, aborted (nothing changed), noop (already live, or a dry run).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+from prefect import flow
+from prefect.logging import get_run_logger
+from prefect.runtime import flow_run
+
+from deployments.config import EnvironmentConfig, load_environment
+from deployments.errors import DeployError
+from deployments.secrets import install_redaction
+from flows.deployment_execution import deployment_execution
+from flows.post_deployment_verification import post_deployment_verification
+from flows.pre_deployment_verification import pre_deployment_verification
+from flows.verify_prerequisites import Prerequisites, release_tree, verify_prerequisites
+from tasks import recording
+from tasks.approvals import obtain_approvals
+from tasks.ledger import Ledger
+from tasks.locks import deploy_lock
+from tasks.notifications import notify
+from tasks.reporting import Progress, publish, success_criteria
+from tasks.source import remove_worktree, validate_ref
+
+
+def run_name() -> str:
+    params = flow_run.parameters
+    mode = " (dry run)" if params.get("dry_run") else ""
+    return f"{params['environment']}: {params.get('ref', 'main')}{mode}"
+
+
+@flow(name="production-deployment", flow_run_name=run_name, log_prints=True)
+def production_deployment(environment: str, ref: str = "main", dry_run: bool = False, reason: str = "",
+                          force: bool = False) -> str:
+    config = load_environment(environment)
+    validate_ref(ref)
+    deploy = Deploy(config, ref, dry_run, reason)
+    with deploy.recorded():
+        with deploy_lock(environment, deploy.ledger, deploy.release_id) if not dry_run else nullcontext():
+            with deploy.phase("verify-prerequisites"):
+                prerequisites = verify_prerequisites(environment, ref, deploy.release_id, force)
+                deploy.resolved(prerequisites)
+            if prerequisites.noop:
+                return deploy.finish("noop", f"{prerequisites.release.short} is already live; nothing to do")
+            if config.requires_approval and not dry_run:
+                with deploy.phase("approvals"):
+                    deploy.approved(obtain_approvals(config, deploy.approval_brief(prerequisites)))
+            with deploy.phase("pre-deployment-verification"):
+                pre = pre_deployment_verification(environment, deploy.release_id, prerequisites.release.sha,
+                                                  dry_run, deploy.run_id)
+            if dry_run:
+                return deploy.finish("noop", deploy.plan(prerequisites, pre.migrations.describe()))
+            with deploy.phase("deployment-execution"):
+                deployment_execution(environment, deploy.release_id, prerequisites.release.sha, deploy.app_name)
+            with deploy.phase("post-deployment-verification"):
+                post_deployment_verification(environment, prerequisites.release.sha, pre.baseline)
+    return deploy.finish("succeeded", f"{prerequisites.release.short} is live in {environment}")
+
+
+class Deploy:
+    """The bookkeeping of one run: ledger row, phase timings, progress, notifications, summary."""
+
+    def __init__(self, config: EnvironmentConfig, ref: str, dry_run: bool, reason: str) -> None:
+        install_redaction()
+        self.config = config
+        self.logger = get_run_logger()
+        self.ledger = Ledger.for_state_dir(config.state_dir)
+        self.run_id = str(flow_run.id) if flow_run.id else None
+        self.release_id = self.ledger.open_release(
+            environment=config.name, flow_run_id=self.run_id, flow_run_name=flow_run.name, ref=ref,
+            reason=reason, dry_run=dry_run).id
+        self.app_name = f"deploy-{(self.run_id or str(self.release_id))[:8]}"
+        self.progress = Progress(config.name)
+        self.timings: dict[str, float] = {}
+        self.notified = False
+        self._say(f"Deploy to {config.name} starting", f"ref {ref}; reason: {reason or '—'}"
+                  + ("; dry run, nothing will change" if dry_run else ""))
+
+    @contextmanager
+    def recorded(self) -> Iterator[None]:
+        try:
+            with recording(self.ledger, self.release_id):
+                yield
+        except DeployError as exc:
+            self._failed(exc)
+            raise
+        finally:
+            remove_worktree(self.config, release_tree(self.config, self.release_id))
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        self.ledger.update(self.release_id, phase=name)
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(time.monotonic() - started, 2)
+            self.ledger.update(self.release_id, timings=dict(self.timings))
+        self.progress.phase_done(name)
+        self._say(f"Deploy to {self.config.name}: {name} done", f"in {self.timings[name]:.1f} s")
+
+    def resolved(self, prerequisites: Prerequisites) -> None:
+        release = prerequisites.release
+        self.ledger.update(self.release_id, target_sha=release.sha, previous_sha=release.live_sha,
+                           commit_time=release.committed_at)
+
+    def approved(self, approvals: list[Any]) -> None:
+        self.ledger.update(self.release_id, approvals=[a.as_dict() for a in approvals])
+
+    def approval_brief(self, prerequisites: Prerequisites) -> str:
+        release = prerequisites.release
+        pending = ", ".join(prerequisites.pending_migrations) or "none"
+        return (f"## Deploy `{release.ref}` to **{self.config.name}**\n\n"
+                f"- release: `{release.sha}` ({release.subject})\n- live now: `{release.live_sha}`\n"
+                f"- pending migrations: {pending}\n- every prerequisite passed (tests, scan, migration rehearsal, "
+                f"staging serves this SHA)\n- a verified backup is taken before anything changes; on failure the "
+                f"code and the database are rolled back")
+
+    def plan(self, prerequisites: Prerequisites, migrations: str) -> str:
+        release = prerequisites.release
+        return (f"dry run: would deploy {release.short} over {release.live_sha[:12]}; {migrations}; "
+                f"approvals needed: {', '.join(self.config.approvals.required_roles) or 'none'}")
+
+    def finish(self, outcome: str, message: str) -> str:
+        self.logger.info(message)
+        self.ledger.finish(self.release_id, outcome)
+        if outcome == "succeeded":
+            self.notified = self._say(f"Deploy to {self.config.name} succeeded", message)
+        else:
+            self._say(f"Deploy to {self.config.name}: {outcome}", message)
+        self._publish()
+        return message
+
+    def _failed(self, exc: DeployError) -> None:
+        release = self.ledger.get(self.release_id)
+        changed = release.code_changed or release.migration_started
+        outcome = "failed" if changed else "aborted"
+        self.ledger.finish(self.release_id, outcome, step=exc.step, error=str(exc))
+        state = ("production may be partly changed; the rollback restores the previous release" if changed
+                 else f"nothing in {self.config.name} was changed")
+        self.logger.error("%s", exc)
+        self._say(f"Deploy to {self.config.name} {outcome} at {exc.step}", f"{exc}\nImpact: {state}.")
+        self._publish()
+
+    def _say(self, subject: str, body: str) -> bool:
+        return notify(self.config, subject, body)
+
+    def _publish(self) -> None:
+        release = self.ledger.get(self.release_id)
+        publish(self.ledger, self.release_id, success_criteria(release, self.ledger.steps(self.release_id),
+                                                               self.notified))

@@ -1,0 +1,75 @@
+"""verify-prerequisites: the runbook's prerequisites, before anything in the environment changes.
+
+    fetch-release · resolve-release      the ref, as a 40-hex SHA; a deploy of the live SHA is a noop
+    check-merged-to-main                 code changes merged to the release branch
+    check-workspace                      no hand-made changes a deploy would overwrite
+    run-release-tests                    the release's own tests, on a scratch worktree of the SHA
+    run-security-scan                    no critical (high severity) finding
+    test-migrations                      one head; upgrade, downgrade, upgrade on a copy of the live data
+    verify-staging                       staging healthy and serving the same SHA (production only)
+
+Approval, the last prerequisite, pauses the deploy run itself (see production_deployment).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import flow
+
+from deployments.config import EnvironmentConfig, load_environment
+from deployments.errors import DeployError, PreflightError
+from tasks.health import check_staging_health
+from tasks.migrations import check_migrations, test_migrations
+from tasks.quality import run_release_tests, run_security_scan
+from tasks.source import (
+    ResolvedRelease,
+    add_worktree,
+    check_merged_to_main,
+    check_workspace,
+    fetch_release,
+    resolve_release,
+)
+
+
+@dataclass(frozen=True)
+class Prerequisites:
+    release: ResolvedRelease
+    noop: bool
+    pending_migrations: list[str]
+
+
+def release_tree(config: EnvironmentConfig, release_id: int) -> Path:
+    """The scratch worktree of the release, kept until the deploy ends (phase 1 reads it too)."""
+    return config.state_dir / "worktrees" / f"{config.name}-{release_id}"
+
+
+@flow(name="verify-prerequisites")
+def verify_prerequisites(environment: str, ref: str, release_id: int, force: bool = False) -> Prerequisites:
+    config = load_environment(environment)
+    fetch_release(config)
+    release = resolve_release(config, ref)
+    tree = add_worktree(config, release.sha, release_tree(config, release_id))
+    status = check_migrations(config, tree)
+    if release.sha == release.live_sha and not status.pending and not force:
+        return Prerequisites(release, noop=True, pending_migrations=[])
+    check_merged_to_main(config, release.sha)
+    check_workspace(config)
+    run_release_tests(config, tree)
+    run_security_scan(config, tree)
+    if config.prerequisites.migration_rehearsal:
+        test_migrations(config, tree, config.state_dir / "rehearsal")
+    if config.prerequisites.staging_environment:
+        verify_staging(config.prerequisites.staging_environment, release.sha)
+    return Prerequisites(release, noop=False, pending_migrations=[p.revision for p in status.pending])
+
+
+def verify_staging(staging_name: str, sha: str) -> None:
+    """Prerequisite: staging deployment completed and verified, with this very SHA."""
+    staging = load_environment(staging_name)
+    try:
+        check_staging_health.with_options(name="verify-staging", retries=0)(staging, sha)
+    except DeployError as exc:
+        raise PreflightError("verify staging", f"{staging_name}: {exc.cause}", f"deploy {sha[:12]} to "
+                             f"{staging_name} and verify it first; nothing was changed") from None

@@ -1,0 +1,195 @@
+"""Performance from the app's metrics: request and error counts, p95 latency, active users.
+
+Counters only ever grow, so a window's figures are the difference of two snapshots; a counter that
+went down means the app restarted, and the later snapshot alone is the window. p95 is interpolated
+within histogram buckets as Prometheus' `histogram_quantile` does. Requests for the metrics endpoint
+itself are left out: scraping must not dilute the error rate.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from deployments.config import EnvironmentConfig, MonitoringConfig
+from deployments.errors import HealthCheckFailed
+from tasks import read_step
+
+
+class MetricsUnavailable(RuntimeError):
+    """The metrics source did not answer or answered nonsense: a check is inconclusive, not passed."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    requests: float
+    errors: float
+    buckets: dict[float, float] = field(default_factory=dict)
+    active_users: float | None = None
+    taken_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Window:
+    requests: float
+    errors: float
+    p95_seconds: float | None
+    active_users: float | None
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+
+def parse(text: str, monitoring: MonitoringConfig) -> Snapshot:
+    requests = errors = 0.0
+    buckets: dict[float, float] = {}
+    users: float | None = None
+    skip = monitoring.metrics_path
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            if labels.get("route") == skip or labels.get("path") == skip:
+                continue
+            if sample.name == monitoring.requests_metric or (
+                family.name == monitoring.requests_metric.removesuffix("_total") and sample.name.endswith("_total")
+            ):
+                requests += sample.value
+                status = labels.get("status") or labels.get("code") or labels.get("status_code") or ""
+                if status.startswith("5"):
+                    errors += sample.value
+            elif sample.name == f"{monitoring.latency_metric}_bucket":
+                bound = float(labels["le"])
+                buckets[bound] = buckets.get(bound, 0.0) + sample.value
+            elif sample.name == monitoring.users_metric:
+                users = (users or 0.0) + sample.value
+    return Snapshot(requests, errors, buckets, users, time.time())
+
+
+def scrape(url: str, monitoring: MonitoringConfig, timeout: float,
+           transport: httpx.BaseTransport | None = None) -> Snapshot:
+    try:
+        with httpx.Client(timeout=timeout, follow_redirects=False, transport=transport) as client:
+            response = client.get(url)
+    except httpx.HTTPError as exc:
+        raise MetricsUnavailable(f"{url} did not answer ({type(exc).__name__})") from None
+    if response.status_code != 200:
+        raise MetricsUnavailable(f"{url} answered HTTP {response.status_code}")
+    try:
+        snapshot = parse(response.text, monitoring)
+    except ValueError as exc:
+        raise MetricsUnavailable(f"{url} is not Prometheus exposition ({exc})") from None
+    if not snapshot.buckets:
+        raise MetricsUnavailable(f"{url} has no {monitoring.latency_metric} histogram; check monitoring.latency_metric")
+    return snapshot
+
+
+def window(before: Snapshot | None, after: Snapshot) -> Window:
+    if before is None or after.requests < before.requests:
+        return Window(after.requests, after.errors, quantile(0.95, after.buckets), after.active_users)
+    deltas = {le: after.buckets.get(le, 0.0) - before.buckets.get(le, 0.0) for le in after.buckets}
+    return Window(after.requests - before.requests, after.errors - before.errors, quantile(0.95, deltas),
+                  after.active_users)
+
+
+def quantile(q: float, buckets: dict[float, float]) -> float | None:
+    """histogram_quantile over cumulative buckets; None when the window holds no observation."""
+    ordered = sorted(buckets.items())
+    if not ordered or ordered[-1][1] <= 0:
+        return None
+    total = ordered[-1][1]
+    rank = q * total
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in ordered:
+        if count >= rank:
+            if math.isinf(bound):
+                return lower_bound
+            if count == lower_count:
+                return bound
+            return lower_bound + (bound - lower_bound) * (rank - lower_count) / (count - lower_count)
+        lower_bound, lower_count = bound, count
+    return lower_bound
+
+
+@dataclass(frozen=True)
+class Baseline:
+    requests: float
+    error_rate: float
+    p95_seconds: float | None
+    active_users: float | None
+
+    def describe(self) -> str:
+        p95 = f"{self.p95_seconds * 1000:.0f} ms" if self.p95_seconds is not None else "n/a"
+        return (f"{self.requests:.0f} requests so far, error rate {self.error_rate:.2%}, p95 {p95}, "
+                f"active users {self.active_users if self.active_users is not None else 'n/a'}")
+
+
+@dataclass(frozen=True)
+class Performance:
+    window: Window
+    baseline: Baseline | None
+    problems: list[str]
+
+    def describe(self) -> str:
+        p95 = f"{self.window.p95_seconds * 1000:.0f} ms" if self.window.p95_seconds is not None else "n/a"
+        text = f"{self.window.requests:.0f} requests, error rate {self.window.error_rate:.2%}, p95 {p95}"
+        return text + (f"; {'; '.join(self.problems)}" if self.problems else "; within thresholds")
+
+
+def metrics_url(config: EnvironmentConfig) -> str:
+    return config.service.base_url + config.monitoring.metrics_path
+
+
+@read_step("record-baseline", retries=2)
+def record_baseline(config: EnvironmentConfig) -> Baseline:
+    """The pre-deploy performance every later comparison is made against."""
+    snapshot = scrape(metrics_url(config), config.monitoring, config.health.timeout_seconds)
+    whole = window(None, snapshot)
+    return Baseline(whole.requests, whole.error_rate, whole.p95_seconds, whole.active_users)
+
+
+def judge(config: EnvironmentConfig, observed: Window, baseline: Baseline | None, sent: int) -> list[str]:
+    monitoring = config.monitoring
+    problems = []
+    if observed.requests < sent:
+        problems.append(f"the metrics show {observed.requests:.0f} requests, {sent} were sent: "
+                        "monitoring is not receiving data")
+    if observed.error_rate > monitoring.max_error_rate:
+        problems.append(f"error rate {observed.error_rate:.2%} is above {monitoring.max_error_rate:.2%}")
+    if observed.p95_seconds is not None:
+        if observed.p95_seconds > monitoring.max_p95_seconds:
+            problems.append(f"p95 {observed.p95_seconds * 1000:.0f} ms is above {monitoring.max_p95_seconds * 1000:.0f} ms")
+        elif baseline is not None and baseline.p95_seconds is not None:
+            # A floor keeps a near-zero baseline from turning noise into a regression.
+            allowed = max(baseline.p95_seconds, 0.025) * monitoring.max_p95_regression
+            if observed.p95_seconds > allowed:
+                problems.append(f"p95 {observed.p95_seconds * 1000:.0f} ms is over {monitoring.max_p95_regression:g}x "
+                                f"the pre-deploy {baseline.p95_seconds * 1000:.0f} ms")
+    return problems
+
+
+@read_step("check-performance", retries=0)
+def check_performance(config: EnvironmentConfig, baseline: Baseline | None, sample: int = 20) -> Performance:
+    """Runbook step 9: monitoring receives data; response time and error rate within range."""
+    url = metrics_url(config)
+    before = scrape(url, config.monitoring, config.health.timeout_seconds)
+    paths = [config.health.path, config.health.api_path]
+    with httpx.Client(base_url=config.service.base_url, timeout=config.health.timeout_seconds,
+                      follow_redirects=False, headers={"X-User-Id": "release-check"}) as client:
+        for i in range(sample):
+            try:
+                client.get(paths[i % len(paths)])
+            except httpx.HTTPError:
+                continue  # a request that got no answer shows as missing from the metrics below
+    after = scrape(url, config.monitoring, config.health.timeout_seconds)
+    observed = window(before, after)
+    problems = judge(config, observed, baseline, sample)
+    result = Performance(observed, baseline, problems)
+    if problems:
+        raise HealthCheckFailed(f"check performance ({config.name})", "; ".join(problems),
+                                "the release is slower or failing more than before; it will be rolled back")
+    return result
