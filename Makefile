@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := install
-.PHONY: install test sandbox sandbox-down lint demo stop clean
+.PHONY: install test sandbox sandbox-down lint demo stop deploy clean
 
 install: $(STAMP)
 
@@ -27,9 +27,20 @@ sandbox: $(STAMP)
 sandbox-down: $(STAMP)
 	$(BIN)/deployctl sandbox down
 
+# The story on the sandbox with a real Prefect server and worker; leaves the UI up. `make stop` ends it.
+demo: $(STAMP)
+	$(BIN)/deployctl demo
+
+# Server, work pool, every deployment of prefect.yaml and a worker; idempotent.
+deploy: $(STAMP)
+	$(BIN)/deployctl stack up
+
+stop: $(STAMP)
+	$(BIN)/deployctl stop
+
 lint: $(STAMP)
 	$(BIN)/python -m ruff check .
 
 clean:
-	-$(BIN)/deployctl sandbox down
-	rm -rf $(VENV) .sandbox
+	-$(BIN)/deployctl stop
+	rm -rf $(VENV) .sandbox .state

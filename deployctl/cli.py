@@ -4,6 +4,8 @@
     deployctl check ENV          validate an environment file and check what it can reach, changing nothing
     deployctl approve RUN_ID --as NAME --role ROLE [--reject] [--comment TEXT]
     deployctl status ENV         the live release and the last releases, from the ledger
+    deployctl stack up|down      a local Prefect server, work pool, deployments and worker
+    deployctl demo | stop        the whole story on the sandbox; stop everything it started
 
 Exit codes: 0 fine, 1 a check failed, 2 bad input or configuration.
 """
@@ -56,6 +58,15 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("environment")
     status.add_argument("--limit", type=int, default=10)
     status.set_defaults(handler=_status)
+
+    stack = commands.add_parser("stack", help="a local Prefect server, work pool, deployments and worker")
+    stack.add_argument("action", choices=["up", "down"])
+    stack.set_defaults(handler=_stack)
+
+    demo = commands.add_parser("demo", help="run the whole story on the sandbox (make demo)")
+    demo.set_defaults(handler=lambda args: _demo())
+    stop = commands.add_parser("stop", help="stop the sandbox apps, the worker and the server (make stop)")
+    stop.set_defaults(handler=lambda args: _stop())
     return parser
 
 
@@ -99,6 +110,29 @@ def _check(args: argparse.Namespace) -> int:
     if failed:
         print(f"{failed} check(s) failed", file=sys.stderr)
         return 1
+    return 0
+
+
+def _stack(args: argparse.Namespace) -> int:
+    from deployctl.stack import Stack
+
+    stack = Stack()
+    stack.up() if args.action == "up" else stack.down()
+    return 0
+
+
+def _demo() -> int:
+    from deployctl.demo import demo
+
+    return demo()
+
+
+def _stop() -> int:
+    from deployctl.stack import Stack
+    from sample_app import sandbox
+
+    sandbox.down()
+    Stack().down()
     return 0
 
 

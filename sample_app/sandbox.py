@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import string
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from pathlib import Path
 import httpx
 
 from deployments.config import EnvironmentConfig, load_environment_file
+from deployments.errors import DeployError
 from deployments.secrets import resolve_app_environment
 from tasks import service
 from tasks.health import probe
@@ -95,9 +97,16 @@ def up(
     root.mkdir(parents=True, exist_ok=True)
     origin = root / "origin.git"
     if not (origin / "HEAD").exists():
-        from sample_app.history import build_origin
+        from sample_app.history import HistoryError, build_origin
 
-        tags = build_origin(origin)
+        partial = root / "origin.git.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        try:
+            tags = build_origin(partial)
+        except HistoryError as exc:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise SandboxError(f"building the release history failed: {exc}") from None
+        partial.rename(origin)
         log(f"origin      {origin} ({', '.join(sorted(tags))})")
     _write_secrets(root, db)
     configs: dict[str, EnvironmentConfig] = {}
@@ -145,8 +154,8 @@ def status(root: Path = DEFAULT_ROOT) -> list[InstanceStatus]:
         sha = _git(config.source.workspace, "rev-parse", "HEAD") if config.source.workspace.exists() else None
         try:
             revision = database_revision(app_env[config.database.app_variable])
-        except Exception as exc:  # status reports whatever state it finds
-            revision = f"unreadable ({type(exc).__name__})"
+        except DeployError as exc:
+            revision = f"unreadable ({exc.cause})"
         answer = probe(config.service.base_url + config.health.api_path, timeout=3)
         if answer.body is not None:
             health = f"{answer.body.get('status')} (HTTP {answer.status_code}, serves {str(answer.body.get('version'))[:12]})"

@@ -1,7 +1,7 @@
 """The application process: start, stop, find by pid file.
 
-Commands are argv lists built from the environment file (`{python}` and `{workspace}` are the only
-placeholders) and run with a clean environment: the app gets PATH, HOME, locale and its own
+Commands are argv lists built from the environment file (`{python}`, `{bin}` (its directory) and
+`{workspace}` are the only placeholders) and run with a clean environment: the app gets PATH, HOME, locale and its own
 variables, never the orchestrator's (which may hold API keys).
 """
 
@@ -23,7 +23,8 @@ PASSED_THROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
 
 
 def expand_argv(argv: Sequence[str], config: EnvironmentConfig) -> list[str]:
-    values = {"python": str(config.service.python), "workspace": str(config.source.workspace)}
+    values = {"python": str(config.service.python), "bin": str(config.service.python.parent),
+              "workspace": str(config.source.workspace)}
     return [part.format_map(values) if "{" in part else part for part in argv]
 
 
@@ -162,15 +163,37 @@ def reload(config: EnvironmentConfig, app_env: Mapping[str, str], workers: int, 
         os.kill(old, signal.SIGHUP)
         _wait(lambda: len(set(children(old)) - before) >= workers, timeout, config, "new workers after HUP")
         return old
+    before = set(children(old))
     os.kill(old, signal.SIGUSR2)
-    new = wait_for_pid_file(config, timeout, not_pid=old)
-    _wait(lambda: len(children(new)) >= workers or not is_alive(new), timeout, config, "the new master's workers")
+    step = f"restart application ({config.name})"
+    # The old master forks the new one: it is the child that is not one of the old workers.
+    _wait(lambda: bool(set(children(old)) - before), timeout, config, "the new master to start")
+    new = min(set(children(old)) - before)
+    _wait(lambda: _booted(new, workers) or not is_alive(new), timeout, config, "the new master's workers")
     if not is_alive(new):
-        raise ServiceError(f"restart application ({config.name})", "the new release's master exited while booting",
+        raise ServiceError(step, "the new release's master exited while booting",
                            f"the old release is still serving; read {config.service.startup_log}")
     os.kill(old, signal.SIGTERM)
     _wait(lambda: not is_alive(old), timeout, config, "the old master to finish")
     return new
+
+
+def _booted(master: int, workers: int, settle: float = 1.5) -> bool:
+    """The master has its workers and each has lived `settle` seconds: one that cannot import the app
+    dies well within that, and takes its master with it."""
+    pids = children(master)
+    if len(pids) < workers or not is_alive(master):
+        return False
+    return all(_age(pid) >= settle for pid in pids)
+
+
+def _age(pid: int) -> float:
+    try:
+        start_ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _wait(condition, timeout: float, config: EnvironmentConfig, what: str) -> None:  # type: ignore[no-untyped-def]

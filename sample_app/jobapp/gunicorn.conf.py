@@ -6,6 +6,7 @@ JOBAPP_LOG_FILE (access and error log; stderr when unset), JOBAPP_CONTROL_SOCKET
 """
 
 import os
+import sys
 from pathlib import Path
 
 _data_dir = Path(os.environ.get("JOBAPP_DATA_DIR") or "./var").resolve()
@@ -34,6 +35,16 @@ def on_starting(server):
         return
     for stale in _metrics_dir.glob("*.db"):
         stale.unlink()
+
+
+def pre_exec(server):
+    # Under `python -m gunicorn`, argv[0] is gunicorn/__main__.py. USR2 re-executes that path
+    # as a script, which puts gunicorn's package dir first on sys.path, where its `http`
+    # package hides the standard library's and every new worker fails to import the app.
+    args = server.START_CTX["args"]
+    script = Path(args[1]) if len(args) > 1 else None
+    if script is not None and script.name == "__main__.py" and script.parent.name == "gunicorn":
+        server.START_CTX["args"] = [sys.executable, "-m", "gunicorn", *args[2:]]
 
 
 def child_exit(server, worker):

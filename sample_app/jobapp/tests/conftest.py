@@ -10,6 +10,7 @@ reason, unless REQUIRE_POSTGRES=1 makes that a failure.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -24,7 +25,8 @@ import httpx
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, text
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
@@ -35,6 +37,7 @@ if str(APP_DIR) not in sys.path:
     sys.path.insert(0, str(APP_DIR))
 
 from jobapp.app import create_app  # noqa: E402
+from jobapp.db import expected_revision  # noqa: E402
 from jobapp.settings import Settings  # noqa: E402
 
 if TYPE_CHECKING:
@@ -96,8 +99,46 @@ def run_module() -> Callable[..., subprocess.CompletedProcess[str]]:
     return run
 
 
+@dataclass
+class ScratchPostgres:
+    """The session's scratch database, handed to each test empty or freshly migrated."""
+
+    url: str
+    at_head: bool = False
+
+    def empty(self) -> str:
+        engine = create_engine(self.url, poolclass=NullPool)
+        with engine.begin() as connection:
+            connection.execute(text("DROP SCHEMA public CASCADE"))
+            connection.execute(text("CREATE SCHEMA public"))
+        engine.dispose()
+        self.at_head = False
+        return self.url
+
+    def migrated(self) -> str:
+        # Emptying the tables is much faster than migrating again, and equivalent as long as
+        # the schema is still at head: the revision check catches a test that moved it.
+        if not self.at_head or not self._truncate_at_head():
+            self.empty()
+            upgrade(self.url)
+            self.at_head = True
+        return self.url
+
+    def _truncate_at_head(self) -> bool:
+        engine = create_engine(self.url, poolclass=NullPool)
+        try:
+            with engine.begin() as connection:
+                if MigrationContext.configure(connection).get_current_revision() != expected_revision():
+                    return False
+                tables = [name for name in inspect(connection).get_table_names() if name != "alembic_version"]
+                connection.execute(text(f"TRUNCATE TABLE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+            return True
+        finally:
+            engine.dispose()
+
+
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
+def scratch_postgres() -> Iterator[ScratchPostgres]:
     admin_url = make_url(os.environ.get("JOBAPP_TEST_POSTGRES_URL") or DEFAULT_POSTGRES_ADMIN_URL)
     name = f"jobapp_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(
@@ -112,34 +153,45 @@ def postgres_url() -> Iterator[str]:
             pytest.fail(f"REQUIRE_POSTGRES=1 but {reason}")
         pytest.skip(reason)
     try:
-        yield admin_url.set(database=name).render_as_string(hide_password=False)
+        yield ScratchPostgres(admin_url.set(database=name).render_as_string(hide_password=False))
     finally:
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
 
 
-def reset_postgres_schema(database_url: str) -> None:
-    engine = create_engine(database_url, poolclass=NullPool)
-    with engine.begin() as connection:
-        connection.execute(text("DROP SCHEMA public CASCADE"))
-        connection.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated to head once; tests get copies."""
+    path = tmp_path_factory.mktemp("template") / "jobapp.db"
+    upgrade(f"sqlite:///{path}")
+    return path
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'jobapp.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    reset_postgres_schema(url)
-    return url
+def backend(request: pytest.FixtureRequest) -> str:
+    backend_name: str = request.param
+    return backend_name
 
 
 @pytest.fixture
-def migrated_url(database_url: str) -> str:
-    upgrade(database_url)
-    return database_url
+def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database, without schema. Do not combine with ``migrated_url`` in one test."""
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'jobapp.db'}"
+    scratch: ScratchPostgres = request.getfixturevalue("scratch_postgres")
+    return scratch.empty()
+
+
+@pytest.fixture
+def migrated_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database at the head revision with empty tables."""
+    if backend == "sqlite":
+        path = tmp_path / "jobapp.db"
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        return f"sqlite:///{path}"
+    scratch: ScratchPostgres = request.getfixturevalue("scratch_postgres")
+    return scratch.migrated()
 
 
 @pytest.fixture

@@ -1,0 +1,127 @@
+"""A local Prefect stack for the demo and the end-to-end tests: a server (its own PREFECT_HOME, SQLite or
+PostgreSQL), the `deploy-pool` process work pool, every deployment of prefect.yaml, and one worker.
+
+The server keeps concurrency leases on disk, so a restart while a deploy holds its lock cannot leak
+the lock. Processes are started detached with pid files; `down` stops them by pid.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from tasks.service import is_alive as _alive
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+POOL = "deploy-pool"
+
+
+class StackError(RuntimeError):
+    pass
+
+
+@dataclass
+class Stack:
+    home: Path = PROJECT_DIR / ".state" / "prefect"
+    port: int = 4200
+    environments_dir: Path | None = None
+    database_url: str | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env.update({
+            "PREFECT_HOME": str(self.home),
+            "PREFECT_API_URL": self.api_url,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect.server.concurrency.lease_storage.filesystem",
+            "PREFECT_WORKER_QUERY_SECONDS": "2",
+            "PREFECT_UI_ENABLED": "true",
+            "DEPLOY_PROJECT_DIR": str(PROJECT_DIR),
+        })
+        if self.database_url:
+            env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = self.database_url
+        if self.environments_dir is not None:
+            env["DEPLOY_ENVIRONMENTS_DIR"] = str(self.environments_dir)
+        env.update(self.extra_env)
+        return env
+
+    def _prefect(self) -> list[str]:
+        return [sys.executable, "-m", "prefect"]
+
+    def up(self, log=print) -> None:  # type: ignore[no-untyped-def]
+        self.home.mkdir(parents=True, exist_ok=True)
+        if not self.healthy():
+            self._spawn("server", [*self._prefect(), "server", "start", "--host", "127.0.0.1", "--port", str(self.port)])
+            self._wait_healthy(timeout=90)
+        log(f"prefect server  {self.ui_url}")
+        self.run([*self._prefect(), "work-pool", "create", POOL, "--type", "process", "--overwrite"])
+        self.run([*self._prefect(), "--no-prompt", "deploy", "--all"], cwd=PROJECT_DIR)
+        log(f"deployments     registered from {PROJECT_DIR / 'prefect.yaml'}")
+        if self._pid("worker") is None:
+            self._spawn("worker", [*self._prefect(), "worker", "start", "--pool", POOL, "--type", "process"])
+        log(f"worker          pool {POOL}, pid {self._pid('worker')}")
+
+    def down(self, log=print) -> None:  # type: ignore[no-untyped-def]
+        for name in ("worker", "server"):
+            pid = self._pid(name)
+            if pid is None:
+                continue
+            os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 20
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if _alive(pid):
+                os.killpg(pid, signal.SIGKILL)
+            (self.home / f"{name}.pid").unlink(missing_ok=True)
+            log(f"stopped {name} (pid {pid})")
+
+    def healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def run(self, argv: list[str], cwd: Path | None = None, timeout: float = 300) -> str:
+        result = subprocess.run(argv, env=self.env(), cwd=cwd, capture_output=True, text=True, timeout=timeout)
+        if result.returncode != 0:
+            raise StackError(f"{' '.join(argv[2:5])} failed:\n{result.stdout[-1500:]}\n{result.stderr[-1500:]}")
+        return result.stdout
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        log = open(self.home / f"{name}.log", "ab")
+        process = subprocess.Popen(argv, env=self.env(), cwd=PROJECT_DIR, stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        (self.home / f"{name}.pid").write_text(str(process.pid))
+
+    def _pid(self, name: str) -> int | None:
+        try:
+            pid = int((self.home / f"{name}.pid").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if _alive(pid) else None
+
+    def _wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.healthy():
+                return
+            if self._pid("server") is None:
+                break
+            time.sleep(0.5)
+        raise StackError(f"the Prefect server did not come up on {self.api_url}; see {self.home / 'server.log'}")
