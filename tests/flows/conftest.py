@@ -1,0 +1,124 @@
+"""Flow-level fixtures: one Prefect test server for the session, a fresh sandbox per test module."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from sample_app import sandbox
+
+
+def free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[None]:
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        with prefect_test_harness(server_startup_timeout=90):
+            yield
+
+
+@dataclass
+class Sandbox:
+    root: Path
+    db: str
+
+    @property
+    def environments(self) -> Path:
+        return self.root / "environments"
+
+    def edit(self, env: str, edit: Callable[[str], str]) -> None:
+        path = self.environments / f"{env}.toml"
+        path.write_text(edit(path.read_text()))
+
+    def config(self, env: str):  # type: ignore[no-untyped-def]
+        from deployments.config import load_environment
+
+        return load_environment(env, self.environments)
+
+    def sha(self, tag: str) -> str:
+        import subprocess
+
+        return subprocess.run(["git", "rev-parse", f"{tag}^{{commit}}"], cwd=self.root / "origin.git", check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+
+def fast(text: str) -> str:
+    """Environment file tuned for tests: short grace time, the release's tests skipped (tested apart)."""
+    text = text.replace("grace_seconds = 5", "grace_seconds = 1")
+    return re.sub(r"^test_command = .*$", "test_command = []", text, flags=re.M)
+
+
+def make_sandbox(tmp_path_factory: pytest.TempPathFactory, db: str = "sqlite") -> Iterator[Sandbox]:
+    root = tmp_path_factory.mktemp("sbx") / "sandbox"
+    staging_port, production_port = free_ports(2)
+    sandbox.up(root, db=db, ports={"staging": staging_port, "production": production_port}, log=lambda *_: None)
+    box = Sandbox(root, db)
+    for env in ("staging", "production"):
+        box.edit(env, fast)
+    previous = os.environ.get("DEPLOY_ENVIRONMENTS_DIR")
+    os.environ["DEPLOY_ENVIRONMENTS_DIR"] = str(box.environments)
+    try:
+        yield box
+    finally:
+        if previous is None:
+            os.environ.pop("DEPLOY_ENVIRONMENTS_DIR", None)
+        else:
+            os.environ["DEPLOY_ENVIRONMENTS_DIR"] = previous
+        sandbox.down(root, log=lambda *_: None)
+        if db == "postgres":
+            sandbox.drop_postgres_databases(root)
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    yield from make_sandbox(tmp_path_factory)
+
+
+class Approver(threading.Thread):
+    """Answers the paused deploy run, one answer per pause, like approvers in the UI would."""
+
+    def __init__(self, answers: list[dict[str, str]], timeout: float = 120) -> None:
+        super().__init__(daemon=True)
+        self.answers = list(answers)
+        self.timeout = timeout
+        self.given: list[dict[str, str]] = []
+
+    def run(self) -> None:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateName
+        from prefect.flow_runs import resume_flow_run
+
+        deadline = time.monotonic() + self.timeout
+        with get_client(sync_client=True) as client:
+            while self.answers and time.monotonic() < deadline:
+                paused = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Paused"]))))
+                if paused:
+                    answer = self.answers.pop(0)
+                    resume_flow_run(paused[0].id, run_input=answer)
+                    self.given.append(answer)
+                    time.sleep(1.0)
+                time.sleep(0.3)
+
+
+def approval(name: str, role: str, decision: str = "approve", comment: str = "") -> dict[str, str]:
+    return {"approver": name, "role": role, "decision": decision, "comment": comment}
