@@ -114,7 +114,11 @@ def _commit(work: Path, release: Release, refs: dict[str, str]) -> None:
     _git(["commit", "--quiet", "--no-verify", "--message", release.message], cwd=work, date=release.date)
     sha = _git(["rev-parse", "HEAD"], cwd=work)
     if release.tag:
-        _git(["tag", "--annotate", release.tag, "--message", f"jobapp {release.tag}"], cwd=work, date=release.date)
+        _git(
+            ["tag", "--annotate", release.tag, "--message", f"jobapp {release.tag}"],
+            cwd=work,
+            date=release.date,
+        )
         refs[release.tag] = sha
     if release.branch != MAIN:
         refs[release.branch] = sha
@@ -148,7 +152,7 @@ def _git(args: list[str], cwd: Path, date: str = "2024-01-01T00:00:00+00:00") ->
         "GIT_AUTHOR_DATE": date,
         "GIT_COMMITTER_DATE": date,
     }
-    result = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    result = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         output = (result.stderr or result.stdout).strip()
         raise HistoryError(f"git {' '.join(args)} failed in {cwd}: {output}")

@@ -14,9 +14,8 @@ import warnings
 sys.path.insert(0, os.getcwd())
 warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
 
-from fastapi.testclient import TestClient  # noqa: E402
-
-from jobapp.app import create_app  # noqa: E402
+from fastapi.testclient import TestClient
+from jobapp.app import create_app
 
 
 def main() -> None:

@@ -26,6 +26,8 @@ from sqlalchemy import Engine, create_engine, inspect, text
 from sqlalchemy.pool import NullPool
 
 PROBE = Path(__file__).resolve().parent / "app_probe.py"
+# No keep-alive: a new connection per request lets the kernel hand requests to either worker.
+HTTP = httpx.Client(timeout=10, limits=httpx.Limits(max_keepalive_connections=0))
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,13 @@ class Checkout:
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         """``python ARGS`` with this checkout's interpreter setup, in the app dir."""
         return subprocess.run(
-            [sys.executable, *args], cwd=self.app_dir, env=self.env, capture_output=True, text=True, timeout=120
+            [sys.executable, *args],
+            check=False,
+            cwd=self.app_dir,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
 
     def seed(self, profile: str) -> None:
@@ -124,7 +132,9 @@ class Database:
         return {column["name"] for column in inspect(self.engine).get_columns(table)}
 
     def indexes(self, table: str) -> dict[str, bool]:
-        return {str(index["name"]): bool(index["unique"]) for index in inspect(self.engine).get_indexes(table)}
+        return {
+            str(index["name"]): bool(index["unique"]) for index in inspect(self.engine).get_indexes(table)
+        }
 
     def counts(self) -> dict[str, int]:
         tables = ("jobs", "applications", "documents", "outbox", "user_sessions")
@@ -153,14 +163,15 @@ class Server:
         return {int(pid) for pid in path.read_text().split()}
 
     def get(self, path: str) -> httpx.Response:
-        # A new connection per request lets the kernel hand requests to either worker.
-        return httpx.get(f"{self.base_url}{path}", timeout=10, headers={"Connection": "close"})
+        return HTTP.get(f"{self.base_url}{path}")
 
     def wait_until(self, predicate: Callable[[], bool], what: str, seconds: float = 20) -> None:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise AssertionError(f"gunicorn exited ({self.process.returncode}):\n{self.log_file.read_text()}")
+                raise AssertionError(
+                    f"gunicorn exited ({self.process.returncode}):\n{self.log_file.read_text()}"
+                )
             try:
                 if predicate():
                     return

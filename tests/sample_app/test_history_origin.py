@@ -25,7 +25,8 @@ def test_refs_name_every_release(origin: Origin) -> None:
     assert len(set(origin.refs.values())) == 6
     assert git("symbolic-ref", "HEAD", cwd=origin.path) == "refs/heads/main"
     assert git("for-each-ref", "--format=%(refname)", "refs/heads", cwd=origin.path).split() == [
-        f"refs/heads/{BRANCH}", "refs/heads/main",
+        f"refs/heads/{BRANCH}",
+        "refs/heads/main",
     ]
 
 
@@ -48,7 +49,10 @@ def test_tags_are_annotated_and_point_at_their_release(origin: Origin) -> None:
     for tag in TAGS:
         assert git("cat-file", "-t", tag, cwd=origin.path) == "tag"
         assert git("rev-parse", f"{tag}^{{commit}}", cwd=origin.path) == origin.refs[tag]
-        assert git("for-each-ref", "--format=%(taggername) %(taggeremail)", f"refs/tags/{tag}", cwd=origin.path) == BOT
+        assert (
+            git("for-each-ref", "--format=%(taggername) %(taggeremail)", f"refs/tags/{tag}", cwd=origin.path)
+            == BOT
+        )
 
 
 def test_author_committer_and_dates_are_fixed(origin: Origin) -> None:
@@ -74,12 +78,14 @@ def test_v1_is_the_sample_app_tree(origin: Origin) -> None:
     on_disk = {
         str(path.relative_to(APP_TREE))
         for path in APP_TREE.rglob("*")
-        if path.is_file() and not any(path.relative_to(APP_TREE).match(pattern) or pattern in path.parts
-                                      for pattern in IGNORED)
+        if path.is_file()
+        and not any(path.relative_to(APP_TREE).match(pattern) or pattern in path.parts for pattern in IGNORED)
     }
     assert tree_files(origin.path, "v1") == on_disk
     for relative in ("jobapp/app.py", "migrations/versions/0001_baseline.py", "tests/conftest.py"):
-        assert git("show", f"v1:{relative}", cwd=origin.path) == (APP_TREE / relative).read_text().rstrip("\n")
+        assert git("show", f"v1:{relative}", cwd=origin.path) == (APP_TREE / relative).read_text().rstrip(
+            "\n"
+        )
 
 
 def test_each_release_is_its_overlay_on_the_previous_tree(origin: Origin) -> None:
@@ -87,7 +93,9 @@ def test_each_release_is_its_overlay_on_the_previous_tree(origin: Origin) -> Non
     previous = {"main": "v1"}
     for release in releases[1:]:
         ref = release.tag or release.branch
-        overlay = {str(path.relative_to(release.overlay)) for path in release.overlay.rglob("*") if path.is_file()}
+        overlay = {
+            str(path.relative_to(release.overlay)) for path in release.overlay.rglob("*") if path.is_file()
+        }
         base = previous["main"]
         assert tree_files(origin.path, ref) == (tree_files(origin.path, base) - set(release.delete)) | overlay
         for relative in overlay:

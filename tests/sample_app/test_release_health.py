@@ -60,8 +60,10 @@ def test_v3_code_is_healthy_where_its_migration_ran(make_checkout: MakeCheckout,
 def test_v5_degrades_as_its_match_cache_fills(make_checkout: MakeCheckout, database_url: str) -> None:
     checkout = deployed(make_checkout, database_url, "staging", "v5")
     checkout.extra_env["JOBAPP_MATCH_CACHE_SIZE"] = "16"
-    analyses = [("POST", "/api/analyze", {"text": f"posting {n} python", "profile": f"python skill{n}"})
-                for n in range(200)]
+    analyses = [
+        ("POST", "/api/analyze", {"text": f"posting {n} python", "profile": f"python skill{n}"})
+        for n in range(200)
+    ]
     *answers, after = checkout.requests(*analyses, HEALTH)
     statuses = [answer["status"] for answer in answers]
     # Each analysis stores a new key (the key holds the current second); 8 shards of 2 entries

@@ -41,7 +41,9 @@ def test_v2_upgrade_downgrade_upgrade_keeps_data(
     assert database.scalar("SELECT count(*) FROM jobs WHERE company IS NULL") == 10
 
 
-def test_v3_fails_on_production_data(make_checkout: MakeCheckout, database_url: str, database: Database) -> None:
+def test_v3_fails_on_production_data(
+    make_checkout: MakeCheckout, database_url: str, database: Database
+) -> None:
     """What a failed 0003 leaves behind, which decides what a rollback must repair.
 
     SQLite runs DDL outside transactions: ALTER TABLE ADD COLUMN is committed before the UPDATE
@@ -70,7 +72,9 @@ def test_v3_fails_on_production_data(make_checkout: MakeCheckout, database_url: 
     assert database.revision() == "0002"
 
 
-def test_v3_succeeds_on_staging_data(make_checkout: MakeCheckout, database_url: str, database: Database) -> None:
+def test_v3_succeeds_on_staging_data(
+    make_checkout: MakeCheckout, database_url: str, database: Database
+) -> None:
     checkout = seeded_at_v2(make_checkout, database_url, "staging")
     checkout.switch("v3")
     checkout.upgrade()
@@ -93,7 +97,9 @@ def test_v4_migrates_production_without_losing_rows(
     assert "job_tags" in database.tables()
 
 
-def test_v4_repairs_what_failed_v3_left(make_checkout: MakeCheckout, database_url: str, database: Database) -> None:
+def test_v4_repairs_what_failed_v3_left(
+    make_checkout: MakeCheckout, database_url: str, database: Database
+) -> None:
     checkout = seeded_at_v2(make_checkout, database_url, "production")
     checkout.switch("v3")
     with pytest.raises(IntegrityError):
@@ -105,7 +111,9 @@ def test_v4_repairs_what_failed_v3_left(make_checkout: MakeCheckout, database_ur
     assert database.indexes("jobs")["ux_jobs_canonical_url"] is True
 
 
-def test_v4_downgrades_to_v2_schema(make_checkout: MakeCheckout, database_url: str, database: Database) -> None:
+def test_v4_downgrades_to_v2_schema(
+    make_checkout: MakeCheckout, database_url: str, database: Database
+) -> None:
     checkout = seeded_at_v2(make_checkout, database_url, "production")
     checkout.switch("v4")
     checkout.upgrade()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -30,13 +32,18 @@ def served_v1(make_checkout: MakeCheckout, tmp_path: Path) -> Iterator[tuple[Che
         server.stop()
 
 
-def requests_counted(samples: object, route: str) -> float:
+def requests_counted(families: Iterable[Metric], route: str) -> float:
     return sum(
         sample.value
-        for family in samples  # type: ignore[attr-defined]
+        for family in families
         for sample in family.samples
         if sample.name == "jobapp_http_requests_total" and sample.labels["route"] == route
     )
+
+
+def read_worker_file(path: Path) -> Iterable[Metric]:
+    metrics: Iterable[Metric] = MultiProcessCollector.merge([str(path)])  # type: ignore[no-untyped-call]
+    return metrics
 
 
 def test_metrics_sum_over_both_workers(served_v1: tuple[Checkout, Server]) -> None:
@@ -45,17 +52,21 @@ def test_metrics_sum_over_both_workers(served_v1: tuple[Checkout, Server]) -> No
 
     def per_worker() -> list[float]:
         files = sorted(metrics_dir.glob("counter_*.db"))
-        return [requests_counted(MultiProcessCollector.merge([str(path)]), "/api/jobs") for path in files]
+        return [requests_counted(read_worker_file(path), "/api/jobs") for path in files]
 
+    sent = 0
     with ThreadPoolExecutor(max_workers=8) as pool:
         for _ in range(50):
             assert {r.status_code for r in pool.map(server.get, ["/api/jobs"] * 40)} == {200}
+            sent += 40
             if len([count for count in per_worker() if count]) == 2:
                 break
+    # A worker counts a request just after answering it, so the last counts may trail a little.
+    server.wait_until(lambda: sum(per_worker()) == sent, f"the workers' files did not add up to {sent}", 5)
     counts = per_worker()
     assert len(counts) == 2 and all(counts), counts
     scraped = text_string_to_metric_families(server.get("/metrics").text)
-    assert requests_counted(scraped, "/api/jobs") == sum(counts)
+    assert requests_counted(scraped, "/api/jobs") == sent
 
 
 def test_maintenance_reaches_every_worker(served_v1: tuple[Checkout, Server]) -> None:
@@ -88,7 +99,9 @@ def test_hup_serves_the_checked_out_release(served_v1: tuple[Checkout, Server]) 
     v2 = checkout.head()
     assert v2 != v1
     os.kill(server.master_pid, signal.SIGHUP)
-    server.wait_until(lambda: server.get("/api/health").json()["version"] == v2, "v2 was not served", seconds=15)
+    server.wait_until(
+        lambda: server.get("/api/health").json()["version"] == v2, "v2 was not served", seconds=15
+    )
     server.wait_until(lambda: not server.worker_pids() & old_workers, "old workers did not exit", seconds=15)
     assert len(server.worker_pids()) == 2
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -100,10 +113,66 @@ def test_hup_serves_the_checked_out_release(served_v1: tuple[Checkout, Server]) 
     scraped = httpx.post(f"{server.base_url}/api/scrape", json={"source": "sample"}, timeout=10)
     assert scraped.status_code == 200
     jobs = {job["title"]: job for job in server.get("/api/jobs?limit=500").json()["jobs"]}
-    assert (jobs["Backend Engineer"]["salary_min"], jobs["Backend Engineer"]["salary_max"]) == (95_000, 120_000)
+    assert (jobs["Backend Engineer"]["salary_min"], jobs["Backend Engineer"]["salary_max"]) == (
+        95_000,
+        120_000,
+    )
     build_info = text_string_to_metric_families(server.get("/metrics").text)
     versions = {
-        sample.labels["version"] for family in build_info for sample in family.samples
+        sample.labels["version"]
+        for family in build_info
+        for sample in family.samples
         if sample.name == "jobapp_build_info"
     }
     assert versions == {v2}
+
+
+def test_usr2_hands_over_to_a_master_running_the_new_release(
+    make_checkout: MakeCheckout, tmp_path: Path
+) -> None:
+    checkout = make_checkout("v1", f"sqlite:///{tmp_path / 'handoff.db'}")
+    checkout.upgrade()
+    server = start_gunicorn(checkout, tmp_path / "run")
+    new_master: int | None = None
+    try:
+        v1 = checkout.head()
+        for _ in range(10):
+            assert server.get("/health").status_code == 200
+        checkout.switch("v2")
+        checkout.upgrade()
+        v2 = checkout.head()
+        os.kill(server.master_pid, signal.SIGUSR2)
+        second_pid_file = tmp_path / "run" / "gunicorn.pid.2"
+        server.wait_until(second_pid_file.exists, "the new master wrote no pid file")
+        new_master = int(second_pid_file.read_text())
+        # Both masters accept on the same socket until the old one is told to leave.
+        server.wait_until(
+            lambda: {server.get("/api/health").json()["version"] for _ in range(20)} == {v1, v2},
+            "both releases did not answer during the handoff",
+        )
+        server.stop()
+        assert {server.get("/api/health").json()["version"] for _ in range(20)} == {v2}
+        counted = {
+            sample.labels["status"]: sample.value
+            for family in text_string_to_metric_families(server.get("/metrics").text)
+            for sample in family.samples
+            if sample.name == "jobapp_http_requests_total" and sample.labels["route"] == "/health"
+        }
+        # The old workers' counts survive the handoff: only a cold start clears the metrics.
+        assert counted["200"] >= 10
+        assert "Traceback" not in server.log_file.read_text()
+    finally:
+        server.stop()
+        if new_master is not None:
+            stop_pid(new_master)
+
+
+def stop_pid(pid: int) -> None:
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(150):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)

@@ -28,9 +28,7 @@ log = logging.getLogger(__name__)
 
 
 class ActivityRecorder:
-    def __init__(
-        self, sessions: sessionmaker[Session], clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, sessions: sessionmaker[Session], clock: Callable[[], float] = time.monotonic) -> None:
         self._sessions = sessions
         self._clock = clock
         self._last_written: dict[str, float] = {}
@@ -83,7 +81,10 @@ def touch_user(session: Session, user_id: str, seen: datetime) -> None:
 
 def count_active_users(session: Session, now: datetime | None = None) -> int:
     cutoff = (now or utcnow()) - ACTIVE_WINDOW
-    return session.scalar(select(func.count()).select_from(UserSession).where(UserSession.last_seen >= cutoff)) or 0
+    return (
+        session.scalar(select(func.count()).select_from(UserSession).where(UserSession.last_seen >= cutoff))
+        or 0
+    )
 
 
 class ActivityMiddleware:
@@ -106,7 +107,7 @@ class ActivityMiddleware:
 def _user_id(scope: Scope) -> str | None:
     for name, value in scope["headers"]:
         if name == b"x-user-id":
-            user_id = value.decode("latin-1").strip()
+            user_id: str = value.decode("latin-1").strip()
             if 0 < len(user_id) <= MAX_USER_ID_LENGTH:
                 return user_id
             return None

@@ -13,9 +13,12 @@ from typing import Protocol
 from jobapp.settings import Settings
 
 MODEL = "keyword-v1"
-STOPWORDS = frozenset(
-    "a an and are as at be by for from has have i in is it of on or the to with we you your our".split()
-)
+# fmt: off
+STOPWORDS = frozenset({
+    "a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "has", "have", "i", "in", "is",
+    "it", "of", "on", "or", "the", "to", "with", "we", "you", "your", "our",
+})
+# fmt: on
 CANARY_TEXT = "Senior Python developer: PostgreSQL, Docker and REST APIs."
 CANARY_PROFILE = "python postgresql kubernetes"
 CANARY_SCORE = 67

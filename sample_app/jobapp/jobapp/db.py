@@ -22,7 +22,11 @@ def make_engine(database_url: str) -> Engine:
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         # Two workers share the file; wait for the other's write lock instead of failing at once.
         return create_engine(url, connect_args={"timeout": 15})
-    return create_engine(url, pool_pre_ping=True)
+    connect_args = {}
+    if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
+        # Bounded, so /api/health reports an unreachable server instead of hanging.
+        connect_args["connect_timeout"] = 5
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

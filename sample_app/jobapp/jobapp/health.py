@@ -30,8 +30,14 @@ def probe(check: Callable[[], str]) -> ServiceStatus:
         detail = check()
     # A probe's job is to report any failure of its dependency, whatever its type.
     except Exception as error:  # noqa: BLE001
-        return ServiceStatus("error", f"{type(error).__name__}: {error}", _since(started))
+        return ServiceStatus("error", f"{type(error).__name__}: {_first_line(error)}", _since(started))
     return ServiceStatus("ok", detail, _since(started))
+
+
+def _first_line(error: Exception) -> str:
+    # Database errors append the statement and a documentation link; the first line is the cause.
+    lines = str(error).strip().splitlines()
+    return lines[0][:300] if lines else ""
 
 
 def _since(started: float) -> float:
@@ -40,11 +46,12 @@ def _since(started: float) -> float:
 
 def health_report(runtime: Runtime) -> tuple[int, dict[str, Any]]:
     """The HTTP status and body of /api/health."""
-    revision: list[str | None] = []
+    database_rev: str | None = None
 
     def check_database() -> str:
-        revision.append(database_revision(runtime.engine))
-        return f"SELECT 1 ok; schema at revision {revision[0]}"
+        nonlocal database_rev
+        database_rev = database_revision(runtime.engine)
+        return f"SELECT 1 ok; schema at revision {database_rev}"
 
     def check_scraper() -> str:
         return f"sample page parsed: {len(load_source('sample'))} jobs"
@@ -71,7 +78,6 @@ def health_report(runtime: Runtime) -> tuple[int, dict[str, Any]]:
         status = "maintenance"
     else:
         status = "ok" if healthy else "degraded"
-    database_rev = revision[0] if revision else None
     body = {
         "status": status,
         "version": runtime.version,

@@ -18,5 +18,7 @@ def queue_email(session: Session, recipient: str, subject: str, body: str) -> Ou
 
 
 def check_outbox(session: Session) -> str:
-    queued = session.scalar(select(func.count()).select_from(OutboxMessage).where(OutboxMessage.status == QUEUED))
+    queued = session.scalar(
+        select(func.count()).select_from(OutboxMessage).where(OutboxMessage.status == QUEUED)
+    )
     return f"outbox reachable; {queued} message(s) queued"

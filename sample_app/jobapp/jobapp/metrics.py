@@ -25,9 +25,7 @@ from jobapp.activity import count_active_users
 
 UNMATCHED_ROUTE = "<unmatched>"
 
-REQUESTS = Counter(
-    "jobapp_http_requests_total", "HTTP requests answered.", ["route", "method", "status"]
-)
+REQUESTS = Counter("jobapp_http_requests_total", "HTTP requests answered.", ["route", "method", "status"])
 REQUEST_DURATION = Histogram(
     "jobapp_http_request_duration_seconds",
     "Time to answer an HTTP request.",
@@ -90,7 +88,9 @@ class AppStateCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         build = GaugeMetricFamily(
-            "jobapp_build_info", "The commit and environment this worker serves.", labels=["version", "environment"]
+            "jobapp_build_info",
+            "The commit and environment this worker serves.",
+            labels=["version", "environment"],
         )
         build.add_metric([self.version, self.environment], 1)
         yield build
@@ -111,5 +111,5 @@ def exposition(metrics_dir: Path | None, app_registry: CollectorRegistry) -> byt
         base = REGISTRY
     else:
         base = CollectorRegistry()
-        MultiProcessCollector(base, path=str(metrics_dir))
+        MultiProcessCollector(base, path=str(metrics_dir))  # type: ignore[no-untyped-call]
     return generate_latest(base) + generate_latest(app_registry)

@@ -154,7 +154,9 @@ def analyze(request: AnalyzeRequest, runtime: RuntimeDep, session: SessionDep) -
 
 
 @router.post("/api/documents/cover-letter")
-def write_cover_letter(request: CoverLetterRequest, runtime: RuntimeDep, session: SessionDep) -> dict[str, Any]:
+def write_cover_letter(
+    request: CoverLetterRequest, runtime: RuntimeDep, session: SessionDep
+) -> dict[str, Any]:
     job = job_or_404(session, request.job_id)
     stored = runtime.letters.write(session, job, request.applicant)
     session.commit()

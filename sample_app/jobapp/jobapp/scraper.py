@@ -100,7 +100,7 @@ def parse_job_board(html: str) -> list[ScrapedJob]:
     parser.close()
     jobs = [_to_job(posting) for posting in parser.postings]
     if not jobs:
-        raise ScrapeError("the page holds no <article class=\"job\"> postings")
+        raise ScrapeError('the page holds no <article class="job"> postings')
     return jobs
 
 

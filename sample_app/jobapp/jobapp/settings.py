@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, cast
+from typing import Literal
 
 Environment = Literal["development", "staging", "production"]
 ENVIRONMENTS: tuple[Environment, ...] = ("development", "staging", "production")
@@ -45,7 +45,7 @@ class Settings:
         metrics_dir = env.get("PROMETHEUS_MULTIPROC_DIR")
         return cls(
             database_url=env.get("JOBAPP_DATABASE_URL") or DEFAULT_DATABASE_URL,
-            environment=cast(Environment, environment),
+            environment=environment,
             # Resolved now so a later chdir cannot move the data.
             data_dir=Path(env.get("JOBAPP_DATA_DIR") or DEFAULT_DATA_DIR).resolve(),
             metrics_dir=Path(metrics_dir) if metrics_dir else None,

@@ -17,6 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,9 +37,9 @@ APP_DIR = Path(__file__).resolve().parents[1]
 if str(APP_DIR) not in sys.path:
     sys.path.insert(0, str(APP_DIR))
 
-from jobapp.app import create_app  # noqa: E402
-from jobapp.db import expected_revision  # noqa: E402
-from jobapp.settings import Settings  # noqa: E402
+from jobapp.app import create_app
+from jobapp.db import expected_revision
+from jobapp.settings import Settings
 
 if TYPE_CHECKING:
     from fastapi.testclient import TestClient
@@ -89,6 +90,7 @@ def run_module() -> Callable[..., subprocess.CompletedProcess[str]]:
     def run(module: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", module, *args],
+            check=False,
             cwd=APP_DIR,
             env=subprocess_env(**env),
             capture_output=True,
@@ -207,7 +209,7 @@ def settings(migrated_url: str, data_dir: Path) -> Settings:
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
     # Imported here, after pytest_configure, so its deprecation notice is filtered.
-    from fastapi.testclient import TestClient  # noqa: PLC0415
+    from fastapi.testclient import TestClient
 
     with TestClient(create_app(settings)) as test_client:
         yield test_client
@@ -241,23 +243,27 @@ def wait_until_serving(base_url: str, process: subprocess.Popen[bytes], log_file
     raise AssertionError(f"gunicorn did not answer within 20 s:\n{log_file.read_text()}")
 
 
-@pytest.fixture
-def gunicorn_server(tmp_path: Path) -> Iterator[Server]:
+@contextmanager
+def serve(directory: Path) -> Iterator[Server]:
     """jobapp under gunicorn with two workers on a free loopback port, on a migrated SQLite file."""
-    data_dir = tmp_path / "data"
-    log_file = tmp_path / "gunicorn.log"
-    pid_file = tmp_path / "gunicorn.pid"
+    data_dir = directory / "data"
+    log_file = directory / "gunicorn.log"
     env = subprocess_env(
-        JOBAPP_DATABASE_URL=f"sqlite:///{tmp_path / 'jobapp.db'}",
+        JOBAPP_DATABASE_URL=f"sqlite:///{directory / 'jobapp.db'}",
         JOBAPP_DATA_DIR=str(data_dir),
         JOBAPP_BIND=f"127.0.0.1:{free_port()}",
         JOBAPP_WORKERS="2",
-        JOBAPP_PID_FILE=str(pid_file),
+        JOBAPP_PID_FILE=str(directory / "gunicorn.pid"),
         JOBAPP_LOG_FILE=str(log_file),
-        JOBAPP_CONTROL_SOCKET=str(tmp_path / "gunicorn.ctl"),
+        JOBAPP_CONTROL_SOCKET=str(directory / "gunicorn.ctl"),
     )
-    subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=APP_DIR, env=env, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=APP_DIR,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "jobapp.app:app"],
         cwd=APP_DIR,
@@ -276,3 +282,17 @@ def gunicorn_server(tmp_path: Path) -> Iterator[Server]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="module")
+def gunicorn_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Shared by a module's tests; they must leave it serving, out of maintenance."""
+    with serve(tmp_path_factory.mktemp("gunicorn")) as server:
+        yield server
+
+
+@pytest.fixture
+def own_gunicorn_server(tmp_path: Path) -> Iterator[Server]:
+    """A server for one test, which may reload or stop it."""
+    with serve(tmp_path) as server:
+        yield server

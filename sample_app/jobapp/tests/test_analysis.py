@@ -4,7 +4,12 @@ from jobapp.analysis import CANARY_PROFILE, CANARY_SCORE, CANARY_TEXT, MODEL, ke
 
 
 def test_keywords_drop_stopwords_and_repeats() -> None:
-    assert keywords("Python and the PostgreSQL, python; C++ node.js") == ["python", "postgresql", "c++", "node.js"]
+    assert keywords("Python and the PostgreSQL, python; C++ node.js") == [
+        "python",
+        "postgresql",
+        "c++",
+        "node.js",
+    ]
 
 
 def test_score_is_the_share_of_profile_keywords_found() -> None:

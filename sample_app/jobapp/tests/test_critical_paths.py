@@ -3,15 +3,14 @@ from __future__ import annotations
 import hashlib
 
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, func, select
-from sqlalchemy.orm import Session
-from sqlalchemy.pool import NullPool
-
 from jobapp.analysis import MODEL
 from jobapp.db import APP_DIR
 from jobapp.models import Application, Document, OutboxMessage
 from jobapp.settings import Settings
 from jobapp.version import git_version
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
 
 def count(settings: Settings, model: type) -> int:
@@ -76,7 +75,9 @@ def test_analyze_text_is_deterministic_and_stores_nothing(client: TestClient, se
 
 def test_analyze_needs_exactly_one_subject(client: TestClient) -> None:
     assert client.post("/api/analyze", json={"profile": "python"}).status_code == 422
-    assert client.post("/api/analyze", json={"job_id": 1, "text": "x", "profile": "python"}).status_code == 422
+    assert (
+        client.post("/api/analyze", json={"job_id": 1, "text": "x", "profile": "python"}).status_code == 422
+    )
     assert client.post("/api/analyze", json={"text": "x", "profile": ""}).status_code == 422
 
 
@@ -86,7 +87,9 @@ def test_analyze_unknown_job_is_404(client: TestClient) -> None:
 
 def test_cover_letter_is_written_recorded_and_readable(client: TestClient, settings: Settings) -> None:
     job_id = scrape(client)[1]
-    response = client.post("/api/documents/cover-letter", json={"job_id": job_id, "applicant": "Ada Lovelace"})
+    response = client.post(
+        "/api/documents/cover-letter", json={"job_id": job_id, "applicant": "Ada Lovelace"}
+    )
     body = response.json()
     assert response.status_code == 200, body
     files = list(settings.documents_dir.glob("*.txt"))

@@ -3,14 +3,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
-from sqlalchemy.pool import NullPool
-
 from jobapp.app import create_app
 from jobapp.db import APP_DIR, expected_revision
 from jobapp.health import SERVICES
 from jobapp.settings import Settings
 from jobapp.version import git_version
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 
 def test_liveness_needs_no_database(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from pathlib import Path
 from subprocess import CompletedProcess
 
 from fastapi.testclient import TestClient
-
 from jobapp.maintenance import DEFAULT_RETRY_AFTER, enable, retry_after
 from jobapp.settings import Settings
 
@@ -14,8 +13,14 @@ RunModule = Callable[..., CompletedProcess[str]]
 
 def test_every_route_answers_503_with_retry_after(client: TestClient, settings: Settings) -> None:
     enable(settings.maintenance_file, 42)
-    for method, path in [("GET", "/"), ("GET", "/health"), ("GET", "/api/jobs"), ("POST", "/api/scrape"),
-                         ("POST", "/api/email"), ("GET", "/no/such/page")]:
+    for method, path in [
+        ("GET", "/"),
+        ("GET", "/health"),
+        ("GET", "/api/jobs"),
+        ("POST", "/api/scrape"),
+        ("POST", "/api/email"),
+        ("GET", "/no/such/page"),
+    ]:
         response = client.request(method, path, json={})
         assert response.status_code == 503, (method, path)
         assert response.headers["Retry-After"] == "42"

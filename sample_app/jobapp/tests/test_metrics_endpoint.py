@@ -3,15 +3,14 @@ from __future__ import annotations
 from datetime import timedelta
 
 from fastapi.testclient import TestClient
-from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import create_engine, select
-from sqlalchemy.orm import Session
-from sqlalchemy.pool import NullPool
-
 from jobapp.activity import ActivityRecorder
 from jobapp.db import make_session_factory
 from jobapp.models import UserSession, utcnow
 from jobapp.settings import Settings
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
 
 def sample(client: TestClient, name: str, **labels: str) -> float:

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-
 from jobapp.scraper import SAMPLE_PAGE, ScrapeError, load_source, parse_job_board
 
 

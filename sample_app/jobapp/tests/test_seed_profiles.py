@@ -5,13 +5,12 @@ from datetime import datetime
 from pathlib import Path
 from subprocess import CompletedProcess
 
-from sqlalchemy import create_engine, func, select
-from sqlalchemy.orm import Session
-from sqlalchemy.pool import NullPool
-
 from jobapp.activity import count_active_users
 from jobapp.models import Application, Document, Job, OutboxMessage, UserSession
 from jobapp.seed import PROFILES, seed
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
 RunModule = Callable[..., CompletedProcess[str]]
 NOW = datetime(2025, 6, 1, 12, 0, 0)
@@ -39,7 +38,13 @@ def duplicated_urls(session: Session) -> list[str]:
 
 def test_staging_is_clean(migrated_url: str, data_dir: Path) -> None:
     with seeded(migrated_url, "staging", data_dir) as session:
-        assert counts(session) == {"jobs": 20, "applications": 30, "documents": 0, "outbox": 12, "user_sessions": 8}
+        assert counts(session) == {
+            "jobs": 20,
+            "applications": 30,
+            "documents": 0,
+            "outbox": 12,
+            "user_sessions": 8,
+        }
         assert duplicated_urls(session) == []
         assert session.scalar(select(func.count()).where(Job.company.is_(None))) == 0
         urls = list(session.scalars(select(Job.source_url)))
@@ -50,7 +55,11 @@ def test_staging_is_clean(migrated_url: str, data_dir: Path) -> None:
 def test_production_carries_legacy_rows(migrated_url: str, data_dir: Path) -> None:
     with seeded(migrated_url, "production", data_dir) as session:
         assert counts(session) == {
-            "jobs": 200, "applications": 400, "documents": 40, "outbox": 120, "user_sessions": 60,
+            "jobs": 200,
+            "applications": 400,
+            "documents": 40,
+            "outbox": 120,
+            "user_sessions": 60,
         }
         duplicates = duplicated_urls(session)
         assert len(duplicates) == 5
@@ -81,7 +90,10 @@ def test_seeding_is_deterministic(database_url: str, tmp_path: Path, migrate: Ca
                     (job.id, job.source_url, job.title, job.company, job.location, job.created_at)
                     for job in session.scalars(select(Job).order_by(Job.id))
                 ]
-                + [(a.id, a.job_id, a.score) for a in session.scalars(select(Application).order_by(Application.id))]
+                + [
+                    (a.id, a.job_id, a.score)
+                    for a in session.scalars(select(Application).order_by(Application.id))
+                ]
             )
     assert rows[0] == rows[1]
 

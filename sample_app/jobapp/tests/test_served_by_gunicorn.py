@@ -10,18 +10,20 @@ from typing import Any
 
 import httpx
 import pytest
+from jobapp.maintenance import disable, enable
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from jobapp.maintenance import disable, enable
-
 pytestmark = pytest.mark.slow
 
 
+# No keep-alive: a fresh connection per request lets the kernel spread requests over both workers.
+HTTP = httpx.Client(timeout=10, limits=httpx.Limits(max_keepalive_connections=0))
+
+
 def get(url: str) -> httpx.Response:
-    # A fresh connection per request, so the kernel spreads requests over both workers.
-    return httpx.get(url, timeout=10, headers={"Connection": "close"})
+    return HTTP.get(url)
 
 
 def health_requests(metrics: Iterable[Metric]) -> float:
@@ -36,7 +38,12 @@ def health_requests(metrics: Iterable[Metric]) -> float:
 def per_worker_health_requests(data_dir: Path) -> list[float]:
     """What each worker counted, read from its own file rather than through /metrics."""
     files = sorted((data_dir / "prometheus").glob("counter_*.db"))
-    return [health_requests(MultiProcessCollector.merge([str(path)])) for path in files]
+    return [health_requests(read_worker_file(path)) for path in files]
+
+
+def read_worker_file(path: Path) -> Iterable[Metric]:
+    metrics: Iterable[Metric] = MultiProcessCollector.merge([str(path)])  # type: ignore[no-untyped-call]
+    return metrics
 
 
 def test_two_workers_serve_and_metrics_sum_over_both(gunicorn_server: Any) -> None:
@@ -45,37 +52,47 @@ def test_two_workers_serve_and_metrics_sum_over_both(gunicorn_server: Any) -> No
         for _ in range(50):
             responses = list(pool.map(get, [f"{base}/health"] * 40))
             assert all(response.status_code == 200 for response in responses)
-            if len(per_worker_health_requests(gunicorn_server.data_dir)) >= 2:
+            counts = per_worker_health_requests(gunicorn_server.data_dir)
+            if len(counts) == 2 and all(counts):
                 break
-    by_worker = per_worker_health_requests(gunicorn_server.data_dir)
+    # A worker counts a request just after answering it, so read until both views agree.
+    deadline = time.monotonic() + 5
+    while True:
+        by_worker = per_worker_health_requests(gunicorn_server.data_dir)
+        scraped = health_requests(text_string_to_metric_families(get(f"{base}/metrics").text))
+        if scraped == sum(by_worker) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert len(by_worker) == 2 and all(count > 0 for count in by_worker), by_worker
-    scraped = health_requests(text_string_to_metric_families(get(f"{base}/metrics").text))
     assert scraped == sum(by_worker)
 
 
 def test_maintenance_applies_to_every_worker(gunicorn_server: Any) -> None:
     base = gunicorn_server.base_url
-    enable(gunicorn_server.data_dir / "maintenance", 9)
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        refused = list(pool.map(get, [f"{base}/api/jobs"] * 40))
-    assert {(r.status_code, r.headers.get("Retry-After")) for r in refused} == {(503, "9")}
-    health = get(f"{base}/api/health")
-    assert health.status_code == 503 and health.json()["status"] == "maintenance"
-    assert get(f"{base}/metrics").status_code == 200
-    disable(gunicorn_server.data_dir / "maintenance")
+    flag = gunicorn_server.data_dir / "maintenance"
+    enable(flag, 9)
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            refused = list(pool.map(get, [f"{base}/api/jobs"] * 40))
+        assert {(r.status_code, r.headers.get("Retry-After")) for r in refused} == {(503, "9")}
+        health = get(f"{base}/api/health")
+        assert health.status_code == 503 and health.json()["status"] == "maintenance"
+        assert get(f"{base}/metrics").status_code == 200
+    finally:
+        disable(flag)
     with ThreadPoolExecutor(max_workers=8) as pool:
         served = list(pool.map(get, [f"{base}/api/jobs"] * 40))
     assert {r.status_code for r in served} == {200}
 
 
-def test_hup_replaces_workers_and_keeps_serving(gunicorn_server: Any) -> None:
-    base = gunicorn_server.base_url
-    before = worker_pids(gunicorn_server.master_pid)
+def test_hup_replaces_workers_and_keeps_serving(own_gunicorn_server: Any) -> None:
+    base = own_gunicorn_server.base_url
+    before = worker_pids(own_gunicorn_server.master_pid)
     assert len(before) == 2
-    os.kill(gunicorn_server.master_pid, signal.SIGHUP)
+    os.kill(own_gunicorn_server.master_pid, signal.SIGHUP)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        after = worker_pids(gunicorn_server.master_pid)
+        after = worker_pids(own_gunicorn_server.master_pid)
         if len(after) == 2 and not after & before:
             break
         time.sleep(0.1)

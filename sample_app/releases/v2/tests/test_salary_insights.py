@@ -6,10 +6,9 @@ import pytest
 from alembic import command
 from alembic.config import Config
 from fastapi.testclient import TestClient
+from jobapp.scraper import parse_salary
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.pool import NullPool
-
-from jobapp.scraper import parse_salary
 
 
 @pytest.mark.parametrize(
@@ -31,7 +30,10 @@ def test_salary_ranges_are_parsed(text: str, expected: tuple[int | None, int | N
 def test_jobs_show_the_scraped_salary_range(client: TestClient) -> None:
     client.post("/api/scrape", json={"source": "sample"})
     jobs = {job["title"]: job for job in client.get("/api/jobs").json()["jobs"]}
-    assert (jobs["Backend Engineer"]["salary_min"], jobs["Backend Engineer"]["salary_max"]) == (95_000, 120_000)
+    assert (jobs["Backend Engineer"]["salary_min"], jobs["Backend Engineer"]["salary_max"]) == (
+        95_000,
+        120_000,
+    )
     assert jobs["Frontend Developer"]["salary_min"] is None
     assert jobs["Frontend Developer"]["salary_max"] is None
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -19,11 +19,12 @@ class Base(DeclarativeBase):
 
 class Job(Base):
     __tablename__ = "jobs"
+    __table_args__ = (Index("ux_jobs_canonical_url", "canonical_url", unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     source_url: Mapped[str] = mapped_column(String(500), index=True)
     # lower(source_url): the scraper's dedupe key. Nullable only so older code can still insert.
-    canonical_url: Mapped[str | None] = mapped_column(String(500), unique=True)
+    canonical_url: Mapped[str | None] = mapped_column(String(500))
     title: Mapped[str] = mapped_column(String(200))
     # Nullable: rows from the old importer have no company.
     company: Mapped[str | None] = mapped_column(String(200), index=True)

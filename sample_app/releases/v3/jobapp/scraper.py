@@ -11,10 +11,9 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 
+from jobapp.models import Job
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-
-from jobapp.models import Job
 
 SAMPLE_PAGE = Path(__file__).resolve().parent / "data" / "jobs.html"
 SOURCES = {"sample": SAMPLE_PAGE}
@@ -102,7 +101,7 @@ def parse_job_board(html: str) -> list[ScrapedJob]:
     parser.close()
     jobs = [_to_job(posting) for posting in parser.postings]
     if not jobs:
-        raise ScrapeError("the page holds no <article class=\"job\"> postings")
+        raise ScrapeError('the page holds no <article class="job"> postings')
     return jobs
 
 

@@ -19,32 +19,77 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
-
 from jobapp.db import database_revision, make_engine, make_session_factory
 from jobapp.models import Application, Document, Job, OutboxMessage, UserSession, utcnow
 from jobapp.scraper import canonical_url
 from jobapp.settings import Settings
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 EPOCH = datetime(2024, 1, 1, 8, 0, 0)
 TITLES = (
-    "Python Developer", "Backend Engineer", "Data Engineer", "Data Analyst", "DevOps Engineer",
-    "Site Reliability Engineer", "Machine Learning Engineer", "Frontend Developer", "QA Engineer",
-    "Product Manager", "Database Administrator", "Security Engineer", "Technical Writer",
+    "Python Developer",
+    "Backend Engineer",
+    "Data Engineer",
+    "Data Analyst",
+    "DevOps Engineer",
+    "Site Reliability Engineer",
+    "Machine Learning Engineer",
+    "Frontend Developer",
+    "QA Engineer",
+    "Product Manager",
+    "Database Administrator",
+    "Security Engineer",
+    "Technical Writer",
 )
 COMPANIES = (
-    "Northwind Analytics", "Contoso Logistics", "Fabrikam Health", "Tailspin Toys", "Adventure Works",
-    "Wide World Importers", "Litware Cloud", "Proseware", "Blue Yonder Airlines", "Lucerne Publishing",
-    "Woodgrove Bank", "Alpine Ski House", "Coho Winery", "Graphic Design Institute", "Margie's Travel",
+    "Northwind Analytics",
+    "Contoso Logistics",
+    "Fabrikam Health",
+    "Tailspin Toys",
+    "Adventure Works",
+    "Wide World Importers",
+    "Litware Cloud",
+    "Proseware",
+    "Blue Yonder Airlines",
+    "Lucerne Publishing",
+    "Woodgrove Bank",
+    "Alpine Ski House",
+    "Coho Winery",
+    "Graphic Design Institute",
+    "Margie's Travel",
 )
 LOCATIONS = (
-    "Berlin, Germany", "Remote", "Amsterdam, Netherlands", "London, United Kingdom", "Munich, Germany",
-    "Dublin, Ireland", "Warsaw, Poland", "Zurich, Switzerland", "Vienna, Austria", "Lisbon, Portugal",
+    "Berlin, Germany",
+    "Remote",
+    "Amsterdam, Netherlands",
+    "London, United Kingdom",
+    "Munich, Germany",
+    "Dublin, Ireland",
+    "Warsaw, Poland",
+    "Zurich, Switzerland",
+    "Vienna, Austria",
+    "Lisbon, Portugal",
 )
 SKILLS = (
-    "python", "postgresql", "fastapi", "django", "docker", "kubernetes", "terraform", "aws", "react",
-    "typescript", "sql", "airflow", "spark", "pytorch", "linux", "prometheus", "grafana", "go",
+    "python",
+    "postgresql",
+    "fastapi",
+    "django",
+    "docker",
+    "kubernetes",
+    "terraform",
+    "aws",
+    "react",
+    "typescript",
+    "sql",
+    "airflow",
+    "spark",
+    "pytorch",
+    "linux",
+    "prometheus",
+    "grafana",
+    "go",
 )
 OUTBOX_STATUSES = ("sent", "sent", "sent", "queued", "failed")
 
@@ -69,12 +114,28 @@ class Profile:
 
 PROFILES = {
     "staging": Profile(
-        name="staging", url_base="https://jobs.example.com/postings/5", jobs=20, duplicate_pairs=0,
-        companyless=0, applications=30, documents=0, outbox=12, users=8, active_users=3,
+        name="staging",
+        url_base="https://jobs.example.com/postings/5",
+        jobs=20,
+        duplicate_pairs=0,
+        companyless=0,
+        applications=30,
+        documents=0,
+        outbox=12,
+        users=8,
+        active_users=3,
     ),
     "production": Profile(
-        name="production", url_base="https://jobs.example.com/postings/2", jobs=200, duplicate_pairs=5,
-        companyless=10, applications=400, documents=40, outbox=120, users=60, active_users=12,
+        name="production",
+        url_base="https://jobs.example.com/postings/2",
+        jobs=200,
+        duplicate_pairs=5,
+        companyless=10,
+        applications=400,
+        documents=40,
+        outbox=120,
+        users=60,
+        active_users=12,
     ),
 }
 
@@ -88,7 +149,9 @@ class SeedReport:
     user_sessions: int
 
 
-def seed(session: Session, profile: Profile, data_dir: Path, now: datetime | None = None) -> SeedReport | None:
+def seed(
+    session: Session, profile: Profile, data_dir: Path, now: datetime | None = None
+) -> SeedReport | None:
     """Seed ``profile`` into ``session``; None when jobs already exist."""
     if session.scalar(select(func.count()).select_from(Job)):
         return None
@@ -103,7 +166,9 @@ def seed(session: Session, profile: Profile, data_dir: Path, now: datetime | Non
         Application(job_id=rng.choice(job_ids), score=rng.randint(0, 100), created_at=_moment(rng, 400))
         for _ in range(profile.applications)
     ]
-    documents = [_document(data_dir, jobs[rng.randrange(len(jobs))], number) for number in range(profile.documents)]
+    documents = [
+        _document(data_dir, jobs[rng.randrange(len(jobs))], number) for number in range(profile.documents)
+    ]
     outbox = [
         OutboxMessage(
             recipient=f"recruiter{number}@{rng.choice(COMPANIES).split()[0].lower()}.example",
@@ -118,7 +183,8 @@ def seed(session: Session, profile: Profile, data_dir: Path, now: datetime | Non
     users = [
         UserSession(
             user_id=f"user-{number:04d}",
-            last_seen=moment - timedelta(
+            last_seen=moment
+            - timedelta(
                 seconds=rng.randint(0, 240) if number < profile.active_users else rng.randint(600, 86_400)
             ),
         )
@@ -149,7 +215,9 @@ def _jobs(rng: random.Random, profile: Profile) -> list[Job]:
     # The oldest rows are the legacy ones: no company, and re-imported twins.
     for job in jobs[: profile.companyless]:
         job.company = None
-    for number, original in enumerate(jobs[profile.companyless : profile.companyless + profile.duplicate_pairs]):
+    for number, original in enumerate(
+        jobs[profile.companyless : profile.companyless + profile.duplicate_pairs]
+    ):
         jobs.append(
             Job(
                 source_url=original.source_url,
@@ -166,7 +234,9 @@ def _jobs(rng: random.Random, profile: Profile) -> list[Job]:
 def _add_salaries(jobs: list[Job], profile: Profile) -> None:
     # A generator of its own keeps every other seeded value identical to the previous release's.
     rng = random.Random(f"jobapp-salary-{profile.name}")
-    legacy = set(range(profile.companyless)) | set(range(profile.jobs - profile.duplicate_pairs, profile.jobs))
+    legacy = set(range(profile.companyless)) | set(
+        range(profile.jobs - profile.duplicate_pairs, profile.jobs)
+    )
     for index, job in enumerate(jobs):
         if index in legacy:
             continue
@@ -202,7 +272,9 @@ def _moment(rng: random.Random, days: int) -> datetime:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobapp.seed", description="Seed an empty jobapp database.")
+    parser = argparse.ArgumentParser(
+        prog="python -m jobapp.seed", description="Seed an empty jobapp database."
+    )
     parser.add_argument("--profile", required=True, choices=sorted(PROFILES))
     args = parser.parse_args(argv)
     settings = Settings.from_env()
@@ -219,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(
             f"seeded {args.profile}: {report.jobs} jobs, {report.applications} applications, "
-            f"{report.documents} documents, {report.outbox} outbox messages, {report.user_sessions} user sessions"
+            f"{report.documents} documents, {report.outbox} outbox messages, "
+            f"{report.user_sessions} user sessions"
         )
     return 0
 

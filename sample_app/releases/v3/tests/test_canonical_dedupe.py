@@ -6,12 +6,11 @@ from dataclasses import replace
 from alembic import command
 from alembic.config import Config
 from fastapi.testclient import TestClient
+from jobapp.scraper import load_source, store_jobs
+from jobapp.settings import Settings
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
-
-from jobapp.scraper import load_source, store_jobs
-from jobapp.settings import Settings
 
 
 def test_a_posting_is_matched_whatever_the_case_of_its_url(client: TestClient, settings: Settings) -> None:
@@ -50,7 +49,10 @@ def test_0003_fills_a_unique_canonical_url(
     migrate(database_url, "0003")
     with engine.connect() as connection:
         rows = connection.execute(text("SELECT source_url, canonical_url FROM jobs ORDER BY id")).all()
-    assert [canonical for _, canonical in rows] == ["https://example.com/jobs/1", "https://example.com/jobs/2"]
+    assert [canonical for _, canonical in rows] == [
+        "https://example.com/jobs/1",
+        "https://example.com/jobs/2",
+    ]
     unique = {index["name"]: index["unique"] for index in inspect(engine).get_indexes("jobs")}
     assert unique.get("ux_jobs_canonical_url") in (True, 1)
     command.downgrade(make_alembic_config(database_url), "0002")

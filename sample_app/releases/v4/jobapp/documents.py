@@ -10,10 +10,9 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jobapp.models import Document, Job
 from sqlalchemy import text
 from sqlalchemy.orm import Session
-
-from jobapp.models import Document, Job
 
 DEFAULT_TEMPLATE = (
     "Dear hiring team at {company},\n"

@@ -9,15 +9,14 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel, Field, model_validator
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
-
 from jobapp import mailer, metrics
 from jobapp.health import health_report
 from jobapp.models import Application, Document, Job, OutboxMessage
 from jobapp.runtime import Runtime
 from jobapp.scraper import load_source, store_jobs
+from pydantic import BaseModel, Field, model_validator
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 router = APIRouter()
 FEATURES = ("salary-insights", "canonical-dedupe", "company-letters")
@@ -164,7 +163,9 @@ def analyze(request: AnalyzeRequest, runtime: RuntimeDep, session: SessionDep) -
 
 
 @router.post("/api/documents/cover-letter")
-def write_cover_letter(request: CoverLetterRequest, runtime: RuntimeDep, session: SessionDep) -> dict[str, Any]:
+def write_cover_letter(
+    request: CoverLetterRequest, runtime: RuntimeDep, session: SessionDep
+) -> dict[str, Any]:
     job = job_or_404(session, request.job_id)
     stored = runtime.letters.write(session, job, request.applicant)
     session.commit()

@@ -1,16 +1,18 @@
 from __future__ import annotations
 
 from fastapi.testclient import TestClient
-
 from jobapp.documents import LETTERS_DIR, company_key
 
 
 def letter_for(client: TestClient, title: str) -> str:
     client.post("/api/scrape", json={"source": "sample"})
     job = next(job for job in client.get("/api/jobs").json()["jobs"] if job["title"] == title)
-    created = client.post("/api/documents/cover-letter", json={"job_id": job["id"], "applicant": "Grace Hopper"})
+    created = client.post(
+        "/api/documents/cover-letter", json={"job_id": job["id"], "applicant": "Grace Hopper"}
+    )
     assert created.status_code == 200, created.text
-    return client.get(f"/api/documents/{created.json()['document_id']}").text
+    letter: str = client.get(f"/api/documents/{created.json()['document_id']}").text
+    return letter
 
 
 def test_a_company_with_a_template_gets_its_own_letter(client: TestClient) -> None:

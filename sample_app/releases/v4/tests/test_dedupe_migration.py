@@ -22,14 +22,18 @@ def insert_jobs(engine: Engine, urls: list[str]) -> None:
 
 def canonical_urls(engine: Engine) -> list[tuple[int, str]]:
     with engine.connect() as connection:
-        return [tuple(row) for row in connection.execute(text("SELECT id, canonical_url FROM jobs ORDER BY id"))]
+        return [
+            tuple(row) for row in connection.execute(text("SELECT id, canonical_url FROM jobs ORDER BY id"))
+        ]
 
 
 def test_duplicates_are_marked_not_dropped(database_url: str, migrate: Callable[..., None]) -> None:
     engine = create_engine(database_url, poolclass=NullPool)
     migrate(database_url, "0002")
-    insert_jobs(engine, ["https://example.com/a", "https://example.com/b", "https://Example.com/A",
-                         "https://example.com/a"])
+    insert_jobs(
+        engine,
+        ["https://example.com/a", "https://example.com/b", "https://Example.com/A", "https://example.com/a"],
+    )
     migrate(database_url, "head")
     assert canonical_urls(engine) == [
         (1, "https://example.com/a"),
@@ -42,7 +46,9 @@ def test_duplicates_are_marked_not_dropped(database_url: str, migrate: Callable[
     engine.dispose()
 
 
-def test_0003_completes_over_the_column_a_failed_run_left(database_url: str, migrate: Callable[..., None]) -> None:
+def test_0003_completes_over_the_column_a_failed_run_left(
+    database_url: str, migrate: Callable[..., None]
+) -> None:
     engine = create_engine(database_url, poolclass=NullPool)
     migrate(database_url, "0002")
     insert_jobs(engine, ["https://example.com/a", "https://example.com/a"])

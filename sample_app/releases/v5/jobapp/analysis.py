@@ -19,9 +19,12 @@ from typing import Protocol
 from jobapp.settings import Settings
 
 MODEL = "keyword-v1"
-STOPWORDS = frozenset(
-    "a an and are as at be by for from has have i in is it of on or the to with we you your our".split()
-)
+# fmt: off
+STOPWORDS = frozenset({
+    "a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "has", "have", "i", "in", "is",
+    "it", "of", "on", "or", "the", "to", "with", "we", "you", "your", "our",
+})
+# fmt: on
 CANARY_TEXT = "Senior Python developer: PostgreSQL, Docker and REST APIs."
 CANARY_PROFILE = "python postgresql kubernetes"
 CANARY_SCORE = 67
@@ -116,7 +119,8 @@ class MatchCache:
                 self._evict_expired(shard, now)
             if len(shard) >= self._per_shard:
                 raise MatchCacheFull(
-                    f"match cache shard {index} holds {len(shard)} unexpired entries (limit {self._per_shard})"
+                    f"match cache shard {index} holds {len(shard)} unexpired entries "
+                    f"(limit {self._per_shard})"
                 )
             shard[key] = _Entry(match, now)
         return match

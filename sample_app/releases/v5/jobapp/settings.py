@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, cast
+from typing import Literal
 
 Environment = Literal["development", "staging", "production"]
 ENVIRONMENTS: tuple[Environment, ...] = ("development", "staging", "production")
@@ -47,10 +47,12 @@ class Settings:
         metrics_dir = env.get("PROMETHEUS_MULTIPROC_DIR")
         cache_size = env.get("JOBAPP_MATCH_CACHE_SIZE") or str(DEFAULT_MATCH_CACHE_SIZE)
         if not cache_size.isdigit() or int(cache_size) < 1:
-            raise SettingsError(f"JOBAPP_MATCH_CACHE_SIZE={cache_size!r} must be a whole number of entries, 1 or more")
+            raise SettingsError(
+                f"JOBAPP_MATCH_CACHE_SIZE={cache_size!r} must be a whole number of entries, 1 or more"
+            )
         return cls(
             database_url=env.get("JOBAPP_DATABASE_URL") or DEFAULT_DATABASE_URL,
-            environment=cast(Environment, environment),
+            environment=environment,
             # Resolved now so a later chdir cannot move the data.
             data_dir=Path(env.get("JOBAPP_DATA_DIR") or DEFAULT_DATA_DIR).resolve(),
             metrics_dir=Path(metrics_dir) if metrics_dir else None,

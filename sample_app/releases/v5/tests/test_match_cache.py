@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-
 from jobapp.analysis import CACHE_SHARDS, CACHE_TTL_SECONDS, KeywordScorer, Match, MatchCache, MatchCacheFull
 from jobapp.settings import DEFAULT_MATCH_CACHE_SIZE, Settings, SettingsError
 
