@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from deployctl.stack import Stack
-from tests.flows.conftest import Sandbox, free_ports, make_sandbox
+from tests.conftest import free_ports
+from tests.flows.conftest import Sandbox, make_sandbox
 
 pytestmark = pytest.mark.slow
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import stat
 import subprocess
 from pathlib import Path
@@ -14,18 +13,9 @@ import pytest
 from deployctl.cli import main as deployctl
 from sample_app import sandbox
 from tasks.service import is_alive
+from tests.conftest import free_ports
 
 pytestmark = pytest.mark.slow
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def git(cwd: Path, *args: str) -> str:

@@ -7,7 +7,9 @@ as under TestClient, the metrics live in this process's default registry.
 
 from __future__ import annotations
 
+
 import logging
+import struct
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -108,8 +110,15 @@ class AppStateCollector(Collector):
 
 def exposition(metrics_dir: Path | None, app_registry: CollectorRegistry) -> bytes:
     if metrics_dir is None:
-        base = REGISTRY
-    else:
-        base = CollectorRegistry()
-        MultiProcessCollector(base, path=str(metrics_dir))  # type: ignore[no-untyped-call]
-    return generate_latest(base) + generate_latest(app_registry)
+        return generate_latest(REGISTRY) + generate_latest(app_registry)
+    base = CollectorRegistry()
+    MultiProcessCollector(base, path=str(metrics_dir))  # type: ignore[no-untyped-call]
+    for attempt in range(3):
+        try:
+            return generate_latest(base) + generate_latest(app_registry)
+        except struct.error:
+            # A worker that is just starting has created its file but not yet sized it.
+            if attempt == 2:
+                raise
+            time.sleep(0.01)
+    raise AssertionError("unreachable")

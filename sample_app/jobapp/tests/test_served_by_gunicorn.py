@@ -37,7 +37,8 @@ def health_requests(metrics: Iterable[Metric]) -> float:
 
 def per_worker_health_requests(data_dir: Path) -> list[float]:
     """What each worker counted, read from its own file rather than through /metrics."""
-    files = sorted((data_dir / "prometheus").glob("counter_*.db"))
+    # A worker that is just starting has created its file but not sized it yet: nothing counted.
+    files = sorted(p for p in (data_dir / "prometheus").glob("counter_*.db") if p.stat().st_size > 0)
     return [health_requests(read_worker_file(path)) for path in files]
 
 
