@@ -7,6 +7,7 @@ Every request has a total deadline, so an endpoint that accepts and never answer
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,19 @@ class Probe:
 
 def probe(url: str, timeout: float, transport: httpx.BaseTransport | None = None) -> Probe:
     started = time.perf_counter()
+    answers: list[Probe] = []
+    # httpx's timeout bounds each read, not the request: a server that sends a byte now and then
+    # would keep it waiting forever. So the request runs on a thread that is waited for at most
+    # `timeout`; one that is still waiting then ends on its own when the server gives up.
+    worker = threading.Thread(target=lambda: answers.append(_get(url, timeout, transport, started)), daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not answers:
+        return Probe(url, None, error=f"no answer within {timeout:g} s", elapsed_ms=_ms(started))
+    return answers[0]
+
+
+def _get(url: str, timeout: float, transport: httpx.BaseTransport | None, started: float) -> Probe:
     try:
         with httpx.Client(timeout=timeout, follow_redirects=False, transport=transport) as client:
             response = client.get(url, headers={"Cache-Control": "no-cache"})
@@ -83,16 +97,19 @@ def assess(config: EnvironmentConfig, expected_sha: str | None, step: str, allow
     api = probe(base + config.health.api_path, timeout)
     body = api.body or {}
     in_maintenance = allow_maintenance and body.get("maintenance") is True
-    for answer in (liveness, api):
-        if not answer.ok and not (in_maintenance and answer.status_code == 503):
-            hint = " (redirects are not followed: point health at the final URL)" if (
-                answer.status_code or 0) in range(300, 400) else ""
-            raise HealthCheckFailed(step, answer.describe() + hint,
-                                    "read the app's log; the deploy does not continue on an unhealthy app")
     services = body.get("services") if isinstance(body.get("services"), dict) else {}
     broken = [f"{name}: {(services.get(name) or {}).get('detail') or (services.get(name) or {}).get('status', 'missing')}"
               for name in config.health.required_services
               if (services.get(name) or {}).get("status") != "ok"]
+    for answer in (liveness, api):
+        if not answer.ok and not (in_maintenance and answer.status_code == 503):
+            hint = " (redirects are not followed: point health at the final URL)" if (
+                answer.status_code or 0) in range(300, 400) else ""
+            # An app answers 503 because a service is down: the status alone does not say which.
+            if answer is api and services and broken:
+                hint += f"; unhealthy services: {'; '.join(broken)}"
+            raise HealthCheckFailed(step, answer.describe() + hint,
+                                    "read the app's log; the deploy does not continue on an unhealthy app")
     if broken:
         raise HealthCheckFailed(step, f"{api.url} reports unhealthy services ({'; '.join(broken)})",
                                 "fix the service named; the deploy does not continue")

@@ -47,6 +47,9 @@ def run_release_tests(config: EnvironmentConfig, tree: Path) -> str:
     except subprocess.TimeoutExpired:
         raise PreflightError("run release tests", f"the tests ran longer than {TEST_TIMEOUT} s",
                              "make them faster or raise the limit; nothing was changed") from None
+    except OSError as exc:
+        raise PreflightError("run release tests", f"cannot start {argv[0]} ({exc.strerror})",
+                             "fix prerequisites.test_command; nothing was changed") from None
     output = (result.stdout + result.stderr).strip().splitlines()
     summary = output[-1] if output else f"exit {result.returncode}"
     if result.returncode != 0:
@@ -61,7 +64,12 @@ def run_security_scan(config: EnvironmentConfig, tree: Path) -> ScanReport | str
     step = "run security scan"
     if config.prerequisites.scan_command is not None:
         argv = _argv(config.prerequisites.scan_command, config, tree)
-        result = subprocess.run(argv, cwd=tree, env=app_process_env({}), capture_output=True, text=True, timeout=1800)
+        try:
+            result = subprocess.run(argv, cwd=tree, env=app_process_env({}), capture_output=True, text=True,
+                                    timeout=1800)
+        except OSError as exc:
+            raise PreflightError(step, f"cannot start {argv[0]} ({exc.strerror})",
+                                 "install the scanner or fix prerequisites.scan_command; nothing was changed") from None
         if result.returncode != 0:
             tail = (result.stdout + result.stderr).strip().splitlines()[-3:]
             raise PreflightError(step, f"{argv[0]} reported problems: {' / '.join(tail)}",

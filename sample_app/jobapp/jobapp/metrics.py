@@ -7,7 +7,6 @@ as under TestClient, the metrics live in this process's default registry.
 
 from __future__ import annotations
 
-
 import logging
 import struct
 import time
