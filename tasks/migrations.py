@@ -7,6 +7,7 @@ own interpreter, because a real app's `env.py` imports its models and settings.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,13 +116,24 @@ def run_runner(
         raise MigrationFailed(step, "alembic did not finish in time",
                               "look for a blocking session in the database, then roll back or run again") from None
     if result.returncode != 0:
-        lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-        cause = redact(lines[-1]) if lines else f"exit {result.returncode}"
+        cause = redact(_error_line(result.stderr) or f"exit {result.returncode}")
         raise MigrationFailed(step, f"alembic {args[0]} failed: {cause}",
                               "the release's migration must be fixed; production is being rolled back")
     last = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else "{}"
     payload: dict[str, Any] = json.loads(last)
     return payload
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Failure|Warning)\b.*: \S")
+
+
+def _error_line(stderr: str) -> str | None:
+    """The line of a traceback that says what went wrong (SQLAlchemy adds hint lines after it)."""
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        if _EXCEPTION_LINE.match(line):
+            return line[:400]
+    return lines[-1][:400] if lines else None
 
 
 def migration_status(config: EnvironmentConfig, app_env: Mapping[str, str], cwd: Path,

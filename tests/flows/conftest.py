@@ -112,3 +112,8 @@ class Approver(threading.Thread):
 
 def approval(name: str, role: str, decision: str = "approve", comment: str = "") -> dict[str, str]:
     return {"approver": name, "role": role, "decision": decision, "comment": comment}
+
+
+@pytest.fixture(scope="module")
+def pg_box(tmp_path_factory: pytest.TempPathFactory, postgres_admin_url: str) -> Iterator[Sandbox]:
+    yield from make_sandbox(tmp_path_factory, db="postgres")
