@@ -1,13 +1,12 @@
 """Secret values: resolved from their sources when needed, and kept out of every log line.
 
 Prefect masks Secret blocks in its UI only; a logged value prints in clear. So every value resolved
-here is registered with `redact`, and a logging filter installed on the root and Prefect loggers
-rewrites any record that carries a registered value or a `scheme://user:password@` credential.
+here is registered with `redact`, which masks registered values and `scheme://user:password@`
+credentials; `deployments.logs` applies it to every log record.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import threading
@@ -37,29 +36,6 @@ def register_secret(value: str) -> None:
     if len(value) >= 4:
         with _known_lock:
             _known.add(value)
-
-
-class RedactingFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        cleaned = redact(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
-        return True
-
-
-_FILTER = RedactingFilter()
-
-
-def install_redaction() -> None:
-    """Attach the filter to the handlers that print, so records from any logger are cleaned."""
-    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):
-        logger = logging.getLogger(name)
-        if _FILTER not in logger.filters:
-            logger.addFilter(_FILTER)
-        for handler in logger.handlers:
-            if _FILTER not in handler.filters:
-                handler.addFilter(_FILTER)
 
 
 def read_env_file(path: Path) -> dict[str, str]:

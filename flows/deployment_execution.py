@@ -23,7 +23,7 @@ from tasks.service import log_offset, restart_application, verify_environment, w
 from tasks.source import pull_release
 
 
-@flow(name="deployment-execution")
+@flow(name="deployment-execution", flow_run_name="{environment}: deployment execution")
 def deployment_execution(environment: str, release_id: int, sha: str, application_name: str) -> str | None:
     config = load_environment(environment)
     ledger = Ledger.for_state_dir(config.state_dir)

@@ -24,7 +24,7 @@ class PostDeployment:
     performance: Performance
 
 
-@flow(name="post-deployment-verification")
+@flow(name="post-deployment-verification", flow_run_name="{environment}: post-deployment verification")
 def post_deployment_verification(environment: str, sha: str, baseline: Baseline | None) -> PostDeployment:
     config = load_environment(environment)
     attempts = max(1, int(config.health.deadline_seconds))

@@ -30,7 +30,7 @@ class PreDeployment:
     baseline: Baseline
 
 
-@flow(name="pre-deployment-verification")
+@flow(name="pre-deployment-verification", flow_run_name="{environment}: pre-deployment verification")
 def pre_deployment_verification(environment: str, release_id: int, sha: str, dry_run: bool = False,
                                 run_id: str | None = None) -> PreDeployment:
     config = load_environment(environment)

@@ -26,7 +26,7 @@ from prefect.runtime import flow_run
 
 from deployments.config import EnvironmentConfig, load_environment
 from deployments.errors import DeployError
-from deployments.secrets import install_redaction
+from deployments.logs import install_log_filters
 from flows.deployment_execution import deployment_execution
 from flows.post_deployment_verification import post_deployment_verification
 from flows.pre_deployment_verification import pre_deployment_verification
@@ -78,7 +78,7 @@ class Deploy:
     """The bookkeeping of one run: ledger row, phase timings, progress, notifications, summary."""
 
     def __init__(self, config: EnvironmentConfig, ref: str, dry_run: bool, reason: str) -> None:
-        install_redaction()
+        install_log_filters()
         self.config = config
         self.logger = get_run_logger()
         self.ledger = Ledger.for_state_dir(config.state_dir)

@@ -45,7 +45,7 @@ def release_tree(config: EnvironmentConfig, release_id: int) -> Path:
     return config.state_dir / "worktrees" / f"{config.name}-{release_id}"
 
 
-@flow(name="verify-prerequisites")
+@flow(name="verify-prerequisites", flow_run_name="{environment}: prerequisites for {ref}")
 def verify_prerequisites(environment: str, ref: str, release_id: int, force: bool = False) -> Prerequisites:
     config = load_environment(environment)
     fetch_release(config)

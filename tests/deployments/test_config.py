@@ -17,7 +17,8 @@ from deployments.config import (
     load_environment_file,
 )
 from deployments.errors import ConfigError, InvalidInput
-from deployments.secrets import MASK, RedactingFilter, read_env_file, redact, register_secret, resolve_app_environment
+from deployments.logs import RunLogFilter
+from deployments.secrets import MASK, read_env_file, redact, register_secret, resolve_app_environment
 from sample_app.sandbox import DEFAULT_PORTS, render_environment
 
 COMMITTED = DEFAULT_ENVIRONMENTS_DIR
@@ -174,7 +175,7 @@ def test_redaction_filter_masks_registered_values_and_url_passwords(caplog: pyte
     register_secret("tok-9f8e7d6c")
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "posting with %s to %s", (
         "tok-9f8e7d6c", "https://user:pa55@hooks.example.invalid/x"), None)
-    assert RedactingFilter().filter(record)
+    assert RunLogFilter().filter(record)
     assert record.getMessage() == f"posting with {MASK} to https://user:{MASK}@hooks.example.invalid/x"
 
 
@@ -213,3 +214,18 @@ def test_deployctl_check_finds_what_is_unreachable(
     for name in ("source repository", "workspace", "app process", "health", "database"):
         assert f"FAIL {name}" in out
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_expected_failures_log_one_line_and_hook_noise_is_dropped() -> None:
+    from deployments.errors import PreflightError
+
+    error = PreflightError("check merged to main", "abc is not on origin/main", "merge it first")
+    record = logging.LogRecord("prefect.task_runs", logging.ERROR, __file__, 1, "Task run failed: %r", (error,),
+                               (PreflightError, error, None))
+    assert RunLogFilter().filter(record) and record.exc_info is None
+    unexpected = ValueError("bug")
+    record = logging.LogRecord("prefect.task_runs", logging.ERROR, __file__, 1, "failed", (), (ValueError, unexpected, None))
+    assert RunLogFilter().filter(record) and record.exc_info is not None  # a bug keeps its traceback
+    noise = logging.LogRecord("prefect.task_runs", logging.INFO, __file__, 1,
+                              "Running hook '_on_running' in response to entering state 'Running'", (), None)
+    assert not RunLogFilter().filter(noise)
