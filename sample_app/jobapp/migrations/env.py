@@ -42,9 +42,9 @@ def run_migrations(connection: Connection) -> None:
         target_metadata=None,
         # SQLite can only add columns in place; batch mode rebuilds tables for everything else.
         render_as_batch=connection.dialect.name == "sqlite",
-        # A failing revision then leaves the database at the last good one instead of rolling
-        # back the whole upgrade.
-        transaction_per_migration=True,
+        # One transaction for the whole upgrade: on PostgreSQL a release's migrations apply all
+        # together or not at all. (SQLite's ALTERs are not transactional; deploys back it up.)
+        transaction_per_migration=False,
     )
     with context.begin_transaction():
         context.run_migrations()
@@ -57,7 +57,7 @@ def run_offline() -> None:
         target_metadata=None,
         literal_binds=True,
         render_as_batch=make_url(url).get_backend_name() == "sqlite",
-        transaction_per_migration=True,
+        transaction_per_migration=False,
     )
     with context.begin_transaction():
         context.run_migrations()
