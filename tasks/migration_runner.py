@@ -29,6 +29,7 @@ def main() -> int:
     from alembic import command
     from alembic.config import Config
     from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
 
     config = Config(args.config)
     script = ScriptDirectory.from_config(config)
@@ -37,9 +38,12 @@ def main() -> int:
         current = args.current or None
         pending = []
         known = True
-        if current is not None and script.get_revision(current) is None:
-            known = False
-        else:
+        if current is not None:
+            try:
+                known = script.get_revision(current) is not None
+            except CommandError:  # alembic raises, rather than answer None, for a revision it lacks
+                known = False
+        if known:
             for head in heads:
                 for rev in script.iterate_revisions(head, current):
                     pending.append({"revision": rev.revision, "message": (rev.doc or "").strip(),

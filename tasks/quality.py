@@ -68,8 +68,8 @@ def run_security_scan(config: EnvironmentConfig, tree: Path) -> ScanReport | str
             result = subprocess.run(argv, cwd=tree, env=app_process_env({}), capture_output=True, text=True,
                                     timeout=1800)
         except OSError as exc:
-            raise PreflightError(step, f"cannot start {argv[0]} ({exc.strerror})",
-                                 "install the scanner or fix prerequisites.scan_command; nothing was changed") from None
+            raise PreflightError(step, f"cannot start {argv[0]} ({exc.strerror})", "install the scanner or "
+                                 "fix prerequisites.scan_command; nothing was changed") from None
         if result.returncode != 0:
             tail = (result.stdout + result.stderr).strip().splitlines()[-3:]
             raise PreflightError(step, f"{argv[0]} reported problems: {' / '.join(tail)}",

@@ -1,0 +1,149 @@
+"""Quality gates on real release trees: the release's own pytest suite and a real bandit scan."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from deployments.config import EnvironmentConfig, load_environment_file
+from deployments.errors import PreflightError
+from tasks.quality import ScanReport, run_release_tests, run_security_scan
+
+PROJECT = Path(__file__).resolve().parents[2]
+PYTHON = PROJECT / ".venv" / "bin" / "python"
+PYTEST = '["{python}", "-m", "pytest", "-q", "-p", "no:cacheprovider"]'
+# A variable passed to subprocess with shell=True: bandit B602 at HIGH severity.
+SHELL_INJECTION = "import subprocess\n\n\ndef run(command):\n    return subprocess.Popen(command, shell=True)\n"
+
+
+def environment(tmp_path: Path, test_command: str = PYTEST, scan_command: str | None = None) -> EnvironmentConfig:
+    text = (PROJECT / "deployments" / "production.toml").read_text()
+    text = text.replace("../.sandbox", str(tmp_path)).replace('"../.venv/bin/python"', f'"{PYTHON}"')
+    text = re.sub(r"^test_command = .*$", f"test_command = {test_command}", text, flags=re.M)
+    if scan_command is not None:
+        text = text.replace("[prerequisites]\n", f"[prerequisites]\nscan_command = {scan_command}\n")
+    (tmp_path / "production.toml").write_text(text)
+    return load_environment_file(tmp_path / "production.toml")
+
+
+def release_tree(tmp_path: Path, files: dict[str, str]) -> Path:
+    tree = tmp_path / "release"
+    for name, content in files.items():
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_text(content)
+    return tree
+
+
+def test_passing_release_tests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The release's suite runs with CI=1 and none of the orchestrator's variables.
+    monkeypatch.setenv("DEPLOY_WEBHOOK_TOKEN", "orchestrator-only-value")
+    tree = release_tree(tmp_path, {
+        "tests/test_app.py": (
+            "import os\n\n\ndef test_runs_as_ci():\n    assert os.environ['CI'] == '1'\n\n\n"
+            "def test_sees_no_orchestrator_secret():\n    assert 'DEPLOY_WEBHOOK_TOKEN' not in os.environ\n"
+            "    assert not any(k.startswith('JOBAPP_') for k in os.environ)\n"),
+    })
+    summary = run_release_tests.fn(environment(tmp_path), tree)
+    assert re.fullmatch(r"2 passed in [\d.]+s", summary), summary
+    assert not (tree / ".pytest_cache").exists()
+
+
+def test_failing_release_tests_stop_the_deploy(tmp_path: Path) -> None:
+    tree = release_tree(tmp_path, {
+        "test_ok.py": "def test_ok():\n    assert True\n",
+        "test_broken.py": "def test_broken():\n    assert 1 + 1 == 3\n",
+    })
+    with pytest.raises(PreflightError) as caught:
+        run_release_tests.fn(environment(tmp_path), tree)
+    assert caught.value.step == "run release tests"
+    assert re.fullmatch(r"the release's tests failed \(1 failed, 1 passed in [\d.]+s\)", caught.value.cause)
+    assert caught.value.action == "fix the release and push it again; nothing was changed"
+
+
+def test_a_tree_without_tests_fails_too(tmp_path: Path) -> None:
+    # pytest exits 5 when it collects nothing: a release whose tests vanished is not a passing release.
+    tree = release_tree(tmp_path, {"app.py": "VALUE = 1\n"})
+    with pytest.raises(PreflightError, match=r"the release's tests failed \(no tests ran in"):
+        run_release_tests.fn(environment(tmp_path), tree)
+
+
+def test_no_test_command_skips(tmp_path: Path) -> None:
+    tree = release_tree(tmp_path, {"test_broken.py": "def test_broken():\n    assert False\n"})
+    assert run_release_tests.fn(environment(tmp_path, test_command="[]"), tree) == (
+        "no test_command configured: skipped")
+
+
+def test_a_test_command_that_cannot_start(tmp_path: Path) -> None:
+    tree = release_tree(tmp_path, {"test_ok.py": "def test_ok():\n    pass\n"})
+    config = environment(tmp_path, test_command=f'["{tmp_path}/no-such-python", "-m", "pytest"]')
+    with pytest.raises(PreflightError) as caught:
+        run_release_tests.fn(config, tree)
+    assert caught.value.step == "run release tests"
+    assert caught.value.cause == f"cannot start {tmp_path}/no-such-python (No such file or directory)"
+    assert caught.value.action == "fix prerequisites.test_command; nothing was changed"
+
+
+def test_bandit_finds_a_high_severity_issue(tmp_path: Path) -> None:
+    tree = release_tree(tmp_path, {
+        "jobapp/__init__.py": "",
+        "jobapp/shell.py": SHELL_INJECTION,
+        # Tests and migrations are not shipped code; they are left out of the scan.
+        "tests/test_shell.py": SHELL_INJECTION,
+        "migrations/versions/0001_x.py": SHELL_INJECTION,
+    })
+    with pytest.raises(PreflightError) as caught:
+        run_security_scan.fn(environment(tmp_path), tree)
+    assert caught.value.step == "run security scan"
+    assert caught.value.cause.startswith("bandit found 1 high-severity issue(s): jobapp/shell.py:5 B602 ")
+    assert "tests/" not in caught.value.cause and "migrations/" not in caught.value.cause
+    assert caught.value.action == "fix them in the release; nothing was changed"
+
+
+@pytest.mark.parametrize("shipped", ["tests_support.py", "migrations_helpers.py", ".github/scripts/release.py",
+                                     "testsuite/runner.py"])
+def test_files_whose_names_start_like_an_excluded_directory_are_still_scanned(tmp_path: Path, shipped: str) -> None:
+    tree = release_tree(tmp_path, {shipped: SHELL_INJECTION, "tests/test_x.py": "", "migrations/env.py": ""})
+    (tree / ".git").mkdir()
+    with pytest.raises(PreflightError, match=rf"bandit found 1 high-severity issue\(s\): {re.escape(shipped)}:5 B602"):
+        run_security_scan.fn(environment(tmp_path), tree)
+
+
+def test_a_clean_tree_passes_with_its_counts(tmp_path: Path) -> None:
+    tree = release_tree(tmp_path, {
+        "jobapp/run.py": "import subprocess\n\n\ndef version():\n    return subprocess.run(['git', '--version'])\n",
+        "tests/test_shell.py": SHELL_INJECTION,
+    })
+    report = run_security_scan.fn(environment(tmp_path), tree)
+    assert isinstance(report, ScanReport)
+    assert report.high == 0 and report.findings == []
+    assert report.low >= 1  # importing subprocess is worth a note, not a stop
+    assert report.describe() == f"high 0, medium {report.medium}, low {report.low}"
+
+
+def test_a_custom_scanner_that_reports_problems(tmp_path: Path) -> None:
+    scanner = ('["{python}", "-c", "import sys; print(\'scanning {workspace}\'); '
+               'print(\'app.py:3 weak hash\'); print(\'1 finding\'); sys.exit(1)"]')
+    tree = release_tree(tmp_path, {"app.py": "import hashlib\n"})
+    with pytest.raises(PreflightError) as caught:
+        run_security_scan.fn(environment(tmp_path, scan_command=scanner), tree)
+    assert caught.value.step == "run security scan"
+    assert caught.value.cause == f"{PYTHON} reported problems: scanning {tree} / app.py:3 weak hash / 1 finding"
+    assert "fix the findings or adjust the scanner's baseline" in caught.value.action
+
+
+def test_a_custom_scanner_that_passes(tmp_path: Path) -> None:
+    tree = release_tree(tmp_path, {"app.py": SHELL_INJECTION})
+    config = environment(tmp_path, scan_command='["{python}", "-c", "pass"]')
+    assert run_security_scan.fn(config, tree) == f"{PYTHON} passed"
+
+
+def test_a_custom_scanner_that_is_not_installed(tmp_path: Path) -> None:
+    tree = release_tree(tmp_path, {"app.py": "VALUE = 1\n"})
+    config = environment(tmp_path, scan_command='["semgrep-is-not-installed-here", "--config", "auto"]')
+    with pytest.raises(PreflightError) as caught:
+        run_security_scan.fn(config, tree)
+    assert caught.value.step == "run security scan"
+    assert caught.value.cause == "cannot start semgrep-is-not-installed-here (No such file or directory)"
+    assert "fix prerequisites.scan_command" in caught.value.action
