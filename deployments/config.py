@@ -99,6 +99,10 @@ class ServiceConfig(Model):
     secrets: dict[str, ValueSource] = Field(default_factory=dict, description="app variable -> secret source")
     required_env: list[str] = Field(default_factory=list, description="variables the app must be given")
     workers: int = Field(1, ge=1, le=64, description="worker processes; a reload waits for this many")
+    maintenance_on_command: list[str] = Field(
+        default_factory=list, description="argv that stops traffic (maintenance mode) during a rollback"
+    )
+    maintenance_off_command: list[str] = Field(default_factory=list, description="argv that resumes traffic")
     preflight_command: list[str] = Field(
         default_factory=list, description="argv run in the workspace before a reload, e.g. an import test"
     )
@@ -209,6 +213,14 @@ class WatchConfig(Model):
     auto_rollback: bool = True
 
 
+class RollbackConfig(Model):
+    automatic: bool = Field(True, description="a deploy that failed after changing something rolls back")
+    lock_wait_seconds: int = Field(
+        150, ge=0, le=3600, description="how long a rollback waits for the lock a dead deploy still holds"
+    )
+    verify_critical_paths: bool = True
+
+
 class PrerequisiteConfig(Model):
     test_command: list[str] = Field(default_factory=list, description="the release's own tests; empty skips")
     scan_command: list[str] | None = Field(None, description="default: bandit on the release, fail on high")
@@ -231,6 +243,7 @@ class EnvironmentConfig(Model):
     approvals: ApprovalConfig = ApprovalConfig()
     notifications: NotificationConfig = NotificationConfig()
     watch: WatchConfig = WatchConfig()
+    rollback: RollbackConfig = RollbackConfig()
     prerequisites: PrerequisiteConfig = PrerequisiteConfig()
 
     @field_validator("name")

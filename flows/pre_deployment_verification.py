@@ -39,7 +39,8 @@ def pre_deployment_verification(environment: str, release_id: int, sha: str, dry
     check_staging_health(staging)
     migrations = check_migrations(config, release_tree(config, release_id))
     revision = database_revision(resolve_app_environment(config)[config.database.app_variable])
-    ledger.update(release_id, db_revision_before=revision)
+    ledger.update(release_id, db_revision_before=revision, migrations=[
+        {"revision": p.revision, "message": p.message, "has_downgrade": p.has_downgrade} for p in migrations.pending])
     backup = None
     if not dry_run:
         backup = backup_database(config, revision, ledger.get(release_id).previous_sha or sha, run_id,

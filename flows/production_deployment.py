@@ -20,9 +20,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
-from prefect import flow
+from prefect import Flow, flow
+from prefect.client.schemas.objects import FlowRun
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
 from prefect.logging import get_run_logger
+from prefect.logging.loggers import flow_run_logger
 from prefect.runtime import flow_run
+from prefect.states import State
 
 from deployments.config import EnvironmentConfig, load_environment
 from deployments.errors import DeployError
@@ -46,7 +51,37 @@ def run_name() -> str:
     return f"{params['environment']}: {params.get('ref', 'main')}{mode}"
 
 
-@flow(name="production-deployment", flow_run_name=run_name, log_prints=True)
+def start_rollback(flow: Flow[..., Any], run: FlowRun, state: State) -> None:
+    """on_failure / on_crashed: a deploy that changed something is rolled back, by its own deployment
+    (a run of its own, visible and cancellable), or in this process when there is none."""
+    logger = flow_run_logger(run, flow)
+    environment = str(run.parameters.get("environment"))
+    try:
+        config = load_environment(environment)
+    except DeployError:
+        return  # refused before anything ran
+    release = Ledger.for_state_dir(config.state_dir).by_flow_run(str(run.id))
+    if release is None or release.dry_run or not (release.code_changed or release.migration_started):
+        return
+    if release.outcome in ("rolled_back", "rollback_failed") or not config.rollback.automatic:
+        logger.warning("Not rolling back automatically (%s); run rollback/%s by hand.",
+                       release.outcome if config.rollback.automatic else "rollback.automatic is off", environment)
+        return
+    parameters = {"environment": environment, "failed_run_id": str(run.id),
+                  "reason": f"automatic: deploy {run.name} ended {state.name}"}
+    try:
+        child = run_deployment(f"rollback/{environment}", parameters=parameters, timeout=0, as_subflow=False,
+                               idempotency_key=f"rollback-{run.id}")
+        logger.warning("Deploy %s: rollback started as run %s.", state.name.lower(), child.name)
+    except ObjectNotFound:
+        logger.warning("No rollback/%s deployment on this server: rolling back in this process.", environment)
+        from flows.rollback import rollback
+
+        rollback(**parameters)
+
+
+@flow(name="production-deployment", flow_run_name=run_name, log_prints=True,
+      on_failure=[start_rollback], on_crashed=[start_rollback])
 def production_deployment(environment: str, ref: str = "main", dry_run: bool = False, reason: str = "",
                           force: bool = False) -> str:
     config = load_environment(environment)

@@ -36,7 +36,7 @@ from deployments.config import EnvironmentConfig
 from deployments.errors import BackupFailed
 from deployments.secrets import redact, resolve_app_environment
 from tasks import change_step
-from tasks.migrations import connect
+from tasks.migrations import connect, read_only_uri
 
 TAG_FORMAT = "pre-deployment-%Y%m%d-%H%M%S"
 SQLITE_FILE = "database.sqlite3"
@@ -176,7 +176,7 @@ def _sqlite_backup(parsed: URL, target: Path, manifest: Manifest) -> None:
     if not Path(source_path).exists():
         raise BackupFailed("backup database", f"the SQLite database {source_path} does not exist",
                            "check database.url")
-    source = sqlite3.connect(f"file:{source_path}?mode=ro", uri=True)
+    source = sqlite3.connect(read_only_uri(source_path), uri=True)
     destination = sqlite3.connect(target)
     try:
         source.backup(destination)
@@ -189,7 +189,7 @@ def _sqlite_backup(parsed: URL, target: Path, manifest: Manifest) -> None:
 
 
 def _verify_sqlite(target: Path, manifest: Manifest) -> None:
-    conn = sqlite3.connect(f"file:{target}?mode=ro", uri=True)
+    conn = sqlite3.connect(read_only_uri(target), uri=True)
     try:
         result = conn.execute("PRAGMA integrity_check").fetchone()[0]
         if result != "ok":
@@ -229,7 +229,7 @@ def _live_counts(url: str) -> tuple[dict[str, int], str | None]:
 
 
 def _sqlite_restore(path: Path, parsed: URL) -> None:
-    source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    source = sqlite3.connect(read_only_uri(path), uri=True)
     # The backup API replaces every page of the live database under its write lock, so the app's
     # connections see either the old database or the restored one, never a mix.
     destination = sqlite3.connect(parsed.database or "", timeout=30)
@@ -249,7 +249,8 @@ def _passfile(parsed: URL) -> Iterator[dict[str, str]]:
         fd = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             if parsed.password:
-                fields = [parsed.host or "localhost", str(parsed.port or 5432), parsed.database or "*",
+                # Any database: the same credentials serve the rehearsal's scratch copy.
+                fields = [parsed.host or "localhost", str(parsed.port or 5432), "*",
                           parsed.username or "*", str(parsed.password)]
                 handle.write(":".join(f.replace("\\", "\\\\").replace(":", "\\:") for f in fields) + "\n")
         env["PGPASSFILE"] = str(passfile)
@@ -373,7 +374,7 @@ def scratch_copy(url: str, workdir: Path, pg_dump: str = "pg_dump", pg_restore: 
     workdir.mkdir(parents=True, exist_ok=True)
     if parsed.get_backend_name() == "sqlite":
         copy = workdir / f"rehearsal-{os.getpid()}-{time.monotonic_ns()}.sqlite3"
-        source = sqlite3.connect(f"file:{parsed.database}?mode=ro", uri=True)
+        source = sqlite3.connect(read_only_uri(str(parsed.database)), uri=True)
         destination = sqlite3.connect(copy)
         try:
             source.backup(destination)
@@ -418,3 +419,11 @@ def backup_database(config: EnvironmentConfig, revision: str | None, git_sha: st
                            pg_dump=config.backups.pg_dump, pg_restore=config.backups.pg_restore)
     prune(config.backups.directory, config.backups.keep, protected | {manifest.tag})
     return manifest
+
+
+@change_step("restore-backup")
+def restore_database(config: EnvironmentConfig, tag: str) -> Manifest:
+    """Rollback, last line of defence: put the database back exactly as the verified backup has it."""
+    app_env = resolve_app_environment(config)
+    return restore_backup(app_env[config.database.app_variable], config.backups.directory, tag,
+                          pg_restore=config.backups.pg_restore)

@@ -127,7 +127,8 @@ def check_staging_health(staging: EnvironmentConfig, expected_sha: str | None = 
 
 
 @read_step("check-health", retries=0)
-def check_health(config: EnvironmentConfig, expected_sha: str | None) -> HealthReport:
+def check_health(config: EnvironmentConfig, expected_sha: str | None, allow_maintenance: bool = False) -> HealthReport:
     """Runbook step 7: /health and /api/health healthy, serving the deployed SHA. Call it with
-    `.with_options(retries=...)` so a slow start is retried within the deadline, visibly."""
-    return assess(config, expected_sha, f"check health ({config.name})")
+    `.with_options(retries=...)` so a slow start is retried within the deadline, visibly.
+    During a rollback the app is in maintenance: its services and version still count."""
+    return assess(config, expected_sha, f"check health ({config.name})", allow_maintenance)

@@ -2,7 +2,8 @@
 and the DORA figures can rely on it rather than on memory.
 
 A release row is written when a deploy starts and updated as it goes; its `outcome` is one of
-OUTCOMES and is terminal once set away from `running`. Failed releases are never rollback targets.
+OUTCOMES. Once it leaves `running` only a rollback changes it again (to rolled_back or
+rollback_failed). Failed releases are never rollback targets.
 SQLite in the environment's state directory by default (WAL, so the deploy, its hooks and the
 rollback can write from separate processes); any SQLAlchemy URL in `DEPLOY_LEDGER_URL`.
 """
@@ -15,8 +16,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from sqlalchemy import JSON, Boolean, DateTime, Integer, String, Text, create_engine, event, select
+from sqlalchemy import JSON, Boolean, DateTime, Integer, String, Text, create_engine, event, inspect, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 OUTCOMES = ("running", "succeeded", "failed", "aborted", "rolled_back", "rollback_failed", "noop")
@@ -57,6 +59,7 @@ class Release(Base):
     error: Mapped[str | None] = mapped_column(Text)
     timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     baseline: Mapped[dict[str, Any] | None]
+    migrations: Mapped[list[Any]] = mapped_column(JSON, default=list)
     checks: Mapped[list[Any]] = mapped_column(JSON, default=list)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
@@ -91,6 +94,24 @@ class Ledger:
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         Base.metadata.create_all(self.engine)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """A ledger written by an older version gains the newer (nullable) columns in place."""
+        inspector = inspect(self.engine)
+        for table in Base.metadata.sorted_tables:
+            present = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present:
+                    continue
+                kind = column.type.compile(dialect=self.engine.dialect)
+                try:
+                    with self.engine.begin() as conn:
+                        conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+                except OperationalError:
+                    # Another process opening the same old ledger added it first.
+                    if column.name not in {c["name"] for c in inspect(self.engine).get_columns(table.name)}:
+                        raise
 
     @classmethod
     def for_state_dir(cls, state_dir: Path) -> Ledger:

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import quote
 
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import Engine, make_url
@@ -38,10 +41,16 @@ def connect(url: str, application_name: str = "deployctl", lock_timeout_ms: int 
             connect_args={"application_name": application_name, "options": options, "connect_timeout": 10},
         )
     if read_only and parsed.database and parsed.database != ":memory:":
-        return create_engine(
-            f"sqlite+pysqlite:///file:{parsed.database}?mode=ro&uri=true", connect_args={"uri": True}
-        )
+        # Past SQLAlchemy's URL parser, which would unquote the path again.
+        uri = read_only_uri(parsed.database)
+        return create_engine("sqlite+pysqlite://", creator=lambda: sqlite3.connect(uri, uri=True))
     return create_engine(parsed)
+
+
+def read_only_uri(path: str | Path) -> str:
+    """A SQLite URI opening `path` read-only. Quoted: a '#' or '?' in the path would otherwise end the
+    URI early and drop mode=ro, creating and reading another, empty file."""
+    return f"file:{quote(str(path))}?mode=ro"
 
 
 def database_revision(url: str, application_name: str = "deployctl") -> str | None:
@@ -108,10 +117,13 @@ def run_runner(
     env["PGOPTIONS"] = (f"-c lock_timeout={config.database.lock_timeout_ms} "
                         f"-c statement_timeout={config.database.statement_timeout_ms}")
     env["PGAPPNAME"] = application_name
-    argv = [str(config.service.python), str(RUNNER), *args, "--config", config.database.alembic_config]
+    # Its source is passed with -c: run as a file, its directory (this package) would come first on
+    # the app's sys.path and our `health` or `service` could shadow the app's modules of that name.
+    argv = [str(config.service.python), "-c", RUNNER.read_text(), *args, "--config", config.database.alembic_config]
     try:
         result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True,
-                                timeout=config.database.statement_timeout_ms / 1000 + 60)
+                                timeout=config.database.statement_timeout_ms / 1000 + 60,
+                                preexec_fn=service.die_with_parent)
     except subprocess.TimeoutExpired:
         raise MigrationFailed(step, "alembic did not finish in time",
                               "look for a blocking session in the database, then roll back or run again") from None
@@ -210,3 +222,54 @@ def run_migrations(config: EnvironmentConfig, application_name: str) -> str:
     seconds = upgrade(config, app_env, config.source.workspace, application_name)
     revision = database_revision(app_env[config.database.app_variable])
     return f"database at {revision} after {seconds:.2f} s"
+
+
+@change_step("downgrade-database")
+def downgrade_database(config: EnvironmentConfig, release_tree: Path, to_revision: str | None,
+                       application_name: str) -> str:
+    """Rollback step 2: alembic downgrade with the *failed release's* scripts (only they know how)."""
+    app_env = resolve_app_environment(config)
+    seconds = downgrade(config, app_env, release_tree, to_revision or "base", application_name)
+    revision = database_revision(app_env[config.database.app_variable])
+    if revision != to_revision:
+        raise MigrationFailed("downgrade database", f"the database is at {revision} after the downgrade, "
+                              f"expected {to_revision}", "the backup will be restored instead")
+    return f"downgraded to {to_revision or 'base'} in {seconds:.2f} s"
+
+
+@read_step("verify-database-revision", retries=0)
+def verify_database_revision(config: EnvironmentConfig, expected: str | None) -> str:
+    """The failed migration ran in one transaction that rolled back: the revision must be unchanged."""
+    app_env = resolve_app_environment(config)
+    revision = database_revision(app_env[config.database.app_variable])
+    if revision != expected:
+        raise MigrationFailed("verify database revision", f"the database is at {revision}, expected {expected}",
+                              "the backup will be restored instead")
+    return f"database unchanged at {expected}"
+
+
+def end_orphaned_sessions(url: str, application_prefix: str, wait_seconds: float = 10.0) -> list[int]:
+    """PostgreSQL sessions a killed run left behind hold locks: wait for them to end, then end them."""
+    if make_url(url).get_backend_name() != "postgresql":
+        return []
+    engine = connect(url, "deploy-rollback")
+    query = text("SELECT pid FROM pg_stat_activity WHERE application_name LIKE :prefix AND pid <> pg_backend_pid()")
+    ended: list[int] = []
+    try:
+        deadline = time.monotonic() + wait_seconds
+        with engine.connect() as conn:
+            while True:
+                pids = list(conn.execute(query, {"prefix": f"{application_prefix}%"}).scalars())
+                conn.commit()
+                if not pids:
+                    break
+                if time.monotonic() >= deadline:
+                    for pid in pids:
+                        conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+                    conn.commit()
+                    ended = pids
+                    break
+                time.sleep(0.5)
+    finally:
+        engine.dispose()
+    return ended

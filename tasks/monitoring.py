@@ -83,7 +83,9 @@ def scrape(url: str, monitoring: MonitoringConfig, timeout: float,
         snapshot = parse(response.text, monitoring)
     except ValueError as exc:
         raise MetricsUnavailable(f"{url} is not Prometheus exposition ({exc})") from None
-    if not snapshot.buckets:
+    if not snapshot.buckets and snapshot.requests > 0:
+        # Requests were counted but no duration: the histogram's name is wrong. (An idle app that
+        # has served nothing yet has neither, and is simply a window without observations.)
         raise MetricsUnavailable(f"{url} has no {monitoring.latency_metric} histogram; check monitoring.latency_metric")
     return snapshot
 

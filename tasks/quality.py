@@ -70,6 +70,9 @@ def run_security_scan(config: EnvironmentConfig, tree: Path) -> ScanReport | str
         except OSError as exc:
             raise PreflightError(step, f"cannot start {argv[0]} ({exc.strerror})", "install the scanner or "
                                  "fix prerequisites.scan_command; nothing was changed") from None
+        except subprocess.TimeoutExpired:
+            raise PreflightError(step, f"{argv[0]} ran longer than 1800 s",
+                                 "make the scan faster or scan less; nothing was changed") from None
         if result.returncode != 0:
             tail = (result.stdout + result.stderr).strip().splitlines()[-3:]
             raise PreflightError(step, f"{argv[0]} reported problems: {' / '.join(tail)}",

@@ -7,6 +7,7 @@ variables, never the orchestrator's (which may hold API keys).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -31,6 +32,14 @@ def expand_argv(argv: Sequence[str], config: EnvironmentConfig) -> list[str]:
 def app_process_env(app_env: Mapping[str, str]) -> dict[str, str]:
     base = {name: os.environ[name] for name in PASSED_THROUGH if name in os.environ}
     return {**base, **app_env}
+
+
+def die_with_parent() -> None:
+    """`preexec_fn` for a child that must not outlive a killed deploy (a migration, a checkout):
+    Linux sends it SIGKILL when the thread that started it dies, so a crash never leaves one
+    running behind the rollback's back."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def read_pid(pid_file: Path) -> int | None:
@@ -264,3 +273,33 @@ def watch_startup_logs(config: EnvironmentConfig, offset: int) -> str:
         if time.monotonic() >= deadline:
             return f"no error pattern in {config.service.startup_log} for {config.service.grace_seconds:g} s"
         time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+
+def _run_app_command(config: EnvironmentConfig, argv: list[str], step: str) -> None:
+    app_env = resolve_app_environment(config)
+    command = expand_argv(argv, config)
+    try:
+        result = subprocess.run(command, cwd=config.source.workspace, env=app_process_env(app_env),
+                                capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ServiceError(step, f"cannot run {command[0]} ({exc})", "check the command in [service]") from None
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[-1]
+        raise ServiceError(step, f"{command[0]} failed: {redact(last)}", "check the command in [service]")
+
+
+@change_step("stop-traffic")
+def stop_traffic(config: EnvironmentConfig) -> str:
+    """Rollback, immediate action: stop traffic to the new deployment (maintenance mode)."""
+    if not config.service.maintenance_on_command:
+        return "no maintenance_on_command configured: traffic keeps flowing during the rollback"
+    _run_app_command(config, config.service.maintenance_on_command, f"stop traffic ({config.name})")
+    return "maintenance mode on: the app answers 503 with Retry-After"
+
+
+@change_step("resume-traffic")
+def resume_traffic(config: EnvironmentConfig) -> str:
+    if not config.service.maintenance_off_command:
+        return "no maintenance_off_command configured"
+    _run_app_command(config, config.service.maintenance_off_command, f"resume traffic ({config.name})")
+    return "maintenance mode off: traffic resumed"

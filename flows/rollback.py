@@ -1,0 +1,164 @@
+"""rollback: the runbook's rollback procedure, for code *and* database.
+
+    acquire-deploy-lock        waits for a dead deploy's lease to lapse (rollback.lock_wait_seconds)
+    choose-rollback-plan       from the ledger: what the failed deploy changed (see tasks/rollback_plan)
+    stop-traffic               immediate action: maintenance mode (503 + Retry-After)
+    downgrade-database         with the failed release's own scripts ... or, if that fails or cannot be,
+    restore-backup             the verified pre-deployment backup ... or verify-database-revision
+    check-out-previous-release
+    restart-application
+    check-health               the previous SHA is served and healthy (still in maintenance)
+    resume-traffic
+    run-critical-path-tests    verify critical functionality works
+    notify                     stakeholders told; ledger: rolled_back or rollback_failed
+
+Started by a failed deploy's hooks, by the server's automation when a deploy crashed, or by hand
+(`prefect deployment run 'rollback/production'`, or from the UI): with no `failed_run_id` it rolls
+back the live release to the one before it (or to `to`). Running it twice is harmless: a release
+that is already rolled back has nothing left to undo. If the restored version is unhealthy too, it
+stops, leaves maintenance on and says so: it never loops.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from prefect import flow
+from prefect.logging import get_run_logger
+from prefect.runtime import flow_run
+
+from deployments.config import EnvironmentConfig, load_environment
+from deployments.errors import DeployError, InvalidInput, MigrationFailed, RollbackFailed
+from deployments.logs import install_log_filters
+from deployments.secrets import resolve_app_environment
+from tasks import recording
+from tasks.backups import restore_database
+from tasks.health import check_health
+from tasks.ledger import Ledger, Release
+from tasks.locks import deploy_lock
+from tasks.migrations import downgrade_database, end_orphaned_sessions, verify_database_revision
+from tasks.notifications import notify
+from tasks.rollback_plan import RollbackPlan, choose_rollback_plan
+from tasks.service import restart_application, resume_traffic, stop_traffic
+from tasks.smoke import run_critical_path_tests
+from tasks.source import add_worktree, current_sha, fetch_release, pull_release, remove_worktree, resolve
+
+
+def run_name() -> str:
+    params = flow_run.parameters
+    target = params.get("to") or (f"undo {str(params['failed_run_id'])[:8]}" if params.get("failed_run_id")
+                                  else "previous release")
+    return f"rollback {params['environment']}: {target}"
+
+
+@flow(name="rollback", flow_run_name=run_name)
+def rollback(environment: str, failed_run_id: str | None = None, to: str | None = None, reason: str = "") -> str:
+    config = load_environment(environment)
+    install_log_filters()
+    ledger = Ledger.for_state_dir(config.state_dir)
+    run_id = str(flow_run.id) if flow_run.id else None
+    record = ledger.open_release(environment=environment, flow_run_id=run_id, flow_run_name=flow_run.name,
+                                 ref=to or "rollback", reason=reason)
+    record_id = record.id
+    app_name = f"deploy-rb-{(run_id or str(record_id))[:8]}"
+    subject: Release | None = None
+    try:
+        with recording(ledger, record_id), deploy_lock(environment, ledger, record_id,
+                                                       wait_seconds=config.rollback.lock_wait_seconds):
+            subject = release_to_undo(config, ledger, failed_run_id, to)
+            ledger.update(record_id, rollback_of=subject.id, previous_sha=subject.target_sha)
+            plan = choose_rollback_plan(config, ledger, subject)
+            if plan.nothing_to_do:
+                return _finish(config, ledger, record_id, subject, None, "noop", plan.describe())
+            ledger.update(record_id, target_sha=plan.to_sha, db_revision_before=plan.to_revision)
+            notify(config, f"Rollback of {environment} started", f"{plan.describe()}\nReason: {reason or '—'}")
+            stop_traffic(config)
+            undo_database(config, plan, app_name)
+            if plan.code:
+                pull_release.with_options(name="check-out-previous-release")(config, plan.to_sha)
+            restart_application(config)
+            attempts = max(1, int(config.health.deadline_seconds))
+            check_health.with_options(retries=attempts - 1, retry_delay_seconds=1)(
+                config, plan.to_sha, allow_maintenance=True)
+            ledger.update(subject.id, restored_at=datetime.now(timezone.utc))
+            resume_traffic(config)
+            if config.rollback.verify_critical_paths:
+                run_critical_path_tests(config)
+            return _finish(config, ledger, record_id, subject, plan, "rolled_back",
+                           f"{environment} is back on {str(plan.to_sha)[:12]}: {plan.describe()}")
+    except DeployError as exc:
+        get_run_logger().error("%s", exc)
+        _finish(config, ledger, record_id, subject, None, "rollback_failed", str(exc), step=exc.step)
+        raise
+
+
+def release_to_undo(config: EnvironmentConfig, ledger: Ledger, failed_run_id: str | None, to: str | None) -> Release:
+    """The failed deploy named by `failed_run_id`, or the live release (rolled back to `to`)."""
+    step = f"rollback {config.name}"
+    if failed_run_id:
+        release = ledger.by_flow_run(failed_run_id)
+        if release is None or release.environment != config.name:
+            raise InvalidInput(step, f"no deploy of {config.name} with run id {failed_run_id!r} in the ledger",
+                               "check the run id; `deployctl status` lists the releases")
+        if release.outcome == "running":
+            # A crashed run never wrote its outcome; we hold its lock now, so it is dead.
+            ledger.finish(release.id, "failed", step=release.phase, error="the deploy run crashed")
+            release = ledger.get(release.id)
+        return release
+    live = ledger.last_succeeded(config.name)
+    if live is None:
+        raise InvalidInput(step, f"the ledger has no succeeded release of {config.name} to roll back",
+                           "nothing was changed; roll back by hand if the app was deployed another way")
+    if to:
+        fetch_release(config)
+        sha = resolve(config, to)
+        known = {r.target_sha for r in ledger.releases(config.name, limit=1000) if r.outcome == "succeeded"}
+        known |= {r.previous_sha for r in ledger.releases(config.name, limit=1000) if r.outcome == "succeeded"}
+        if sha not in known or sha == live.target_sha:
+            raise InvalidInput(step, f"{to} ({sha[:12]}) is not a release that was live before {live.ref}",
+                               "pick a succeeded release from `deployctl status`; failed ones are never targets")
+        if sha != live.previous_sha:
+            raise InvalidInput(step, f"{to} is older than the release before {live.ref}",
+                               f"roll back one release at a time: first to {str(live.previous_sha)[:12]}")
+    return live
+
+
+def undo_database(config: EnvironmentConfig, plan: RollbackPlan, app_name: str) -> None:
+    url = resolve_app_environment(config)[config.database.app_variable]
+    end_orphaned_sessions(url, "deploy-")
+    if plan.database == "verify":
+        try:
+            verify_database_revision(config, plan.to_revision)
+            return
+        except MigrationFailed as exc:
+            get_run_logger().warning("%s; restoring the backup instead.", exc.cause)
+    if plan.database == "downgrade" and plan.from_sha:
+        tree = add_worktree(config, plan.from_sha, config.state_dir / "worktrees" / f"{config.name}-rollback")
+        try:
+            downgrade_database(config, tree, plan.to_revision, app_name)
+            return
+        except MigrationFailed as exc:
+            get_run_logger().warning("Downgrade failed (%s); restoring the backup instead.", exc.cause)
+        finally:
+            remove_worktree(config, tree)
+    if plan.database in ("verify", "downgrade", "restore"):
+        if plan.backup_tag is None:
+            raise RollbackFailed("restore backup", "the release took no backup", "restore the database by hand")
+        restore_database(config, plan.backup_tag)
+
+
+def _finish(config: EnvironmentConfig, ledger: Ledger, record_id: int, subject: Release | None,
+            plan: RollbackPlan | None, outcome: str, message: str, step: str | None = None) -> str:
+    ledger.finish(record_id, "noop" if outcome == "noop" else ("succeeded" if outcome == "rolled_back" else "failed"),
+                  step=step, error=None if outcome != "rollback_failed" else message)
+    if subject is not None and outcome in ("rolled_back", "rollback_failed"):
+        ledger.update(subject.id, outcome=outcome, finished_at=subject.finished_at or datetime.now(timezone.utc))
+    if outcome == "rolled_back":
+        notify(config, f"Rollback of {config.name} done", message)
+    elif outcome == "rollback_failed":
+        live = current_sha(config.source.workspace)
+        notify(config, f"ALERT: rollback of {config.name} failed", f"{message}\nImpact: {config.name} is at "
+               f"{live[:12]}, maintenance mode is still on if it was turned on; nothing more will be tried "
+               "automatically. Next: restore by hand from the backup named in the ledger.")
+    get_run_logger().info(message)
+    return message
