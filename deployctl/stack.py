@@ -73,6 +73,7 @@ class Stack:
         self.run([*self._prefect(), "work-pool", "create", POOL, "--type", "process", "--overwrite"])
         self.run([*self._prefect(), "--no-prompt", "deploy", "--all"], cwd=PROJECT_DIR)
         log(f"deployments     registered from {PROJECT_DIR / 'prefect.yaml'}")
+        log(self.run([sys.executable, "-m", "deployctl.automations"]).strip())
         if self._pid("worker") is None:
             self._spawn("worker", [*self._prefect(), "worker", "start", "--pool", POOL, "--type", "process"])
         log(f"worker          pool {POOL}, pid {self._pid('worker')}")

@@ -26,7 +26,7 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.logging import get_run_logger
 from prefect.logging.loggers import flow_run_logger
-from prefect.runtime import flow_run
+from prefect.runtime import flow_run as current_run
 from prefect.states import State
 
 from deployments.config import EnvironmentConfig, load_environment
@@ -46,32 +46,39 @@ from tasks.source import remove_worktree, validate_ref
 
 
 def run_name() -> str:
-    params = flow_run.parameters
+    params = current_run.parameters
     mode = " (dry run)" if params.get("dry_run") else ""
     return f"{params['environment']}: {params.get('ref', 'main')}{mode}"
 
 
-def start_rollback(flow: Flow[..., Any], run: FlowRun, state: State) -> None:
-    """on_failure / on_crashed: a deploy that changed something is rolled back, by its own deployment
-    (a run of its own, visible and cancellable), or in this process when there is none."""
-    logger = flow_run_logger(run, flow)
-    environment = str(run.parameters.get("environment"))
+def start_rollback(flow: Flow[..., Any], flow_run: FlowRun, state: State) -> None:
+    """on_failure / on_crashed: a deploy that changed something is rolled back by its own deployment
+    (a run of its own, visible and cancellable), or in this process when there is none.
+    Prefect passes the arguments by name; on a crash it calls this in a fresh process."""
+    logger = flow_run_logger(flow_run, flow)
+    environment = str(flow_run.parameters.get("environment"))
     try:
         config = load_environment(environment)
     except DeployError:
         return  # refused before anything ran
-    release = Ledger.for_state_dir(config.state_dir).by_flow_run(str(run.id))
-    if release is None or release.dry_run or not (release.code_changed or release.migration_started):
+    ledger = Ledger.for_state_dir(config.state_dir)
+    release = ledger.by_flow_run(str(flow_run.id))
+    if release is None:
+        return
+    if release.dry_run or not (release.code_changed or release.migration_started):
+        if release.outcome == "running":  # crashed before changing anything: nothing to undo
+            ledger.finish(release.id, "aborted", step=release.phase,
+                          error=f"the deploy run {state.name.lower()} before changing anything")
         return
     if release.outcome in ("rolled_back", "rollback_failed") or not config.rollback.automatic:
         logger.warning("Not rolling back automatically (%s); run rollback/%s by hand.",
                        release.outcome if config.rollback.automatic else "rollback.automatic is off", environment)
         return
-    parameters = {"environment": environment, "failed_run_id": str(run.id),
-                  "reason": f"automatic: deploy {run.name} ended {state.name}"}
+    parameters = {"environment": environment, "failed_run_id": str(flow_run.id),
+                  "reason": f"automatic: deploy {flow_run.name} ended {state.name}"}
     try:
         child = run_deployment(f"rollback/{environment}", parameters=parameters, timeout=0, as_subflow=False,
-                               idempotency_key=f"rollback-{run.id}")
+                               idempotency_key=f"rollback-{flow_run.id}")
         logger.warning("Deploy %s: rollback started as run %s.", state.name.lower(), child.name)
     except ObjectNotFound:
         logger.warning("No rollback/%s deployment on this server: rolling back in this process.", environment)
@@ -88,7 +95,8 @@ def production_deployment(environment: str, ref: str = "main", dry_run: bool = F
     validate_ref(ref)
     deploy = Deploy(config, ref, dry_run, reason)
     with deploy.recorded():
-        with deploy_lock(environment, deploy.ledger, deploy.release_id) if not dry_run else nullcontext():
+        with deploy_lock(environment, deploy.ledger, deploy.release_id, holder_run_id=deploy.run_id) if not dry_run \
+                else nullcontext():
             with deploy.phase("verify-prerequisites"):
                 prerequisites = verify_prerequisites(environment, ref, deploy.release_id, force)
                 deploy.resolved(prerequisites)
@@ -117,9 +125,9 @@ class Deploy:
         self.config = config
         self.logger = get_run_logger()
         self.ledger = Ledger.for_state_dir(config.state_dir)
-        self.run_id = str(flow_run.id) if flow_run.id else None
+        self.run_id = str(current_run.id) if current_run.id else None
         self.release_id = self.ledger.open_release(
-            environment=config.name, flow_run_id=self.run_id, flow_run_name=flow_run.name, ref=ref,
+            environment=config.name, flow_run_id=self.run_id, flow_run_name=current_run.name, ref=ref,
             reason=reason, dry_run=dry_run).id
         self.app_name = f"deploy-{(self.run_id or str(self.release_id))[:8]}"
         self.progress = Progress(config.name)

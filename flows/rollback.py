@@ -22,8 +22,11 @@ stops, leaves maintenance on and says so: it never loops.
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from uuid import UUID
 
 from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
@@ -35,7 +38,7 @@ from tasks import recording
 from tasks.backups import restore_database
 from tasks.health import check_health
 from tasks.ledger import Ledger, Release
-from tasks.locks import deploy_lock
+from tasks.locks import deploy_lock, release_dead_holder
 from tasks.migrations import downgrade_database, end_orphaned_sessions, verify_database_revision
 from tasks.notifications import notify
 from tasks.rollback_plan import RollbackPlan, choose_rollback_plan
@@ -63,7 +66,9 @@ def rollback(environment: str, failed_run_id: str | None = None, to: str | None 
     app_name = f"deploy-rb-{(run_id or str(record_id))[:8]}"
     subject: Release | None = None
     try:
-        with recording(ledger, record_id), deploy_lock(environment, ledger, record_id,
+        if failed_run_id:
+            free_lock_of_dead_run(ledger, failed_run_id)
+        with recording(ledger, record_id), deploy_lock(environment, ledger, record_id, holder_run_id=run_id,
                                                        wait_seconds=config.rollback.lock_wait_seconds):
             subject = release_to_undo(config, ledger, failed_run_id, to)
             ledger.update(record_id, rollback_of=subject.id, previous_sha=subject.target_sha)
@@ -92,6 +97,22 @@ def rollback(environment: str, failed_run_id: str | None = None, to: str | None 
         raise
 
 
+def free_lock_of_dead_run(ledger: Ledger, failed_run_id: str) -> None:
+    """A crashed deploy cannot release its lock; its lease would lapse on its own within a minute, but
+    the rollback need not wait for that once Prefect says the run is over."""
+    release = ledger.by_flow_run(failed_run_id)
+    if release is None or not release.lock_lease_id:
+        return
+    with get_client(sync_client=True) as client:
+        try:
+            run = client.read_flow_run(UUID(failed_run_id))
+        except ObjectNotFound:
+            return
+    if run.state is not None and run.state.is_final():
+        if release_dead_holder(ledger, release):
+            get_run_logger().info("Released the deploy lock that crashed run %s still held.", run.name)
+
+
 def release_to_undo(config: EnvironmentConfig, ledger: Ledger, failed_run_id: str | None, to: str | None) -> Release:
     """The failed deploy named by `failed_run_id`, or the live release (rolled back to `to`)."""
     step = f"rollback {config.name}"
@@ -102,7 +123,9 @@ def release_to_undo(config: EnvironmentConfig, ledger: Ledger, failed_run_id: st
                                "check the run id; `deployctl status` lists the releases")
         if release.outcome == "running":
             # A crashed run never wrote its outcome; we hold its lock now, so it is dead.
-            ledger.finish(release.id, "failed", step=release.phase, error="the deploy run crashed")
+            changed = release.code_changed or release.migration_started
+            ledger.finish(release.id, "failed" if changed else "aborted", step=release.phase,
+                          error="the deploy run crashed" + ("" if changed else " before changing anything"))
             release = ledger.get(release.id)
         return release
     live = ledger.last_succeeded(config.name)

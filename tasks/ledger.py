@@ -64,6 +64,8 @@ class Release(Base):
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
     restored_at: Mapped[datetime | None]
+    lock_acquired_at: Mapped[datetime | None]
+    lock_lease_id: Mapped[str | None] = mapped_column(String(36))
     rollback_of: Mapped[int | None] = mapped_column(Integer)
 
 

@@ -1,25 +1,32 @@
 """The deploy lock: one deploy or rollback per environment at a time.
 
 A deployment's own `concurrency_limit` is not enough: a run paused for approval gives its slot back.
-So the mutating part of a deploy, approvals included, holds a slot of the global concurrency limit
-`deploy-<environment>` (limit 1). Slots are leases: if the holder dies, the lease lapses and the slot
-frees itself. A second deploy waits a few seconds at most, then fails naming the run that holds it.
+So the mutating part of a deploy, approvals included, holds the slot of the global concurrency limit
+`deploy-<environment>` (limit 1) under a lease that a thread renews while the run lives. A run
+that dies stops renewing, and its lease lapses within LEASE_SECONDS; a rollback of a crashed run
+does not wait for that: the ledger holds the dead run's lease id, and the rollback revokes it.
+
+A second deploy waits `wait_seconds` at most, then fails naming the run that holds the lock.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
+from uuid import UUID
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectNotFound
+from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
 from deployments.errors import LockHeld
-from tasks.ledger import Ledger
+from tasks.ledger import Ledger, Release, utcnow
 
 LEASE_SECONDS = 60  # the shortest lease Prefect accepts: a dead holder's slot frees within a minute
+LOCKED = 423
 
 
 def lock_name(environment: str) -> str:
@@ -36,16 +43,70 @@ def ensure_lock(environment: str) -> None:
 
 
 @contextmanager
-def deploy_lock(environment: str, ledger: Ledger, release_id: int, wait_seconds: float = 5.0) -> Iterator[None]:
+def deploy_lock(environment: str, ledger: Ledger, release_id: int, wait_seconds: float = 5.0,
+                holder_run_id: str | None = None) -> Iterator[None]:
     ensure_lock(environment)
-    with ExitStack() as stack:
-        try:
-            stack.enter_context(concurrency(lock_name(environment), occupy=1, timeout_seconds=wait_seconds,
-                                            lease_duration=LEASE_SECONDS, strict=True))
-        except TimeoutError:
-            holders = [r for r in ledger.running(environment) if r.id != release_id]
-            who = ", ".join(f"run {r.flow_run_name or r.flow_run_id} ({r.ref}, started "
-                            f"{r.started_at:%Y-%m-%d %H:%M:%S} UTC, {r.phase})" for r in holders) or "another run"
-            raise LockHeld(f"acquire deploy lock ({environment})", f"{environment} is held by {who}",
-                           "wait for it to finish, or cancel it in the Prefect UI; nothing was changed") from None
+    lease_id = _acquire(environment, ledger, release_id, wait_seconds, holder_run_id)
+    ledger.update(release_id, lock_acquired_at=utcnow(), lock_lease_id=str(lease_id))
+    stop = threading.Event()
+    renewer = threading.Thread(target=_renew, args=(lease_id, stop), name=f"deploy-lock-{environment}", daemon=True)
+    renewer.start()
+    try:
         yield
+    finally:
+        stop.set()
+        renewer.join(timeout=5)
+        _release(lease_id)
+        ledger.update(release_id, lock_lease_id=None)
+
+
+def release_dead_holder(ledger: Ledger, release: Release) -> bool:
+    """Revoke the lease of a run that died holding the lock (its ledger row says which)."""
+    if not release.lock_lease_id:
+        return False
+    _release(UUID(release.lock_lease_id))
+    ledger.update(release.id, lock_lease_id=None)
+    return True
+
+
+def _acquire(environment: str, ledger: Ledger, release_id: int, wait_seconds: float,
+             holder_run_id: str | None) -> UUID:
+    holder = ConcurrencyLeaseHolder(type="flow_run", id=UUID(holder_run_id)) if holder_run_id else None
+    deadline = time.monotonic() + wait_seconds
+    with get_client(sync_client=True) as client:
+        while True:
+            try:
+                response = client.increment_concurrency_slots_with_lease(
+                    [lock_name(environment)], 1, "concurrency", LEASE_SECONDS, holder)
+                return UUID(response.json()["lease_id"])
+            except PrefectHTTPStatusError as exc:
+                if exc.response.status_code != LOCKED:
+                    raise
+            if time.monotonic() >= deadline:
+                holder_text = _holder(ledger, environment, release_id)
+                raise LockHeld(f"acquire deploy lock ({environment})", f"{environment} is held by {holder_text}",
+                               "wait for it to finish, or cancel it in the Prefect UI; nothing was changed")
+            time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+
+
+def _renew(lease_id: UUID, stop: threading.Event) -> None:
+    while not stop.wait(LEASE_SECONDS / 4):
+        try:
+            with get_client(sync_client=True) as client:
+                client.renew_concurrency_lease(lease_id, LEASE_SECONDS)
+        except (PrefectHTTPStatusError, OSError):
+            continue  # a missed renewal is retried; the lease outlives three of them
+
+
+def _release(lease_id: UUID) -> None:
+    with get_client(sync_client=True) as client:
+        client.release_concurrency_slots_with_lease(lease_id)
+
+
+def _holder(ledger: Ledger, environment: str, release_id: int) -> str:
+    holders = [r for r in ledger.running(environment) if r.id != release_id and r.lock_acquired_at is not None]
+    if not holders:
+        return (f"a run that is not in the ledger, or one that died: its lease lapses within {LEASE_SECONDS} s "
+                "of its death")
+    return ", ".join(f"run {r.flow_run_name or r.flow_run_id} ({r.ref}, since {r.lock_acquired_at:%Y-%m-%d %H:%M:%S} "
+                     f"UTC, {r.phase})" for r in holders)

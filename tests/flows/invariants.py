@@ -38,11 +38,11 @@ def state(box: Sandbox, env: str) -> dict[str, Any]:
     engine = create_engine(url)
     with engine.connect() as conn:
         revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-        jobs = conn.execute(text("SELECT count(*) FROM jobs")).scalar_one()
     engine.dispose()
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=config.source.workspace, capture_output=True,
                           text=True, check=True).stdout.strip()
-    return {"sha": head, "revision": revision, "schema": schema_fingerprint(url), "jobs": jobs}
+    # Row counts are left out on purpose: the critical-path checks write (a scrape adds jobs).
+    return {"sha": head, "revision": revision, "schema": schema_fingerprint(url)}
 
 
 def assert_healthy_on(box: Sandbox, env: str, sha: str) -> None:

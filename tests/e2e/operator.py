@@ -1,0 +1,95 @@
+"""Driving a real Prefect server and worker as an operator does: CLI commands and the REST API."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deployctl.stack import Stack
+from tests.conftest import free_ports
+from tests.flows.conftest import Sandbox, make_sandbox
+
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+DEPLOYCTL = str(Path(sys.executable).with_name("deployctl"))
+
+
+def stack_with_sandbox(tmp_path_factory: pytest.TempPathFactory, db: str = "sqlite") -> Iterator[tuple[Stack, Sandbox]]:
+    boxes = make_sandbox(tmp_path_factory, db)
+    box = next(boxes)
+    (port,) = free_ports(1)
+    server = Stack(home=tmp_path_factory.mktemp("prefect-home"), port=port, environments_dir=box.environments)
+    try:
+        server.up(log=lambda *_: None)
+        yield server, box
+    finally:
+        server.down(log=lambda *_: None)
+        next(boxes, None)
+
+
+def trigger(stack: Stack, name: str, ref: str) -> str:
+    out = stack.run([sys.executable, "-m", "prefect", "deployment", "run", name, "--param", f"ref={ref}"])
+    match = re.search(r"UUID: ([0-9a-f-]{36})", out)
+    assert match, out
+    return match[1]
+
+
+def run_of(stack: Stack, run_id: str) -> dict:  # type: ignore[type-arg]
+    response = httpx.get(f"{stack.api_url}/flow_runs/{run_id}", timeout=10)
+    response.raise_for_status()
+    return response.json()  # type: ignore[no-any-return]
+
+
+def state_of(stack: Stack, run_id: str) -> str:
+    state = run_of(stack, run_id)["state"]
+    return state["name"] if state["type"] == "PAUSED" else state["type"]
+
+
+def wait_for(stack: Stack, run_id: str, wanted: set[str], timeout: float = 300) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = state_of(stack, run_id)
+        if state in wanted:
+            return state
+        time.sleep(0.5)
+    raise AssertionError(f"run {run_id} stayed {state_of(stack, run_id)}, wanted {wanted}; "
+                         f"worker log: {(stack.home / 'worker.log').read_text()[-3000:]}")
+
+
+def flow_runs(stack: Stack, flow_name: str) -> list[dict]:  # type: ignore[type-arg]
+    body = {"flows": {"name": {"any_": [flow_name]}}, "sort": "EXPECTED_START_TIME_DESC"}
+    return httpx.post(f"{stack.api_url}/flow_runs/filter", json=body, timeout=10).json()  # type: ignore[no-any-return]
+
+
+def flow_process(run_id: str) -> int | None:
+    """The pid of the process the worker started for this flow run."""
+    marker = f"PREFECT__FLOW_RUN_ID={run_id}".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes()
+        except OSError:
+            continue
+        if marker in environ.split(b"\0"):
+            return int(entry)
+    return None
+
+
+def kill_flow_process(run_id: str) -> int:
+    pid = flow_process(run_id)
+    assert pid is not None, f"no process runs flow run {run_id}"
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def deployctl(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([DEPLOYCTL, *args], env=stack.env(), capture_output=True, text=True, timeout=120)
