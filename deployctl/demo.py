@@ -4,7 +4,9 @@
     2. bring up the sandbox: jobapp's staging and production at v1
     3. deploy v2 to staging (no approval)
     4. deploy v2 to production; approve it as the team lead and the product owner
-    5. show `deployctl status production`, the UI address, and how to stop everything
+    5. deploy v4 to staging (healthy there) and to production, where it trips over legacy rows:
+       production rolls itself back, code and database, to v2
+    6. show `deployctl status production`, the UI address, and how to stop everything
 
 The story runs as a client of the server, in a process whose environment points at it.
 """
@@ -75,14 +77,39 @@ def deploy(environment: str, ref: str, reason: str, approve: bool) -> Any:
     return final
 
 
+def wait_for_rollback(failed_run_id: UUID, timeout: float = 600) -> Any:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["rollback"])))
+            mine = [r for r in runs if r.parameters.get("failed_run_id") == str(failed_run_id)]
+            if mine and mine[0].state is not None and mine[0].state.type.value in FINAL:
+                return mine[0]
+            time.sleep(1)
+    raise TimeoutError(f"no rollback of {failed_run_id} ended within {timeout:.0f} s")
+
+
 def story() -> int:
     from deployctl.cli import main as deployctl
 
     staging = deploy("staging", "v2", "demo: release v2 (salary insights)", approve=False)
     production = deploy("production", "v2", "demo: release v2 (salary insights)", approve=True)
+    good = staging.state.is_completed() and production.state.is_completed()
+
+    print("\n==> the bad half: v4 is healthy on staging, but trips over production's legacy rows")
+    deploy("staging", "v4", "demo: per-company cover letters", approve=False)
+    failed = deploy("production", "v4", "demo: per-company cover letters", approve=True)
+    rolled_back = None
+    if failed.state.is_failed():
+        print("    production failed its post-deployment verification; waiting for the automatic rollback")
+        rolled_back = wait_for_rollback(failed.id)
+        print(f"    rollback: {rolled_back.state.name} ({rolled_back.name})")
     print("\n==> deployctl status production")
     deployctl(["status", "production"])
-    ok = staging.state.is_completed() and production.state.is_completed()
+    ok = good and rolled_back is not None and rolled_back.state.is_completed()
     return 0 if ok else 1
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import uuid
@@ -10,6 +11,10 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
+
+# Prefect logs "Stopping temporary server" while pytest is closing its captured streams; without
+# this, logging prints a traceback about the closed file at the very end of every run.
+logging.raiseExceptions = False
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "DEPLOY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
