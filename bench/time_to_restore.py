@@ -1,0 +1,109 @@
+"""Time to restore: from the failing check in phase 3 to the previous version verified healthy.
+
+Runs on a fresh sandbox with a Prefect test server, in one process:
+  downgrade path: production v2 -> v4 (unhealthy on production's data) -> rolled back by downgrade
+  restore path:   production v2 -> v3 with the rehearsal off (its migration fails midway on SQLite)
+                  -> rolled back by restoring the verified backup
+and reports each against the phase 2 (deployment-execution: checkout, migrate, reload, log watch) of
+the forward deploy of v2 to production in the same run.
+
+    .venv/bin/python bench/time_to_restore.py
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main() -> int:
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    from deployments.errors import DeployError
+    from flows.production_deployment import production_deployment
+    from sample_app import sandbox
+    from tasks.ledger import Ledger
+
+    root = Path(tempfile.mkdtemp(prefix="bench-restore-")) / "sandbox"
+    sandbox.up(root, ports={"staging": 18101, "production": 18102}, log=lambda *_: None)
+    os.environ["DEPLOY_ENVIRONMENTS_DIR"] = str(root / "environments")
+    for env in ("staging", "production"):
+        path = root / "environments" / f"{env}.toml"
+        text = path.read_text().replace("deadline_seconds = 30", "deadline_seconds = 5")
+        text = text.replace("migration_rehearsal = true", "migration_rehearsal = false")
+        path.write_text(text.replace('test_command = ["{python}"', 'test_command = [] # ["{python}"'))
+
+    def approve_in_background() -> None:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateName
+        from prefect.flow_runs import resume_flow_run
+
+        answers = [{"approver": "Dana Whitfield", "role": "team-lead", "decision": "approve", "comment": ""},
+                   {"approver": "Sam Okafor", "role": "product-owner", "decision": "approve", "comment": ""}]
+        with get_client(sync_client=True) as client:
+            while answers:
+                paused = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Paused"]))))
+                if paused:
+                    resume_flow_run(paused[0].id, run_input=answers.pop(0))
+                    time.sleep(1)
+                time.sleep(0.2)
+
+    def deploy(env: str, ref: str) -> None:
+        if env == "production":
+            threading.Thread(target=approve_in_background, daemon=True).start()
+        try:
+            production_deployment(environment=env, ref=ref)
+        except DeployError:
+            pass
+
+    results = []
+    try:
+        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), prefect_test_harness(server_startup_timeout=90):
+            ledger = Ledger.for_state_dir(root / "state")
+            deploy("staging", "v2")
+            deploy("production", "v2")
+            forward = ledger.releases("production")[0].timings["deployment-execution"]
+            for path, ref, staging_ref in (("restore", "v3", "v3"), ("downgrade", "v4", "v4")):
+                deploy("staging", staging_ref)
+                deploy("production", ref)
+                release = ledger.releases("production")[0]
+                failed_step = [s for s in ledger.steps(release.id) if s.status == "failed"][-1]
+                rollback = next(r for r in ledger.all_releases("production") if r.rollback_of == release.id)
+                done = {s.name: s for s in ledger.steps(rollback.id) if s.status == "completed"}
+                failed_at = _step_end(ledger, release.id, failed_step.name)
+                healthy_at = _step_end(ledger, rollback.id, "check-health")
+                restore = healthy_at - failed_at
+                phase2 = forward
+                results.append((path, ref, release.outcome, "restore-backup" in done, restore, phase2))
+    finally:
+        sandbox.down(root, log=lambda *_: None)
+
+    print(f"{'path':<10} {'release':<8} {'outcome':<12} {'failed check -> healthy':>24} {'v2 phase 2':>11} {'ratio':>6}")
+    for path, ref, outcome, restored, seconds, phase2 in results:
+        print(f"{path:<10} {ref:<8} {outcome:<12} {seconds:>22.2f} s {phase2:>9.2f} s {seconds / phase2:>6.2f}")
+    return 0
+
+
+def _step_end(ledger, release_id: int, name: str) -> float:  # type: ignore[no-untyped-def]
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from tasks.ledger import Step
+
+    with Session(ledger.engine) as session:
+        step = session.scalars(select(Step).where(Step.release_id == release_id, Step.name == name)
+                               .order_by(Step.id.desc())).first()
+        assert step is not None and step.finished_at is not None, (release_id, name)
+        return step.finished_at.timestamp()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
