@@ -39,7 +39,7 @@ stop: $(STAMP)
 	$(BIN)/deployctl stop
 
 lint: $(STAMP)
-	$(BIN)/python -m ruff check .
+	$(BIN)/python -m ruff check flows tasks deployments deployctl bench tests sample_app/sandbox.py sample_app/history.py
 
 clean:
 	-$(BIN)/deployctl stop

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from deployments.errors import BackupFailed
-from tasks.backups import TAG_FORMAT, load_manifest, new_tag, prune, restore_backup, take_backup
+from tasks.backups import TAG_FORMAT, new_tag, prune, restore_backup, take_backup
 
 
 def make_schema(url: str, rows: int = 50) -> None:
