@@ -32,6 +32,7 @@ from prefect.states import State
 from deployments.config import EnvironmentConfig, load_environment
 from deployments.errors import DeployError
 from deployments.logs import install_log_filters
+from deployments.secrets import resolve_app_environment
 from flows.deployment_execution import deployment_execution
 from flows.post_deployment_verification import post_deployment_verification
 from flows.pre_deployment_verification import pre_deployment_verification
@@ -49,6 +50,14 @@ def run_name() -> str:
     params = current_run.parameters
     mode = " (dry run)" if params.get("dry_run") else ""
     return f"{params['environment']}: {params.get('ref', 'main')}{mode}"
+
+
+def check_configuration(config: EnvironmentConfig) -> None:
+    """What the deploy will need from configuration, before it writes, locks or fetches anything:
+    a secret that does not resolve, or a staging file that does not load, fails here as a ConfigError."""
+    resolve_app_environment(config)
+    if config.prerequisites.staging_environment:
+        load_environment(config.prerequisites.staging_environment)
 
 
 def start_rollback(flow: Flow[..., Any], flow_run: FlowRun, state: State) -> None:
@@ -93,6 +102,7 @@ def production_deployment(environment: str, ref: str = "main", dry_run: bool = F
                           force: bool = False) -> str:
     config = load_environment(environment)
     validate_ref(ref)
+    check_configuration(config)
     deploy = Deploy(config, ref, dry_run, reason)
     with deploy.recorded():
         with deploy_lock(environment, deploy.ledger, deploy.release_id, holder_run_id=deploy.run_id) if not dry_run \

@@ -71,5 +71,9 @@ def verify_staging(staging_name: str, sha: str) -> None:
     try:
         check_staging_health.with_options(name="verify-staging", retries=0)(staging, sha)
     except DeployError as exc:
-        raise PreflightError("verify staging", f"{staging_name}: {exc.cause}", f"deploy {sha[:12]} to "
-                             f"{staging_name} and verify it first; nothing was changed") from None
+        # Deploying to staging first is the fix only when staging serves another SHA, not when it is down.
+        serves_another = f"expected {sha[:12]}" in exc.cause
+        action = (f"deploy {sha[:12]} to {staging_name} and verify it first" if serves_another
+                  else f"bring {staging_name} back to healthy (read its app log), then deploy again")
+        raise PreflightError("verify staging", f"{staging_name}: {exc.cause}",
+                             f"{action}; nothing was changed") from None

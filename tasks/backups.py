@@ -299,7 +299,7 @@ def _verify_postgres_archive(target: Path, pg_restore: str) -> None:
     result = subprocess.run([pg_restore, "--file", os.devnull, str(target)], capture_output=True, text=True,
                             timeout=6 * 3600, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
     if result.returncode != 0:
-        raise BackupFailed("verify backup", f"pg_restore cannot read the archive: {result.stderr.strip()[-300:]}",
+        raise BackupFailed("verify backup", f"pg_restore cannot read the archive: {redact(result.stderr.strip()[-300:])}",
                            "do not deploy; check pg_dump and the disk")
 
 
