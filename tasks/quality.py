@@ -14,7 +14,7 @@ from pathlib import Path
 from deployments.config import EnvironmentConfig
 from deployments.errors import PreflightError
 from tasks import read_step
-from tasks.service import app_process_env
+from tasks.service import app_process_env, expand_argv
 
 TEST_TIMEOUT = 1800
 
@@ -30,17 +30,12 @@ class ScanReport:
         return f"high {self.high}, medium {self.medium}, low {self.low}"
 
 
-def _argv(argv: list[str], config: EnvironmentConfig, tree: Path) -> list[str]:
-    values = {"python": str(config.service.python), "workspace": str(tree)}
-    return [part.format_map(values) if "{" in part else part for part in argv]
-
-
 @read_step("run-release-tests", retries=0)
 def run_release_tests(config: EnvironmentConfig, tree: Path) -> str:
     """Prerequisite: all automated tests of the release pass."""
     if not config.prerequisites.test_command:
         return "no test_command configured: skipped"
-    argv = _argv(config.prerequisites.test_command, config, tree)
+    argv = expand_argv(config.prerequisites.test_command, config, tree)
     try:
         result = subprocess.run(argv, cwd=tree, env=app_process_env({"CI": "1"}), capture_output=True, text=True,
                                 timeout=TEST_TIMEOUT)
@@ -63,7 +58,7 @@ def run_security_scan(config: EnvironmentConfig, tree: Path) -> ScanReport | str
     """Prerequisite: a security scan of the release finds no critical (high severity) issue."""
     step = "run security scan"
     if config.prerequisites.scan_command is not None:
-        argv = _argv(config.prerequisites.scan_command, config, tree)
+        argv = expand_argv(config.prerequisites.scan_command, config, tree)
         try:
             result = subprocess.run(argv, cwd=tree, env=app_process_env({}), capture_output=True, text=True,
                                     timeout=1800)

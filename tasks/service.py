@@ -23,9 +23,10 @@ from tasks import change_step, read_step
 PASSED_THROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
 
 
-def expand_argv(argv: Sequence[str], config: EnvironmentConfig) -> list[str]:
+def expand_argv(argv: Sequence[str], config: EnvironmentConfig, workspace: Path | None = None) -> list[str]:
+    """`argv` with the placeholders filled in; `workspace` stands in for a scratch tree of the release."""
     values = {"python": str(config.service.python), "bin": str(config.service.python.parent),
-              "workspace": str(config.source.workspace)}
+              "workspace": str(workspace or config.source.workspace)}
     return [part.format_map(values) if "{" in part else part for part in argv]
 
 
