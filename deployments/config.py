@@ -183,8 +183,11 @@ class MonitoringConfig(Model):
     requests_metric: str = Field("http_requests_total", description="counter with route and status labels")
     latency_metric: str = Field("http_request_duration_seconds", description="histogram of request durations")
     users_metric: str = Field("active_users", description="gauge of active users")
-    prometheus_url: str | None = None
-    queries: dict[str, str] = Field(default_factory=dict, description="error_rate, p95_seconds, active_users")
+    prometheus_url: str | None = Field(None, description='source = "prometheus": its address, e.g. http://127.0.0.1:9090')
+    selector: str = Field("", description='label matchers of this environment\'s series, e.g. job="jobapp-production"')
+    query_window: str = Field("2m", pattern=r"^[0-9]+[smh]$", description="range of rate() in the default queries")
+    queries: dict[Literal["requests", "error_rate", "p95_seconds", "active_users"], str] = Field(
+        default_factory=dict, description="PromQL overriding the default query of each figure")
     max_error_rate: float = Field(0.02, ge=0, le=1)
     max_p95_seconds: float = Field(1.0, gt=0)
     max_p95_regression: float = Field(2.0, ge=1, description="allowed p95 as a multiple of the baseline")
@@ -206,11 +209,21 @@ class NotificationConfig(Model):
 
 
 class WatchConfig(Model):
-    enabled: bool = True
-    duration_seconds: int = Field(7200, ge=10)
-    interval_seconds: int = Field(60, ge=1)
-    breach_ticks: int = Field(3, ge=1)
-    auto_rollback: bool = True
+    enabled: bool = Field(True, description="watch every release that changed something")
+    duration_seconds: int = Field(7200, ge=10, description="how long after the deploy (runbook: 2 hours)")
+    interval_seconds: int = Field(60, ge=1, description="one sample of health and metrics per interval")
+    breach_ticks: int = Field(3, ge=1, description="consecutive bad samples that make a critical alert")
+    auto_rollback: bool = Field(True, description="a critical alert rolls back the release if it is still live")
+    min_requests: int = Field(10, ge=0, description="a sample with fewer requests does not judge error rate or p95")
+    min_activity_ratio: float = Field(
+        0.0, ge=0, le=1, description="alert when active users fall below this share of the pre-deploy figure")
+
+    @model_validator(mode="after")
+    def _ticks(self) -> WatchConfig:
+        if self.interval_seconds * self.breach_ticks > self.duration_seconds:
+            raise ValueError("interval_seconds * breach_ticks is longer than duration_seconds: no breach could "
+                             "ever be confirmed; shorten the interval or lengthen the watch")
+        return self
 
 
 class RollbackConfig(Model):
@@ -219,6 +232,28 @@ class RollbackConfig(Model):
         150, ge=0, le=3600, description="how long a rollback waits for the lock a dead deploy still holds"
     )
     verify_critical_paths: bool = True
+
+
+class MetricsConfig(Model):
+    """The orchestrator's own metrics: pushed to a Pushgateway when one is named, else a node-exporter textfile."""
+
+    pushgateway_url: str | None = Field(
+        None, description="Pushgateway to push to, e.g. http://127.0.0.1:9091; unset: write a textfile instead"
+    )
+    textfile_directory: FilePath | None = Field(
+        None, description="node-exporter textfile collector directory; default <state_dir>/metrics"
+    )
+    job: str = Field("production_deployment", min_length=1, max_length=100,
+                     description="the job label of the group pushed to the Pushgateway")
+    success_target: float = Field(0.95, gt=0, le=1, description="the runbook's target share of successful deploys")
+
+    @field_validator("pushgateway_url")
+    @classmethod
+    def _gateway_url(cls, value: str | None) -> str | None:
+        # No query string: the client appends /metrics/job/... to the URL as given.
+        if value is not None and not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", value):
+            raise ValueError("use scheme://host:port, e.g. http://127.0.0.1:9091, or leave it out for a textfile")
+        return value
 
 
 class PrerequisiteConfig(Model):
@@ -245,6 +280,7 @@ class EnvironmentConfig(Model):
     watch: WatchConfig = WatchConfig()
     rollback: RollbackConfig = RollbackConfig()
     prerequisites: PrerequisiteConfig = PrerequisiteConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @field_validator("name")
     @classmethod

@@ -36,13 +36,14 @@ from deployments.secrets import resolve_app_environment
 from flows.deployment_execution import deployment_execution
 from flows.post_deployment_verification import post_deployment_verification
 from flows.pre_deployment_verification import pre_deployment_verification
+from flows.rollback import launch_rollback
 from flows.verify_prerequisites import Prerequisites, release_tree, verify_prerequisites
 from tasks import recording
 from tasks.approvals import obtain_approvals
 from tasks.ledger import Ledger
 from tasks.locks import deploy_lock
-from tasks.notifications import notify
-from tasks.reporting import Progress, publish, success_criteria
+from tasks.notifications import impact, notify
+from tasks.reporting import Progress, publish, success_criteria, summary_text
 from tasks.source import remove_worktree, validate_ref
 
 
@@ -83,17 +84,8 @@ def start_rollback(flow: Flow[..., Any], flow_run: FlowRun, state: State) -> Non
         logger.warning("Not rolling back automatically (%s); run rollback/%s by hand.",
                        release.outcome if config.rollback.automatic else "rollback.automatic is off", environment)
         return
-    parameters = {"environment": environment, "failed_run_id": str(flow_run.id),
-                  "reason": f"automatic: deploy {flow_run.name} ended {state.name}"}
-    try:
-        child = run_deployment(f"rollback/{environment}", parameters=parameters, timeout=0, as_subflow=False,
-                               idempotency_key=f"rollback-{flow_run.id}")
-        logger.warning("Deploy %s: rollback started as run %s.", state.name.lower(), child.name)
-    except ObjectNotFound:
-        logger.warning("No rollback/%s deployment on this server: rolling back in this process.", environment)
-        from flows.rollback import rollback
-
-        rollback(**parameters)
+    launch_rollback(environment, str(flow_run.id), f"automatic: deploy {flow_run.name} ended {state.name}",
+                    key=f"rollback-{flow_run.id}", logger=logger, as_subflow=False)
 
 
 @flow(name="production-deployment", flow_run_name=run_name, log_prints=True,
@@ -195,21 +187,50 @@ class Deploy:
         self.logger.info(message)
         self.ledger.finish(self.release_id, outcome)
         if outcome == "succeeded":
-            self.notified = self._say(f"Deploy to {self.config.name} succeeded", message)
+            watch = self.schedule_watch()
+            release = self.ledger.get(self.release_id)
+            criteria = success_criteria(release, self.ledger.steps(self.release_id), notified=True)
+            self.notified = self._say(f"Deploy to {self.config.name} succeeded: {message}",
+                                      summary_text(release, criteria) + f"\nWatch: {watch}")
         else:
             self._say(f"Deploy to {self.config.name}: {outcome}", message)
         self._publish()
         return message
+
+    def schedule_watch(self) -> str:
+        """The post-deploy watch, as its own run linked to this one (once: the key is this run's id)."""
+        if not self.config.watch.enabled:
+            return "off (watch.enabled = false)"
+        name = f"post-deploy-watch/{self.config.name}"
+        try:
+            run = run_deployment(name, parameters={"environment": self.config.name, "deploy_run_id": self.run_id},
+                                 timeout=0, idempotency_key=f"watch-{self.run_id}")
+        except ObjectNotFound:
+            self.logger.warning("No %s deployment on this server: the release is not watched. `make deploy` "
+                                "registers it; or run the post-deploy-watch flow by hand.", name)
+            return f"not scheduled: no {name} deployment"
+        minutes = self.config.watch.duration_seconds / 60
+        self.logger.info("Post-deploy watch scheduled: run %s, %g minutes.", run.name, minutes)
+        self.ledger.update(self.release_id, watch={"run_id": str(run.id), "outcome": "scheduled"})
+        return f"run {run.name} watches the release for {minutes:g} minutes"
 
     def _failed(self, exc: DeployError) -> None:
         release = self.ledger.get(self.release_id)
         changed = release.code_changed or release.migration_started
         outcome = "failed" if changed else "aborted"
         self.ledger.finish(self.release_id, outcome, step=exc.step, error=str(exc))
-        state = ("production may be partly changed; the rollback restores the previous release" if changed
-                 else f"nothing in {self.config.name} was changed")
+        if not changed:
+            state, next_step = (f"unchanged: {self.config.name} still serves {str(release.previous_sha or 'the live release')[:12]}",
+                                "nothing to undo; fix the cause and deploy again")
+        elif self.config.rollback.automatic:
+            state, next_step = ("partly changed (the new code or migrations may be in place)",
+                                "the automatic rollback restores the previous release, code and database; "
+                                "its own messages follow")
+        else:
+            state, next_step = ("partly changed (the new code or migrations may be in place)",
+                                f"rollback.automatic is off: run rollback/{self.config.name} by hand now")
         self.logger.error("%s", exc)
-        self._say(f"Deploy to {self.config.name} {outcome} at {exc.step}", f"{exc}\nImpact: {state}.")
+        self._say(f"Deploy to {self.config.name} {outcome} at {exc.step}", f"{exc}\n{impact(exc.step, state, next_step)}")
         self._publish()
 
     def _say(self, subject: str, body: str) -> bool:

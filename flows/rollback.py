@@ -22,10 +22,12 @@ stops, leaves maintenance on and says so: it never loops.
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Any
 from uuid import UUID
 
 from prefect import flow
 from prefect.client.orchestration import get_client
+from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
@@ -40,7 +42,7 @@ from tasks.health import check_health
 from tasks.ledger import Ledger, Release
 from tasks.locks import deploy_lock, release_dead_holder
 from tasks.migrations import downgrade_database, end_orphaned_sessions, verify_database_revision
-from tasks.notifications import notify
+from tasks.notifications import impact, notify
 from tasks.rollback_plan import RollbackPlan, choose_rollback_plan
 from tasks.service import restart_application, resume_traffic, stop_traffic
 from tasks.smoke import run_critical_path_tests
@@ -95,6 +97,23 @@ def rollback(environment: str, failed_run_id: str | None = None, to: str | None 
         get_run_logger().error("%s", exc)
         _finish(config, ledger, record_id, subject, None, "rollback_failed", str(exc), step=exc.step)
         raise
+
+
+def launch_rollback(environment: str, failed_run_id: str, reason: str, key: str, logger: Any,
+                    as_subflow: bool = True) -> str:
+    """Start `rollback/<environment>` for the release deployed by `failed_run_id`, as a run of its own
+    (visible, cancellable; `key` makes a second request a no-op), or in this process when the server has
+    no such deployment. Returns what was started, for the log and the notifications."""
+    parameters = {"environment": environment, "failed_run_id": failed_run_id, "reason": reason}
+    try:
+        child = run_deployment(f"rollback/{environment}", parameters=parameters, timeout=0, as_subflow=as_subflow,
+                               idempotency_key=key)
+    except ObjectNotFound:
+        logger.warning("No rollback/%s deployment on this server: rolling back in this process.", environment)
+        state = rollback(**parameters, return_state=True)
+        return f"rollback in this process: {state.name}"
+    logger.warning("Rollback of %s started as run %s.", environment, child.name)
+    return f"rollback run {child.name}"
 
 
 def free_lock_of_dead_run(ledger: Ledger, failed_run_id: str) -> None:
@@ -180,8 +199,9 @@ def _finish(config: EnvironmentConfig, ledger: Ledger, record_id: int, subject: 
         notify(config, f"Rollback of {config.name} done", message)
     elif outcome == "rollback_failed":
         live = current_sha(config.source.workspace)
-        notify(config, f"ALERT: rollback of {config.name} failed", f"{message}\nImpact: {config.name} is at "
-               f"{live[:12]}, maintenance mode is still on if it was turned on; nothing more will be tried "
-               "automatically. Next: restore by hand from the backup named in the ledger.")
+        notify(config, f"ALERT: rollback of {config.name} failed", f"{message}\n" + impact(
+            step or "rollback", f"{config.name} is at {live[:12]}; maintenance mode is still on if it was turned on",
+            "nothing more is tried automatically: restore by hand from the backup named in the ledger "
+            "(`deployctl status`)"))
     get_run_logger().info(message)
     return message

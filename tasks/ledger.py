@@ -67,6 +67,7 @@ class Release(Base):
     lock_acquired_at: Mapped[datetime | None]
     lock_lease_id: Mapped[str | None] = mapped_column(String(36))
     rollback_of: Mapped[int | None] = mapped_column(Integer)
+    watch: Mapped[dict[str, Any] | None]
 
 
 class Step(Base):

@@ -195,3 +195,99 @@ def check_performance(config: EnvironmentConfig, baseline: Baseline | None, samp
         raise HealthCheckFailed(f"check performance ({config.name})", "; ".join(problems),
                                 "the release is slower or failing more than before; it will be rolled back")
     return result
+
+
+class AppMetrics:
+    """The app's own /metrics: each read is the window since the previous one."""
+
+    def __init__(self, config: EnvironmentConfig, transport: httpx.BaseTransport | None = None) -> None:
+        self.config = config
+        self.transport = transport
+        self.previous: Snapshot | None = None
+
+    def describe(self) -> str:
+        return metrics_url(self.config)
+
+    def read(self) -> Window:
+        snapshot = scrape(metrics_url(self.config), self.config.monitoring, self.config.health.timeout_seconds,
+                          self.transport)
+        previous, self.previous = self.previous, snapshot
+        if previous is None:  # the first sample only sets the start of the first window
+            return Window(0.0, 0.0, None, snapshot.active_users)
+        return window(previous, snapshot)
+
+
+class PrometheusMetrics:
+    """A Prometheus server's HTTP query API: one instant query per figure, PromQL from the environment
+    file (`monitoring.queries`) or built from the metric names, `monitoring.selector` and
+    `monitoring.query_window`. A target Prometheus does not scrape is "no data", never a pass."""
+
+    def __init__(self, config: EnvironmentConfig, transport: httpx.BaseTransport | None = None) -> None:
+        self.config = config
+        self.transport = transport
+        self.url = str(config.monitoring.prometheus_url).rstrip("/") + "/api/v1/query"
+
+    def describe(self) -> str:
+        return f"{self.config.monitoring.prometheus_url} ({{{self.config.monitoring.selector}}})"
+
+    def queries(self) -> dict[str, str]:
+        m = self.config.monitoring
+
+        def sel(*extra: str) -> str:
+            return "{" + ",".join(part for part in (*extra, m.selector) if part) + "}"
+
+        served, failed = f'route!="{m.metrics_path}"', 'status=~"5.."'
+        requests = f"rate({m.requests_metric}{sel(served)}[{m.query_window}])"
+        defaults = {
+            "up": f"min(up{sel()})",
+            "requests": f"sum(increase({m.requests_metric}{sel(served)}[{m.query_window}]))",
+            "error_rate": f"sum(rate({m.requests_metric}{sel(served, failed)}[{m.query_window}])) / sum({requests})",
+            "p95_seconds": f"histogram_quantile(0.95, sum by (le) "
+                           f"(rate({m.latency_metric}_bucket{sel(served)}[{m.query_window}])))",
+            "active_users": f"sum({m.users_metric}{sel()})",
+        }
+        return defaults | dict(m.queries)
+
+    def read(self) -> Window:
+        queries = self.queries()
+        up = self.query(queries["up"])
+        if up is None or up < 1:
+            raise MetricsUnavailable(f"Prometheus does not scrape {{{self.config.monitoring.selector}}} "
+                                     f"({'no such target' if up is None else 'target down'})")
+        requests = self.query(queries["requests"]) or 0.0
+        error_rate = self.query(queries["error_rate"])
+        return Window(requests, (error_rate or 0.0) * requests, self.query(queries["p95_seconds"]),
+                      self.query(queries["active_users"]))
+
+    def query(self, promql: str) -> float | None:
+        """The sum of an instant vector or a scalar; None for no series (or NaN: no traffic)."""
+        timeout = self.config.health.timeout_seconds
+        try:
+            with httpx.Client(timeout=timeout, follow_redirects=False, transport=self.transport) as client:
+                response = client.get(self.url, params={"query": promql})
+        except httpx.HTTPError as exc:
+            raise MetricsUnavailable(f"{self.config.monitoring.prometheus_url} did not answer "
+                                     f"({type(exc).__name__})") from None
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        if response.status_code != 200 or body.get("status") != "success":
+            raise MetricsUnavailable(f"Prometheus refused {promql!r}: HTTP {response.status_code} "
+                                     f"{body.get('error', '')}".strip())
+        data = body["data"]
+        if data["resultType"] == "scalar":
+            values = [data["result"][1]]
+        elif data["resultType"] == "vector":
+            values = [series["value"][1] for series in data["result"]]
+        else:
+            raise MetricsUnavailable(f"{promql!r} is a {data['resultType']}, not an instant vector")
+        numbers = [float(v) for v in values if not math.isnan(float(v))]
+        return sum(numbers) if numbers else None
+
+
+def metrics_source(config: EnvironmentConfig,
+                   transport: httpx.BaseTransport | None = None) -> AppMetrics | PrometheusMetrics:
+    if config.monitoring.source == "prometheus":
+        return PrometheusMetrics(config, transport)
+    return AppMetrics(config, transport)

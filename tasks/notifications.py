@@ -1,6 +1,16 @@
-"""The communication plan: who hears what, when. Messages go through the Prefect notification blocks
-named in the environment file (Slack, Teams, a custom webhook); with none configured, to the run's
-log. A notification that cannot be delivered is logged and never fails the deploy it reports on.
+"""The communication plan: who hears what, when.
+
+    before starting     "Deploy to production starting": ref, reason, who asked
+    during              one message per phase done, with its time
+    on completion       the deployment summary: release, database, checks, timings, the watch
+    on an issue         at once, with the impact: the step, the state production is in, what happens next
+    rollback            started (the plan), done, or failed (what is left to do by hand)
+    the watch           critical alerts, a blind watch (no metrics), and its end
+
+Messages go through the Prefect notification blocks named in the environment file
+(`notifications.blocks`: Slack, Microsoft Teams, a custom webhook, anything with `notify`); with none
+configured, to the run's log. Every message passes through `redact`. A notification that cannot be
+delivered is logged and never fails the deploy it reports on.
 """
 
 from __future__ import annotations
@@ -27,6 +37,12 @@ def notify(config: EnvironmentConfig, subject: str, body: str) -> bool:
             block = Block.load(name)
             block.notify(body=body, subject=subject)  # type: ignore[attr-defined]
             delivered = True
-        except (ValueError, RuntimeError, OSError) as exc:
-            logger.warning("Notification through block %r failed: %s", name, redact(str(exc)))
+        except Exception as exc:  # noqa: BLE001 - a channel that fails must not fail the deploy
+            logger.warning("Notification %r through block %r failed: %s", subject, name,
+                           redact(f"{type(exc).__name__}: {exc}"))
     return delivered
+
+
+def impact(step: str, state: str, next_step: str) -> str:
+    """The impact assessment every issue message carries."""
+    return f"Impact:\n- step: {step}\n- production: {state}\n- next: {next_step}"

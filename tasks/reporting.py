@@ -64,6 +64,25 @@ def success_criteria(release: Release, steps: list[StepRecord], notified: bool) 
     ]
 
 
+def summary_text(release: Release, criteria: list[Criterion]) -> str:
+    """The deployment summary of the completion notification: plain text, any channel renders it."""
+    def short(sha: str | None) -> str:
+        return sha[:12] if sha else "—"
+
+    lines = [
+        f"Release: {release.ref} {short(release.target_sha)} (was {short(release.previous_sha)})",
+        f"Reason: {release.reason or '—'}",
+        f"Database: {release.db_revision_before or '—'} -> {release.db_revision_after or release.db_revision_before or '—'}",
+        f"Backup: {release.backup_tag or 'none taken'}",
+        "Approvals: " + (", ".join(f"{a['approver']} ({a['role']})" for a in release.approvals) or "not required"),
+        "Timings: " + ", ".join(f"{phase} {seconds:.0f} s" for phase, seconds in release.timings.items()),
+        "Checks:",
+    ]
+    lines += [f"  {'ok' if c.met else 'NOT MET'}  {c.name}" for c in criteria
+              if not c.name.startswith("Stakeholders")]
+    return redact("\n".join(lines))
+
+
 def summary_markdown(release: Release, steps: list[StepRecord], criteria: list[Criterion]) -> str:
     def short(sha: str | None) -> str:
         return f"`{sha[:12]}`" if sha else "—"

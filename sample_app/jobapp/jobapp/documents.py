@@ -94,7 +94,7 @@ class LetterWriter:
     def check(self, session: Session) -> str:
         """Raise unless a letter can be written: the directory takes a file and the templates load."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        probe = self.directory / f".probe-{os.getpid()}"
+        probe = self.directory / f".probe-{os.getpid()}-{uuid.uuid4().hex}"  # checks may overlap
         probe.write_bytes(b"ok")
         probe.unlink()
         templates = self.templates(session)
