@@ -4,6 +4,9 @@
     deployctl check ENV          validate an environment file and check what it can reach, changing nothing
     deployctl approve RUN_ID --as NAME --role ROLE [--reject] [--comment TEXT]
     deployctl status ENV         the live release and the last releases, from the ledger
+    deployctl dora ENV [--days N] [--json] [--artifact]
+                                 DORA figures from the ledger; --artifact also writes the markdown
+                                 artifact dora-ENV to the Prefect API named by PREFECT_API_URL
     deployctl stack up|down      a local Prefect server, work pool, deployments and worker
     deployctl demo | stop        the whole story on the sandbox; stop everything it started
 
@@ -58,6 +61,14 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("environment")
     status.add_argument("--limit", type=int, default=10)
     status.set_defaults(handler=_status)
+
+    dora = commands.add_parser("dora", help="DORA figures of an environment, from the ledger")
+    dora.add_argument("environment")
+    dora.add_argument("--days", type=_days, default=30, help="the window: this many days before now (default 30)")
+    dora.add_argument("--json", action="store_true", help="print the figures as JSON")
+    dora.add_argument("--artifact", action="store_true",
+                      help="also write them as the markdown artifact dora-ENV (needs PREFECT_API_URL)")
+    dora.set_defaults(handler=_dora)
 
     stack = commands.add_parser("stack", help="a local Prefect server, work pool, deployments and worker")
     stack.add_argument("action", choices=["up", "down"])
@@ -192,6 +203,51 @@ def _status(args: argparse.Namespace) -> int:
         print(f"{release.id:<5} {release.started_at:%Y-%m-%d %H:%M:%S}  {release.ref[:14]:<14} "
               f"{(release.target_sha or '-')[:12]:<13} {outcome:<16} {where[:30]:<30} {release.flow_run_name or '-'}")
     return 0
+
+
+def _days(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of days of at least 1")
+    return int(value)
+
+
+def _dora(args: argparse.Namespace) -> int:
+    import json
+
+    from deployments.config import load_environment
+    from tasks.dora import artifact_key, dora_figures, publish_dora_artifact, render_table
+    from tasks.ledger import Ledger
+
+    config = load_environment(args.environment)
+    if args.artifact and not _prefect_api_configured():
+        # Without an API URL, Prefect would start a temporary server of its own and the artifact would
+        # vanish with it.
+        print("error: dora --artifact: PREFECT_API_URL is not set. Set it to your Prefect server's API "
+              "(e.g. http://127.0.0.1:4200/api), or leave out --artifact", file=sys.stderr)
+        return 2
+    ledger = Ledger.for_state_dir(config.state_dir)
+    figures = dora_figures(ledger, config.name, days=args.days, target=config.metrics.success_target)
+    if args.json:
+        print(json.dumps(figures.as_dict(), indent=2))
+    else:
+        print(render_table(figures), end="")
+    if args.artifact:
+        import httpx
+
+        try:
+            artifact_id = publish_dora_artifact(figures)
+        except httpx.HTTPError as exc:
+            print(f"error: dora --artifact: the Prefect API did not take the artifact ({exc}). "
+                  "Check that the server at PREFECT_API_URL is up", file=sys.stderr)
+            return 1
+        print(f"artifact {artifact_key(config.name)} written ({artifact_id})", file=sys.stderr)
+    return 0
+
+
+def _prefect_api_configured() -> bool:
+    from prefect.settings import get_current_settings
+
+    return bool(get_current_settings().api.url)
 
 
 if __name__ == "__main__":

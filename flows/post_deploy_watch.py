@@ -41,6 +41,7 @@ from deployments.secrets import redact
 from flows.rollback import launch_rollback
 from tasks.health import assess
 from tasks.ledger import Ledger, Release
+from tasks.metrics import publish_metrics
 from tasks.monitoring import Baseline, MetricsUnavailable, Window, judge, metrics_source
 from tasks.notifications import impact, notify
 
@@ -95,6 +96,7 @@ def post_deploy_watch(environment: str, deploy_run_id: str | None = None, durati
                                      "alerts": result.alerts, "rollback": result.rollback})
     publish_summary(config, release, watch, result)
     notify(config, f"Watch of {environment} ended: {result.outcome}", result.message)
+    get_run_logger().info("Metrics: %s.", publish_metrics(config, ledger))
     if result.outcome in ("clean", "superseded"):
         return Completed(message=result.message)
     return Failed(message=result.message, name="Inconclusive" if result.outcome == "inconclusive" else "Failed")

@@ -54,7 +54,14 @@ from tests.faults.releases import (
     add_fault_releases,
 )
 from tests.flows.conftest import Approver, Sandbox, approval, make_sandbox
-from tests.flows.invariants import assert_healthy_on, assert_lock_free, last_release, state
+from tests.flows.invariants import (
+    assert_healthy_on,
+    assert_lock_free,
+    assert_metrics_moved,
+    deployments_metric,
+    last_release,
+    state,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 APPROVERS = [approval("Dana Whitfield", "team-lead"), approval("Sam Okafor", "product-owner")]
@@ -484,8 +491,10 @@ def test_07_a_critical_path_failing_after_the_migrations_is_undone_by_downgrade_
     bring(sq, "production", "v2")
     bring(sq, "staging", EMAIL_BROKEN)  # staging has no relay to miss: its email path works
     before = snapshot(sq, "production")
+    metrics_before = deployments_metric(sq, "production")
     with pytest.raises(HealthCheckFailed) as caught:
         deploy("production", EMAIL_BROKEN)
+    assert_metrics_moved(sq, "production", metrics_before, "rolled_back")
     assert_one_line(str(caught.value), "run critical path tests (production)",
                     "email-integration: POST /api/email answered HTTP 500, expected 200",
                     "the release breaks a critical path; it will be rolled back")
@@ -525,6 +534,7 @@ def test_08_a_backup_directory_that_cannot_be_created_aborts_before_migrating_on
     bring(sq, "production", "v2")
     bring(sq, "staging", EMAIL_BROKEN)
     before = snapshot(sq, "production")
+    metrics_before = deployments_metric(sq, "production")
     config = sq.config("production")
     volume = config.backups.directory.parent / "backup-volume"
     volume.write_text("a regular file where the backup volume should be mounted\n")
@@ -538,6 +548,7 @@ def test_08_a_backup_directory_that_cannot_be_created_aborts_before_migrating_on
         volume.unlink()
     assert_backup_failure_changed_nothing(sq, before, caught.value, "backup database", "the backup could not be "
                                           "written (NotADirectoryError", "nothing was migrated")
+    assert_metrics_moved(sq, "production", metrics_before, "aborted")
 
 
 # --- #12 two deploys at once -------------------------------------------------------------------------------

@@ -68,3 +68,26 @@ def last_release(box: Sandbox, env: str) -> Release:
     """The latest deploy (the lock probes of `assert_lock_free` aside)."""
     releases = Ledger.for_state_dir(box.config(env).state_dir).releases(env, limit=50)
     return next(r for r in releases if r.ref != "lock-probe")
+
+
+def deployments_metric(box: Sandbox, env: str) -> dict[str, float]:
+    """deploy_deployments{outcome} as the environment's metrics textfile states it now."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tasks.metrics import textfile_path
+
+    path = textfile_path(box.config(env))
+    figures: dict[str, float] = {}
+    if not path.exists():
+        return figures
+    for family in text_string_to_metric_families(path.read_text()):
+        for sample in family.samples:
+            if sample.name == "deploy_deployments" and sample.labels.get("environment") == env:
+                figures[sample.labels["outcome"]] = sample.value
+    return figures
+
+
+def assert_metrics_moved(box: Sandbox, env: str, before: dict[str, float], outcome: str) -> None:
+    """FAULTS: the outcome counters moved: one more deploy with `outcome` than before."""
+    after = deployments_metric(box, env)
+    assert after.get(outcome, 0) == before.get(outcome, 0) + 1, (outcome, before, after)

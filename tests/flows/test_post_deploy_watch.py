@@ -18,7 +18,7 @@ from flows.post_deploy_watch import post_deploy_watch
 from flows.production_deployment import production_deployment
 from tasks.ledger import Ledger
 from tests.flows.conftest import Sandbox
-from tests.flows.invariants import assert_healthy_on, assert_lock_free, state
+from tests.flows.invariants import assert_healthy_on, assert_lock_free, deployments_metric, state
 from tests.prometheus import Prometheus
 from tests.traffic import Traffic
 
@@ -116,6 +116,7 @@ def test_v5_fails_under_traffic_and_its_watch_rolls_it_back(box: Sandbox) -> Non
     production_deployment(environment=ENV, ref="v5", reason="watch story: v5")
     v5 = ledger(box).releases(ENV, limit=1)[0]
     assert v5.outcome == "succeeded" and v5.target_sha == box.sha("v5")
+    metrics_before = deployments_metric(box, ENV)
     with Traffic(box.config(ENV).service.base_url, analyze=True) as traffic:
         final = post_deploy_watch(ENV, deploy_run_id=v5.flow_run_id, duration_seconds=60, interval_seconds=1,
                                   return_state=True)
@@ -130,6 +131,9 @@ def test_v5_fails_under_traffic_and_its_watch_rolls_it_back(box: Sandbox) -> Non
     assert state(box, ENV) == before
     assert_healthy_on(box, ENV, before["sha"])
     assert_lock_free(ENV, ledger(box))
+    after = deployments_metric(box, ENV)
+    assert after["rolled_back"] == metrics_before.get("rolled_back", 0) + 1
+    assert after["succeeded"] == metrics_before["succeeded"] - 1, "v5 counted as live after its rollback"
     rollback = [r for r in ledger(box).all_releases(ENV) if r.rollback_of == v5.id]
     assert len(rollback) == 1 and rollback[0].outcome == "succeeded"
     assert "watch" in rollback[0].reason
