@@ -8,6 +8,7 @@ and the environment to end on one consistent version: the one before the deploy.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 
@@ -17,14 +18,34 @@ from deployctl.stack import Stack
 from tasks.ledger import Ledger
 from tests.e2e.operator import FINAL, flow_runs, kill_flow_process, stack_with_sandbox, trigger, wait_for
 from tests.flows.conftest import Sandbox
+from tests.webhook import Receiver, receiving
 from tests.flows.invariants import assert_healthy_on, assert_lock_free, state
 
 pytestmark = pytest.mark.slow
 
 
+BLOCK = "custom-webhook/crash-receiver"
+
+
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Sandbox]]:
-    yield from stack_with_sandbox(tmp_path_factory)
+def receiver() -> Iterator[Receiver]:
+    with receiving() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterator[tuple[Stack, Sandbox]]:
+    for server, box in stack_with_sandbox(tmp_path_factory):
+        # The notification automation needs the block on the server: created now, then the automations
+        # applied again, as an operator would after adding a channel (the command is idempotent).
+        server.run([sys.executable, "-c", "from prefect.blocks.notifications import CustomWebhookNotificationBlock as B; "
+                    f"B(name='crash receiver', url='http://127.0.0.1:{receiver.server_port}/crash', "
+                    "json_data={'subject': '{{subject}}', 'body': '{{body}}'}).save('crash-receiver')"])
+        box.edit("staging", lambda text: text.replace("[approvals]", f'[notifications]\nblocks = ["{BLOCK}"]\n\n[approvals]'))
+        applied = server.run([sys.executable, "-m", "deployctl.automations"])
+        assert "tell staging stakeholders when a run crashes" in applied, applied
+        assert "tell production stakeholders" not in applied, "production names no notification block"
+        yield server, box
 
 
 def wait_for_step(ledger: Ledger, run_id: str, step: str, timeout: float = 120) -> None:
@@ -55,7 +76,8 @@ def _epoch(stamp: str) -> float:
 
 
 @pytest.mark.parametrize("step", ["backup-database", "pull-release", "run-migrations", "restart-application"])
-def test_killed_mid_deploy_ends_on_the_previous_release(stack: tuple[Stack, Sandbox], step: str) -> None:
+def test_killed_mid_deploy_ends_on_the_previous_release(stack: tuple[Stack, Sandbox], receiver: Receiver,
+                                                        step: str) -> None:
     server, box = stack
     config = box.config("staging")
     ledger = Ledger.for_state_dir(config.state_dir)
@@ -76,3 +98,9 @@ def test_killed_mid_deploy_ends_on_the_previous_release(stack: tuple[Stack, Sand
     assert state(box, "staging") == before
     assert_healthy_on(box, "staging", box.sha("v1"))
     assert_lock_free("staging", ledger)
+    # The one message no flow can send: the server's automation reports the crash.
+    name = next(r["name"] for r in flow_runs(server, "production-deployment") if r["id"] == run_id)
+    deadline = time.monotonic() + 60
+    while not any(m["subject"] == f"ALERT: a staging run crashed: {name}" for m in receiver.received):
+        assert time.monotonic() < deadline, [m["subject"] for m in receiver.received]
+        time.sleep(0.5)

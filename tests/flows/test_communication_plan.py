@@ -7,63 +7,22 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
 from deployments.errors import HealthCheckFailed
-from tests.conftest import free_ports
 from tests.faults.releases import EMAIL_BROKEN, add_fault_releases
 from tests.faults.test_faults import deploy
 from tests.flows.conftest import Sandbox, make_sandbox
+from tests.webhook import Receiver, receiving
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 TOKEN = "hook-token-5b2e9d0c7a"
 SMTP_PASSWORD = "smtp-pass-8f14e45fce"
 BLOCK = "custom-webhook/deploy-receiver"
-
-
-class Receiver(ThreadingHTTPServer):
-    """A webhook endpoint on loopback: every POST body it is sent, with the path it was sent to."""
-
-    def __init__(self, port: int) -> None:
-        self.received: list[dict[str, Any]] = []
-        self.paths: list[str] = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(handler) -> None:  # noqa: N805
-                body = handler.rfile.read(int(handler.headers["Content-Length"]))
-                self.paths.append(handler.path)
-                self.received.append(json.loads(body))
-                handler.send_response(204)
-                handler.end_headers()
-
-            def log_message(handler, *args: Any) -> None:  # noqa: N805
-                pass
-
-        super().__init__(("127.0.0.1", port), Handler)
-
-    def subjects(self) -> list[str]:
-        return [m["subject"] for m in self.received]
-
-    def since(self, mark: int) -> list[dict[str, Any]]:
-        return self.received[mark:]
-
-
-@contextmanager
-def receiving() -> Iterator[Receiver]:
-    receiver = Receiver(free_ports(1)[0])
-    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield receiver
-    finally:
-        receiver.shutdown()
-        receiver.server_close()
 
 
 @pytest.fixture(scope="module")
