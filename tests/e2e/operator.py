@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -22,11 +22,18 @@ FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 DEPLOYCTL = str(Path(sys.executable).with_name("deployctl"))
 
 
-def stack_with_sandbox(tmp_path_factory: pytest.TempPathFactory, db: str = "sqlite") -> Iterator[tuple[Stack, Sandbox]]:
+def stack_with_sandbox(tmp_path_factory: pytest.TempPathFactory, db: str = "sqlite",
+                       server_database_url: str | None = None,
+                       prepare: Callable[[Sandbox], None] | None = None) -> Iterator[tuple[Stack, Sandbox]]:
+    """A sandbox and a Prefect stack serving it; `server_database_url` puts the server on that database,
+    `prepare` edits the sandbox's environment files before the stack reads them."""
     boxes = make_sandbox(tmp_path_factory, db)
     box = next(boxes)
+    if prepare is not None:
+        prepare(box)
     (port,) = free_ports(1)
-    server = Stack(home=tmp_path_factory.mktemp("prefect-home"), port=port, environments_dir=box.environments)
+    server = Stack(home=tmp_path_factory.mktemp("prefect-home"), port=port, environments_dir=box.environments,
+                   database_url=server_database_url)
     try:
         server.up(log=lambda *_: None)
         yield server, box

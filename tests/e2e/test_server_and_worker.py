@@ -1,31 +1,58 @@
-"""End to end, as an operator runs it: a real `prefect server`, a process worker, `prefect deployment run`,
-approvals answered with `deployctl approve`, and the sandbox's production ending on v2."""
+"""End to end, as an operator runs it: a real `prefect server` on PostgreSQL, a process worker, `prefect
+deployment run`, approvals answered with `deployctl approve`, the sandbox's production ending on v2, and
+the post-deploy watch each deploy schedules (shortened to 20 s here) ending clean.
+
+The crash tests (tests/faults/test_crash.py) run the same stack on the server's default SQLite."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
+import uuid
 from collections.abc import Iterator
 
 import httpx
 import pytest
+from sqlalchemy import create_engine, text
 
 from deployctl.stack import Stack
-from tests.e2e.operator import FINAL, deployctl, stack_with_sandbox, trigger, wait_for
+from tasks.ledger import Ledger
+from tests.e2e.operator import FINAL, deployctl, flow_runs, run_of, stack_with_sandbox, trigger, wait_for
 from tests.flows.conftest import Sandbox
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Sandbox]]:
-    yield from stack_with_sandbox(tmp_path_factory)
+def server_database(postgres_admin_url: str) -> Iterator[str]:
+    name = f"prefect_e2e_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield postgres_admin_url.rsplit("/", 1)[0].replace("+psycopg", "+asyncpg") + "/" + name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def short_watch(box: Sandbox) -> None:
+    for env in ("staging", "production"):
+        box.edit(env, lambda text: text.replace("duration_seconds = 7200", "duration_seconds = 20").replace(
+            "interval_seconds = 60", "interval_seconds = 2"))
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, server_database: str) -> Iterator[tuple[Stack, Sandbox]]:
+    yield from stack_with_sandbox(tmp_path_factory, server_database_url=server_database, prepare=short_watch)
 
 
 def approve(stack: Stack, run_id: str, name: str, role: str) -> None:
     result = deployctl(stack, "approve", run_id, "--as", name, "--role", role)
     assert result.returncode == 0, result.stderr
-    assert f"approved production: v2 as {name} ({role})" in result.stdout
+    assert result.stdout.startswith("approved production: v2 (") and f"as {name} ({role})" in result.stdout
 
 
 def test_deploy_v2_to_staging_then_production_through_the_worker(stack: tuple[Stack, Sandbox]) -> None:
@@ -54,3 +81,39 @@ def test_deploy_v2_to_staging_then_production_through_the_worker(stack: tuple[St
     assert {"deploy-production-summary", "deploy-production-checks", "deploy-production-progress"} <= keys
     summary = next(a for a in artifacts if a["key"] == "deploy-production-summary")["data"]
     assert "Dana Whitfield" in summary and "Sam Okafor" in summary and "succeeded" in summary
+
+
+def test_the_watch_runs_after_the_deploy_linked_to_it(stack: tuple[Stack, Sandbox]) -> None:
+    server, box = stack
+    deploy_run = next(r for r in flow_runs(server, "production-deployment")
+                      if r["parameters"]["environment"] == "production" and r["state"]["type"] == "COMPLETED")
+    watches = [r for r in flow_runs(server, "post-deploy-watch") if r["parameters"].get("deploy_run_id") == deploy_run["id"]]
+    assert len(watches) == 1, "exactly one watch per deploy"
+    watch = watches[0]
+    parent = httpx.get(f"{server.api_url}/task_runs/{watch['parent_task_run_id']}", timeout=10).json()
+    assert parent["flow_run_id"] == deploy_run["id"], "the watch shows under its deploy in the UI"
+    assert wait_for(server, watch["id"], FINAL, timeout=120) == "COMPLETED"
+    watch = run_of(server, watch["id"])
+    assert watch["name"] == f"watch production: deploy {deploy_run['id'][:8]}"
+
+    release = Ledger.for_state_dir(box.config("production").state_dir).by_flow_run(deploy_run["id"])
+    assert release is not None and release.watch is not None
+    assert release.watch["outcome"] == "clean" and release.watch["run_id"] == watch["id"]
+    assert release.watch["samples"]["ok"] >= 8, release.watch
+    artifacts = httpx.post(f"{server.api_url}/artifacts/filter",
+                           json={"artifacts": {"flow_run_id": {"any_": [watch["id"]]}}}, timeout=10).json()
+    assert {"watch-production-summary", "watch-production-progress"} <= {a["key"] for a in artifacts}
+
+    dora = deployctl(server, "dora", "production", "--json")
+    assert dora.returncode == 0, dora.stderr
+    figures = json.loads(dora.stdout)
+    assert figures["deployments"] == 1 and figures["change_failure_rate"] == 0.0, figures
+
+
+def test_the_server_keeps_its_runs_in_postgres(stack: tuple[Stack, Sandbox], server_database: str) -> None:
+    server, _box = stack
+    engine = create_engine(server_database.replace("+asyncpg", "+psycopg"))
+    with engine.connect() as conn:
+        names = set(conn.execute(text("SELECT f.name FROM flow_run r JOIN flow f ON f.id = r.flow_id")).scalars())
+    engine.dispose()
+    assert {"production-deployment", "post-deploy-watch"} <= names
