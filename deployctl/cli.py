@@ -196,12 +196,15 @@ def _status(args: argparse.Namespace) -> int:
     if last_good is not None:
         print(f"last good release: {last_good.ref} {str(last_good.target_sha)[:12]} at "
               f"{last_good.finished_at:%Y-%m-%d %H:%M:%S}")
-    print(f"\n{'ID':<5} {'STARTED (UTC)':<20} {'REF':<14} {'SHA':<13} {'OUTCOME':<16} {'PHASE / STEP':<30} RUN")
+    print(f"\n{'ID':<5} {'STARTED (UTC)':<20} {'REF':<14} {'SHA':<13} {'OUTCOME':<16} {'PHASE / STEP':<30} "
+          f"{'WATCH':<13} RUN")
     for release in ledger.releases(config.name, limit=args.limit, include_dry_runs=True):
         where = release.failed_step or release.phase
         outcome = release.outcome + (" (dry)" if release.dry_run else "")
+        watch = (release.watch or {}).get("outcome", "-")
         print(f"{release.id:<5} {release.started_at:%Y-%m-%d %H:%M:%S}  {release.ref[:14]:<14} "
-              f"{(release.target_sha or '-')[:12]:<13} {outcome:<16} {where[:30]:<30} {release.flow_run_name or '-'}")
+              f"{(release.target_sha or '-')[:12]:<13} {outcome:<16} {where[:30]:<30} {watch:<13} "
+              f"{release.flow_run_name or '-'}")
     return 0
 
 

@@ -1,12 +1,16 @@
 """`make demo`: the whole product on the sandbox, with a real Prefect server and worker.
 
-    1. start the Prefect server, the work pool, the deployments and a worker (`deployctl stack`)
-    2. bring up the sandbox: jobapp's staging and production at v1
+    1. bring up the sandbox: jobapp's staging and production at v1; its environment files watch a
+       release for a minute (a sample every 5 s) instead of two hours
+    2. start the Prefect server, the work pool, the deployments, the automations and a worker
     3. deploy v2 to staging (no approval)
-    4. deploy v2 to production; approve it as the team lead and the product owner
-    5. deploy v4 to staging (healthy there) and to production, where it trips over legacy rows:
-       production rolls itself back, code and database, to v2
-    6. show `deployctl status production`, the UI address, and how to stop everything
+    4. deploy v2 to production; approve it as the team lead and the product owner; the deploy
+       schedules its post-deploy watch, which samples production while a few demo users use it
+    5. deploy v4 to staging (healthy there); the v2 watch ends clean
+    6. deploy v4 to production, where it trips over legacy rows: production rolls itself back,
+       code and database, to v2
+    7. show `deployctl status production`, `deployctl dora production`, the UI address, and how to
+       stop everything
 
 The story runs as a client of the server, in a process whose environment points at it.
 """
@@ -16,11 +20,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 from uuid import UUID
 
 from deployctl.stack import PROJECT_DIR, Stack
+from deployments.config import load_environment
 
 APPROVERS = (("Dana Whitfield", "team-lead"), ("Sam Okafor", "product-owner"))
 
@@ -29,9 +35,13 @@ def demo(log=print) -> int:  # type: ignore[no-untyped-def]
     from sample_app import sandbox
 
     started = time.monotonic()
-    stack = Stack()
-    stack.up(log=log)
     sandbox.up(log=log)
+    environments = sandbox.DEFAULT_ROOT / "environments"
+    for path in environments.glob("*.toml"):
+        path.write_text(path.read_text().replace("duration_seconds = 7200", f"duration_seconds = {WATCH_SECONDS}")
+                        .replace("interval_seconds = 60", "interval_seconds = 5"))
+    stack = Stack(environments_dir=environments)
+    stack.up(log=log)
     result = subprocess.run([sys.executable, "-m", "deployctl.demo"], env=stack.env(), cwd=PROJECT_DIR)
     log(f"\nThe demo took {time.monotonic() - started:.0f} s.")
     log(f"Prefect UI: {stack.ui_url}  (runs, artifacts and logs of every deploy)")
@@ -53,6 +63,46 @@ def _wait(run_id: UUID, until: set[str], timeout: float = 600) -> Any:
 
 
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+WATCH_SECONDS = 60
+
+
+class DemoUsers(threading.Thread):
+    """A few users of production while the watch samples it, so its figures are not all zero."""
+
+    def __init__(self, base_url: str) -> None:
+        super().__init__(daemon=True)
+        self.base_url = base_url
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        import httpx
+
+        with httpx.Client(base_url=self.base_url, timeout=5, headers={"X-User-Id": "demo-user"}) as client:
+            serial = 0
+            while not self.done.wait(0.2):
+                serial += 1
+                try:
+                    if serial % 3:
+                        client.get("/api/jobs")
+                    else:
+                        client.post("/api/analyze", json={"text": "Python developer", "profile": "python sql"})
+                except httpx.HTTPError:
+                    pass  # the watch sees what users see
+
+
+def watch_of(deploy_run_id: UUID, timeout: float = 60) -> Any:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["post-deploy-watch"])))
+            mine = [r for r in runs if r.parameters.get("deploy_run_id") == str(deploy_run_id)]
+            if mine:
+                return mine[0]
+            time.sleep(1)
+    raise TimeoutError(f"no post-deploy watch of {deploy_run_id} within {timeout:.0f} s")
 
 
 def deploy(environment: str, ref: str, reason: str, approve: bool) -> Any:
@@ -98,9 +148,23 @@ def story() -> int:
     staging = deploy("staging", "v2", "demo: release v2 (salary insights)", approve=False)
     production = deploy("production", "v2", "demo: release v2 (salary insights)", approve=True)
     good = staging.state.is_completed() and production.state.is_completed()
+    watched = False
+    if production.state.is_completed():
+        watch = watch_of(production.id)
+        print(f"\n==> post-deploy watch of production: run {watch.id} samples health, error rate, p95 and "
+              f"user activity every 5 s for {WATCH_SECONDS} s (two hours outside the demo)")
+        users = DemoUsers(load_environment("production").service.base_url)
+        users.start()
+        deploy("staging", "v4", "demo: per-company cover letters", approve=False)
+        print("    waiting for the production watch to end")
+        ended = _wait(watch.id, FINAL, timeout=WATCH_SECONDS + 120)
+        users.done.set()
+        print(f"    {ended.name}: {ended.state.name}: {ended.state.message}")
+        watched = ended.state.is_completed()
+    else:
+        deploy("staging", "v4", "demo: per-company cover letters", approve=False)
 
     print("\n==> the bad half: v4 is healthy on staging, but trips over production's legacy rows")
-    deploy("staging", "v4", "demo: per-company cover letters", approve=False)
     failed = deploy("production", "v4", "demo: per-company cover letters", approve=True)
     rolled_back = None
     if failed.state.is_failed():
@@ -109,7 +173,9 @@ def story() -> int:
         print(f"    rollback: {rolled_back.state.name} ({rolled_back.name})")
     print("\n==> deployctl status production")
     deployctl(["status", "production"])
-    ok = good and rolled_back is not None and rolled_back.state.is_completed()
+    print("\n==> deployctl dora production")
+    deployctl(["dora", "production", "--artifact"])
+    ok = good and watched and rolled_back is not None and rolled_back.state.is_completed()
     return 0 if ok else 1
 
 

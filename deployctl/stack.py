@@ -74,23 +74,32 @@ class Stack:
         self.run([*self._prefect(), "--no-prompt", "deploy", "--all"], cwd=PROJECT_DIR)
         log(f"deployments     registered from {PROJECT_DIR / 'prefect.yaml'}")
         log(self.run([sys.executable, "-m", "deployctl.automations"]).strip())
+        marker = self.home / "worker.environments"
+        wanted = str(self.environments_dir or "")
+        if self._pid("worker") is not None and (not marker.exists() or marker.read_text() != wanted):
+            # A worker started for other environment files would run every deploy against them.
+            self._stop("worker", log)
         if self._pid("worker") is None:
             self._spawn("worker", [*self._prefect(), "worker", "start", "--pool", POOL, "--type", "process"])
+            marker.write_text(wanted)
         log(f"worker          pool {POOL}, pid {self._pid('worker')}")
 
     def down(self, log=print) -> None:  # type: ignore[no-untyped-def]
         for name in ("worker", "server"):
-            pid = self._pid(name)
-            if pid is None:
-                continue
-            os.killpg(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 20
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if _alive(pid):
-                os.killpg(pid, signal.SIGKILL)
-            (self.home / f"{name}.pid").unlink(missing_ok=True)
-            log(f"stopped {name} (pid {pid})")
+            self._stop(name, log)
+
+    def _stop(self, name: str, log=print) -> None:  # type: ignore[no-untyped-def]
+        pid = self._pid(name)
+        if pid is None:
+            return
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+        (self.home / f"{name}.pid").unlink(missing_ok=True)
+        log(f"stopped {name} (pid {pid})")
 
     def healthy(self) -> bool:
         try:

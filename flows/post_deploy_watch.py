@@ -161,8 +161,8 @@ class Watch:
             no_data = no_data + 1 if sample.status == "no-data" else 0
             log = self.logger.warning if sample.status != "ok" else self.logger.info
             log("Sample %d/%d: %s", tick, ticks, sample.detail)
-            if self.progress is not None:
-                update_progress_artifact(self.progress, 100.0 * tick / ticks)
+            if self.progress is not None and (20 * tick) // ticks > (20 * (tick - 1)) // ticks:
+                update_progress_artifact(self.progress, 100.0 * tick / ticks)  # in 5 % steps: an API call each
             if breaches == breach_ticks:
                 alert = (f"{sample.detail} for {breaches} samples in a row "
                          f"({breaches * self.interval} s)")

@@ -16,7 +16,7 @@ import httpx
 
 from deployments.config import EnvironmentConfig
 from deployments.errors import HealthCheckFailed
-from tasks import read_step
+from tasks import http, read_step
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def probe(url: str, timeout: float, transport: httpx.BaseTransport | None = None
 
 def _get(url: str, timeout: float, transport: httpx.BaseTransport | None, started: float) -> Probe:
     try:
-        with httpx.Client(timeout=timeout, follow_redirects=False, transport=transport) as client:
+        with http.client(timeout=timeout, transport=transport) as client:
             response = client.get(url, headers={"Cache-Control": "no-cache"})
     except httpx.TimeoutException:
         return Probe(url, None, error=f"no answer within {timeout:g} s", elapsed_ms=_ms(started))

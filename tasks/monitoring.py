@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from deployments.config import EnvironmentConfig, MonitoringConfig
 from deployments.errors import HealthCheckFailed
-from tasks import read_step
+from tasks import http, read_step
 
 
 class MetricsUnavailable(RuntimeError):
@@ -73,7 +73,7 @@ def parse(text: str, monitoring: MonitoringConfig) -> Snapshot:
 def scrape(url: str, monitoring: MonitoringConfig, timeout: float,
            transport: httpx.BaseTransport | None = None) -> Snapshot:
     try:
-        with httpx.Client(timeout=timeout, follow_redirects=False, transport=transport) as client:
+        with http.client(timeout=timeout, transport=transport) as client:
             response = client.get(url)
     except httpx.HTTPError as exc:
         raise MetricsUnavailable(f"{url} did not answer ({type(exc).__name__})") from None
@@ -180,8 +180,8 @@ def check_performance(config: EnvironmentConfig, baseline: Baseline | None, samp
     url = metrics_url(config)
     before = scrape(url, config.monitoring, config.health.timeout_seconds)
     paths = [config.health.path, config.health.api_path]
-    with httpx.Client(base_url=config.service.base_url, timeout=config.health.timeout_seconds,
-                      follow_redirects=False, headers={"X-User-Id": "release-check"}) as client:
+    with http.client(base_url=config.service.base_url, timeout=config.health.timeout_seconds,
+                     headers={"X-User-Id": "release-check"}) as client:
         for i in range(sample):
             try:
                 client.get(paths[i % len(paths)])
@@ -263,7 +263,7 @@ class PrometheusMetrics:
         """The sum of an instant vector or a scalar; None for no series (or NaN: no traffic)."""
         timeout = self.config.health.timeout_seconds
         try:
-            with httpx.Client(timeout=timeout, follow_redirects=False, transport=self.transport) as client:
+            with http.client(timeout=timeout, transport=self.transport) as client:
                 response = client.get(self.url, params={"query": promql})
         except httpx.HTTPError as exc:
             raise MetricsUnavailable(f"{self.config.monitoring.prometheus_url} did not answer "

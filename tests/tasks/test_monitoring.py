@@ -301,3 +301,110 @@ def test_check_performance_fails_when_monitoring_receives_nothing(metrics_app: M
     with pytest.raises(HealthCheckFailed, match="the metrics show 0 requests, 20 were sent: monitoring is not "
                                                 "receiving data"):
         check_performance.fn(config, None, sample=20)
+
+
+# --- the watch's sources ---------------------------------------------------------------------------
+
+
+def prometheus_config(tmp_path: Path, **monitoring: Any) -> EnvironmentConfig:
+    config = environment(tmp_path)
+    settings = {"source": "prometheus", "prometheus_url": "http://prometheus.test:9090",
+                "selector": 'job="jobapp-production"', "query_window": "2m", **monitoring}
+    return config.model_copy(update={"monitoring": config.monitoring.model_copy(update=settings)})
+
+
+def prometheus_answering(answers: dict[str, Any], seen: list[str]) -> Any:
+    import httpx
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        query = request.url.params["query"]
+        seen.append(query)
+        for prefix, answer in answers.items():
+            if query.startswith(prefix):
+                return httpx.Response(200, json=answer) if isinstance(answer, dict) else answer
+        return httpx.Response(200, json={"status": "success", "data": {"resultType": "vector", "result": []}})
+
+    return httpx.MockTransport(handle)
+
+
+def vector(*values: str) -> dict[str, Any]:
+    return {"status": "success", "data": {"resultType": "vector",
+                                          "result": [{"metric": {}, "value": [1.0, v]} for v in values]}}
+
+
+def test_prometheus_source_builds_queries_from_the_metric_names_and_selector(tmp_path: Path) -> None:
+    from tasks.monitoring import PrometheusMetrics
+
+    queries = PrometheusMetrics(prometheus_config(tmp_path)).queries()
+    assert queries["up"] == 'min(up{job="jobapp-production"})'
+    assert queries["requests"] == ('sum(increase(jobapp_http_requests_total{route!="/metrics",'
+                                   'job="jobapp-production"}[2m]))')
+    assert 'status=~"5.."' in queries["error_rate"] and queries["error_rate"].count("[2m]") == 2
+    assert queries["p95_seconds"].startswith("histogram_quantile(0.95, sum by (le) (rate(jobapp_http_request_duration")
+    own = PrometheusMetrics(prometheus_config(tmp_path, queries={"error_rate": "my_error_ratio"})).queries()
+    assert own["error_rate"] == "my_error_ratio" and own["requests"] == queries["requests"]
+
+
+def test_prometheus_source_reads_one_window(tmp_path: Path) -> None:
+    from tasks.monitoring import PrometheusMetrics
+
+    seen: list[str] = []
+    transport = prometheus_answering({"min(up": vector("1"), "sum(increase": vector("400"),
+                                      "sum(rate": vector("0.05"), "histogram_quantile": vector("NaN", "0.2"),
+                                      "sum(jobapp_active_users": vector("3", "4")}, seen)
+    observed = PrometheusMetrics(prometheus_config(tmp_path), transport).read()
+    assert observed.requests == 400 and observed.error_rate == pytest.approx(0.05)
+    assert observed.p95_seconds == pytest.approx(0.2), "NaN series are no data, not zero"
+    assert observed.active_users == 7
+    assert len(seen) == 5
+
+
+@pytest.mark.parametrize("up, expected", [
+    (vector(), "no such target"),
+    (vector("0"), "target down"),
+])
+def test_prometheus_without_the_target_is_no_data(tmp_path: Path, up: dict[str, Any], expected: str) -> None:
+    from tasks.monitoring import MetricsUnavailable, PrometheusMetrics
+
+    source = PrometheusMetrics(prometheus_config(tmp_path), prometheus_answering({"min(up": up}, []))
+    with pytest.raises(MetricsUnavailable, match=expected):
+        source.read()
+
+
+def test_prometheus_errors_are_no_data_with_the_reason(tmp_path: Path) -> None:
+    import httpx
+
+    from tasks.monitoring import MetricsUnavailable, PrometheusMetrics
+
+    bad = httpx.Response(400, json={"status": "error", "errorType": "bad_data", "error": "parse error at char 5"})
+    source = PrometheusMetrics(prometheus_config(tmp_path), prometheus_answering({"min(up": bad}, []))
+    with pytest.raises(MetricsUnavailable, match="HTTP 400 parse error at char 5"):
+        source.read()
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused")
+
+    with pytest.raises(MetricsUnavailable, match="did not answer"):
+        PrometheusMetrics(prometheus_config(tmp_path), httpx.MockTransport(refuse)).read()
+
+
+def test_app_source_first_read_only_opens_the_window(tmp_path: Path) -> None:
+    import httpx
+
+    from tasks.monitoring import AppMetrics
+
+    app = JobappMetrics()
+    app.served("/api/jobs", 200, 0.05, times=10)
+    body = {"text": app.text()}
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text=body["text"])
+
+    source = AppMetrics(environment(tmp_path), httpx.MockTransport(handle))
+    first = source.read()
+    assert first.requests == 0 and first.p95_seconds is None
+    app.served("/api/jobs", 500, 0.05, times=3)
+    app.served("/api/jobs", 200, 0.05, times=7)
+    body["text"] = app.text()
+    second = source.read()
+    assert second.requests == 10 and second.error_rate == pytest.approx(0.3)
