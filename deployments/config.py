@@ -237,8 +237,9 @@ class RollbackConfig(Model):
 class MetricsConfig(Model):
     """The orchestrator's own metrics: pushed to a Pushgateway when one is named, else a node-exporter textfile."""
 
-    pushgateway_url: str | None = Field(
-        None, description="Pushgateway to push to, e.g. http://127.0.0.1:9091; unset: write a textfile instead"
+    pushgateway_url: str | ValueSource | None = Field(
+        None, description="Pushgateway to push to, e.g. http://127.0.0.1:9091, or { env = ... } for a URL with "
+                          "credentials; unset: write a textfile instead"
     )
     textfile_directory: FilePath | None = Field(
         None, description="node-exporter textfile collector directory; default <state_dir>/metrics"
@@ -249,9 +250,14 @@ class MetricsConfig(Model):
 
     @field_validator("pushgateway_url")
     @classmethod
-    def _gateway_url(cls, value: str | None) -> str | None:
+    def _gateway_url(cls, value: str | ValueSource | None) -> str | ValueSource | None:
+        if not isinstance(value, str):
+            return value
+        if "@" in value.partition("://")[2].partition("/")[0]:
+            raise ValueError('credentials are never written in an environment file: set the URL in a variable and '
+                             'write pushgateway_url = { env = "PUSHGATEWAY_URL" } (or { secret = "block-name" })')
         # No query string: the client appends /metrics/job/... to the URL as given.
-        if value is not None and not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", value):
+        if not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", value):
             raise ValueError("use scheme://host:port, e.g. http://127.0.0.1:9091, or leave it out for a textfile")
         return value
 

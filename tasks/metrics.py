@@ -40,8 +40,9 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest, push_to
 from prometheus_client.exposition import basic_auth_handler, default_handler
 from sqlalchemy.exc import SQLAlchemyError
 
-from deployments.config import EnvironmentConfig
-from deployments.secrets import MASK, redact, register_secret
+from deployments.config import EnvironmentConfig, ValueSource
+from deployments.errors import DeployError
+from deployments.secrets import MASK, redact, register_secret, resolve
 from tasks.dora import CHANGED_PRODUCTION, SUCCEEDED, is_deploy, is_rollback_run, utc
 from tasks.ledger import OUTCOMES, Ledger, Release
 
@@ -59,12 +60,12 @@ def publish_metrics(config: EnvironmentConfig, ledger: Ledger) -> str:
     try:
         registry = collect(config, ledger)
         if config.metrics.pushgateway_url:
-            push(config.metrics.pushgateway_url, config.metrics.job, config.name, registry)
+            push(gateway_url(config), config.metrics.job, config.name, registry)
         else:
             path = textfile_path(config)
             path.parent.mkdir(parents=True, exist_ok=True)
             write_to_textfile(str(path), registry)
-    except (OSError, ValueError, HTTPException, SQLAlchemyError) as exc:
+    except (OSError, ValueError, HTTPException, SQLAlchemyError, DeployError) as exc:
         message = f"metrics of {config.name} not published to {where}: {redact(str(exc))}"
         logger.warning("%s", message)
         return message
@@ -76,10 +77,20 @@ def render(config: EnvironmentConfig, ledger: Ledger) -> bytes:
     return generate_latest(collect(config, ledger))
 
 
+def gateway_url(config: EnvironmentConfig) -> str:
+    """The Pushgateway's URL: written in the file, or (with credentials) from a variable or Secret block."""
+    url = config.metrics.pushgateway_url
+    if isinstance(url, ValueSource):
+        return resolve(url, "metrics.pushgateway_url", config)
+    return str(url)
+
+
 def destination(config: EnvironmentConfig) -> str:
-    if config.metrics.pushgateway_url:
-        return (f"the Pushgateway at {shown_url(config.metrics.pushgateway_url)} "
-                f"(job={config.metrics.job}, environment={config.name})")
+    url = config.metrics.pushgateway_url
+    if url:
+        shown = shown_url(url) if isinstance(url, str) else (
+            f"${url.env}" if url.env else f"Secret block {url.secret}")
+        return f"the Pushgateway at {shown} (job={config.metrics.job}, environment={config.name})"
     return f"the textfile {textfile_path(config)}"
 
 

@@ -265,16 +265,19 @@ def test_pushed_to_a_real_pushgateway(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_pushgateway_behind_basic_auth(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_pushgateway_behind_basic_auth(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
     web_config = f"basic_auth_users:\n  {GATEWAY_USER}: {GATEWAY_HASH}\n"
     with running_pushgateway(tmp_path, web_config) as url:
-        secret_url = url.replace("http://", f"http://{GATEWAY_USER}:{GATEWAY_PASSWORD}@")
-        config = config_with(tmp_path, f'pushgateway_url = "{secret_url}"')
+        # Credentials never sit in an environment file: the URL comes from a variable.
+        monkeypatch.setenv("PUSHGATEWAY_URL", url.replace("http://", f"http://{GATEWAY_USER}:{GATEWAY_PASSWORD}@"))
+        config = config_with(tmp_path, 'pushgateway_url = { env = "PUSHGATEWAY_URL" }')
         ledger = Ledger.for_state_dir(config.state_dir)
         write_history(ledger)
         with caplog.at_level(logging.INFO):
             where = publish_metrics(config, ledger)
-        assert where.startswith("metrics of production published to the Pushgateway at http://deployer:********@")
+        assert where == ("metrics of production published to the Pushgateway at $PUSHGATEWAY_URL "
+                         "(job=production_deployment, environment=production)")
         found = group(samples(httpx.get(f"{url}/metrics", auth=(GATEWAY_USER, GATEWAY_PASSWORD)).text))
         assert value(found, "deploy_success_ratio") == 5 / 8
 
@@ -286,14 +289,15 @@ def test_a_pushgateway_behind_basic_auth(tmp_path: Path, caplog: pytest.LogCaptu
 
 
 def test_an_unreachable_pushgateway_is_a_warning_without_its_password(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     port = free_ports(1)[0]
-    config = config_with(tmp_path, f'pushgateway_url = "http://ops:hunter2-pass@127.0.0.1:{port}"')
+    monkeypatch.setenv("PUSHGATEWAY_URL", f"http://ops:hunter2-pass@127.0.0.1:{port}")
+    config = config_with(tmp_path, 'pushgateway_url = { env = "PUSHGATEWAY_URL" }')
     ledger = Ledger.for_state_dir(config.state_dir)
     with caplog.at_level(logging.WARNING, logger="deploy.metrics"):
         where = publish_metrics(config, ledger)
-    assert where.startswith(f"metrics of production not published to the Pushgateway at "
-                            f"http://ops:********@127.0.0.1:{port} (job=production_deployment, environment=production)")
+    assert where.startswith("metrics of production not published to the Pushgateway at $PUSHGATEWAY_URL "
+                            "(job=production_deployment, environment=production)")
     assert "Connection refused" in where
     assert caplog.records and all("hunter2-pass" not in r.getMessage() for r in caplog.records)
     assert not (config.state_dir / "metrics").exists()  # no silent fallback to a textfile
@@ -308,3 +312,17 @@ def test_an_unreachable_pushgateway_is_a_warning_without_its_password(
 def test_a_pushgateway_url_is_shown_without_its_credentials(url: str, shown: str, bare: str) -> None:
     assert shown_url(url) == shown
     assert gateway_and_handler(url)[0] == bare  # the credentials go in an Authorization header instead
+
+
+def test_credentials_written_in_the_file_are_refused(tmp_path: Path) -> None:
+    from deployments.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="credentials are never written in an environment file"):
+        config_with(tmp_path, 'pushgateway_url = "http://ops:hunter2-pass@127.0.0.1:9091"')
+
+
+def test_a_pushgateway_variable_that_is_not_set_is_a_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PUSHGATEWAY_URL", raising=False)
+    config = config_with(tmp_path, 'pushgateway_url = { env = "PUSHGATEWAY_URL" }')
+    where = publish_metrics(config, Ledger.for_state_dir(config.state_dir))
+    assert where.startswith("metrics of production not published") and "PUSHGATEWAY_URL is not set" in where
