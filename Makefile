@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := install
-.PHONY: install test sandbox sandbox-down lint demo stop deploy clean
+.PHONY: install test bench sandbox sandbox-down lint demo stop deploy clean
 
 install: $(STAMP)
 
@@ -18,8 +18,15 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
+# Two workers, one test file each at a time (module fixtures such as a sandbox stay in one process):
+# most tests wait on servers, not on the CPU. TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+
+# Minutes of measuring, never part of `make test`; BENCH="backups" runs only the scripts named.
+bench: $(STAMP)
+	$(BIN)/python bench/run $(BENCH)
 
 sandbox: $(STAMP)
 	$(BIN)/deployctl sandbox up
