@@ -5,13 +5,15 @@ Runs on a fresh sandbox with a Prefect test server, in one process:
   restore path:   production v2 -> v3 with the rehearsal off (its migration fails midway on SQLite)
                   -> rolled back by restoring the verified backup
 and reports each against the phase 2 (deployment-execution: checkout, migrate, reload, log watch) of
-the forward deploy of v2 to production in the same run.
+the forward deploy of v2 to production in the same run. Target: ≤ 1× (one RESULT line per path;
+see bench/README.md).
 
     .venv/bin/python bench/time_to_restore.py
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -89,6 +91,16 @@ def main() -> int:
     print(f"{'path':<10} {'release':<8} {'outcome':<12} {'failed check -> healthy':>24} {'v2 phase 2':>11} {'ratio':>6}")
     for path, ref, outcome, restored, seconds, phase2 in results:
         print(f"{path:<10} {ref:<8} {outcome:<12} {seconds:>22.2f} s {phase2:>9.2f} s {seconds / phase2:>6.2f}")
+    for path, ref, outcome, restored, seconds, phase2 in results:
+        ratio = seconds / phase2
+        # A rollback that did not end rolled_back, or the restore path without its restore, misses.
+        right_path = outcome == "rolled_back" and restored == (path == "restore")
+        payload = {"figure": f"time to restore, {path} path ({ref})", "ours": round(seconds, 3),
+                   "baseline": round(phase2, 3), "ratio": round(ratio, 3), "target": "≤ 1×",
+                   "met": right_path and ratio <= 1, "unit": "s"}
+        if not right_path:
+            payload["note"] = f"outcome {outcome}, backup restored: {restored}"
+        print("RESULT " + json.dumps(payload, ensure_ascii=False))
     return 0
 
 
