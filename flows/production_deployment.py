@@ -39,18 +39,23 @@ from flows.pre_deployment_verification import pre_deployment_verification
 from flows.rollback import launch_rollback
 from flows.verify_prerequisites import Prerequisites, release_tree, verify_prerequisites
 from tasks import recording
-from tasks.approvals import obtain_approvals
+from tasks.approvals import obtain_approvals, release_brief
 from tasks.ledger import Ledger
 from tasks.locks import deploy_lock
+from tasks.metrics import publish_metrics
 from tasks.notifications import impact, notify
-from tasks.reporting import Progress, publish, success_criteria, summary_text
+from tasks.reporting import Progress, publish, rename_run, success_criteria, summary_text
 from tasks.source import remove_worktree, validate_ref
 
 
-def run_name() -> str:
+def run_name(sha: str | None = None) -> str:
+    """What the run deploys, so the runs list reads as a deploy history: `production: v2` when it starts,
+    `production: v2 (688dd2f0a0d1)` once the ref is resolved (`resolved` renames the run)."""
     params = current_run.parameters
-    mode = " (dry run)" if params.get("dry_run") else ""
-    return f"{params['environment']}: {params.get('ref', 'main')}{mode}"
+    ref = str(params.get("ref", "main"))
+    what = ref if sha is None else (sha[:12] if sha.startswith(ref) else f"{ref} ({sha[:12]})")
+    mode = " (dry run)" if params.get("dry_run") else " (forced)" if params.get("force") else ""
+    return f"{params['environment']}: {what}{mode}"
 
 
 def check_configuration(config: EnvironmentConfig) -> None:
@@ -163,20 +168,17 @@ class Deploy:
 
     def resolved(self, prerequisites: Prerequisites) -> None:
         release = prerequisites.release
+        name = rename_run(self.run_id, run_name(release.sha))
         self.ledger.update(self.release_id, target_sha=release.sha, previous_sha=release.live_sha,
-                           commit_time=release.committed_at)
+                           commit_time=release.committed_at, flow_run_name=name)
 
     def approved(self, approvals: list[Any]) -> None:
         self.ledger.update(self.release_id, approvals=[a.as_dict() for a in approvals])
 
     def approval_brief(self, prerequisites: Prerequisites) -> str:
-        release = prerequisites.release
-        pending = ", ".join(prerequisites.pending_migrations) or "none"
-        return (f"## Deploy `{release.ref}` to **{self.config.name}**\n\n"
-                f"- release: `{release.sha}` ({release.subject})\n- live now: `{release.live_sha}`\n"
-                f"- pending migrations: {pending}\n- every prerequisite passed (tests, scan, migration rehearsal, "
-                f"staging serves this SHA)\n- a verified backup is taken before anything changes; on failure the "
-                f"code and the database are rolled back")
+        release = self.ledger.get(self.release_id)
+        return release_brief(self.config, prerequisites.release, prerequisites.migrations,
+                             self.ledger.steps(self.release_id), release.reason).markdown()
 
     def plan(self, prerequisites: Prerequisites, migrations: str) -> str:
         release = prerequisites.release
@@ -237,6 +239,7 @@ class Deploy:
         return notify(self.config, subject, body)
 
     def _publish(self) -> None:
+        self.logger.info("Metrics: %s.", publish_metrics(self.config, self.ledger))
         release = self.ledger.get(self.release_id)
         publish(self.ledger, self.release_id, success_criteria(release, self.ledger.steps(self.release_id),
                                                                self.notified))

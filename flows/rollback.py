@@ -13,10 +13,10 @@
     notify                     stakeholders told; ledger: rolled_back or rollback_failed
 
 Started by a failed deploy's hooks, by the server's automation when a deploy crashed, or by hand
-(`prefect deployment run 'rollback/production'`, or from the UI): with no `failed_run_id` it rolls
-back the live release to the one before it (or to `to`). Running it twice is harmless: a release
-that is already rolled back has nothing left to undo. If the restored version is unhealthy too, it
-stops, leaves maintenance on and says so: it never loops.
+(`prefect deployment run 'rollback/production'`, or from the UI, whose form offers the last good
+release as `to`): with no `failed_run_id` it rolls back the live release to the one before it.
+Running it twice is harmless: a release that is already rolled back has nothing left to undo. If
+the restored version is unhealthy too, it stops, leaves maintenance on and says so: it never loops.
 """
 
 from __future__ import annotations
@@ -41,8 +41,10 @@ from tasks.backups import restore_database
 from tasks.health import check_health
 from tasks.ledger import Ledger, Release
 from tasks.locks import deploy_lock, release_dead_holder
+from tasks.metrics import publish_metrics
 from tasks.migrations import downgrade_database, end_orphaned_sessions, verify_database_revision
 from tasks.notifications import impact, notify
+from tasks.reporting import publish_rollback, rename_run
 from tasks.rollback_plan import RollbackPlan, choose_rollback_plan
 from tasks.service import restart_application, resume_traffic, stop_traffic
 from tasks.smoke import run_critical_path_tests
@@ -50,14 +52,35 @@ from tasks.source import add_worktree, current_sha, fetch_release, pull_release,
 
 
 def run_name() -> str:
+    """Until the plan is known; then `planned_name` says what is undone and what comes back."""
     params = flow_run.parameters
-    target = params.get("to") or (f"undo {str(params['failed_run_id'])[:8]}" if params.get("failed_run_id")
-                                  else "previous release")
+    if params.get("failed_run_id"):
+        target = f"undo run {str(params['failed_run_id'])[:8]}"
+    else:
+        target = f"back to {params['to']}" if params.get("to") else "undo the live release"
     return f"rollback {params['environment']}: {target}"
 
 
+def planned_name(environment: str, subject: Release, plan: RollbackPlan) -> str:
+    undone = str(subject.target_sha or subject.ref)[:12]
+    ref = "" if undone.startswith(subject.ref) else f"{subject.ref} "
+    return f"rollback {environment}: {ref}{undone} → {str(plan.to_sha)[:12]}"
+
+
 @flow(name="rollback", flow_run_name=run_name)
-def rollback(environment: str, failed_run_id: str | None = None, to: str | None = None, reason: str = "") -> str:
+def rollback(environment: str, failed_run_id: str = "", to: str = "", reason: str = "") -> str:
+    """Roll an environment back to the release before the live one, code and database.
+
+    Args:
+        environment: The environment to roll back: a file in the environments directory.
+        failed_run_id: The deploy run to undo, as the automatic rollbacks pass it. Leave empty to undo
+            the live release.
+        to: The release to return to (tag, branch or SHA). The form offers the last good release, the
+            one live before the current release; empty means the same. Ignored with failed_run_id.
+        reason: Why; shown in the notifications, the ledger and the rollback summary.
+    """
+    if failed_run_id:
+        to = ""
     config = load_environment(environment)
     install_log_filters()
     ledger = Ledger.for_state_dir(config.state_dir)
@@ -77,7 +100,8 @@ def rollback(environment: str, failed_run_id: str | None = None, to: str | None 
             plan = choose_rollback_plan(config, ledger, subject)
             if plan.nothing_to_do:
                 return _finish(config, ledger, record_id, subject, None, "noop", plan.describe())
-            ledger.update(record_id, target_sha=plan.to_sha, db_revision_before=plan.to_revision)
+            ledger.update(record_id, target_sha=plan.to_sha, db_revision_before=plan.to_revision,
+                          flow_run_name=rename_run(run_id, planned_name(environment, subject, plan)))
             notify(config, f"Rollback of {environment} started", f"{plan.describe()}\nReason: {reason or '—'}")
             stop_traffic(config)
             undo_database(config, plan, app_name)
@@ -204,4 +228,6 @@ def _finish(config: EnvironmentConfig, ledger: Ledger, record_id: int, subject: 
             "nothing more is tried automatically: restore by hand from the backup named in the ledger "
             "(`deployctl status`)"))
     get_run_logger().info(message)
+    publish_rollback(ledger, record_id, outcome, message)
+    get_run_logger().info("Metrics: %s.", publish_metrics(config, ledger))
     return message

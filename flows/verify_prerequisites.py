@@ -21,7 +21,7 @@ from prefect import flow
 from deployments.config import EnvironmentConfig, load_environment
 from deployments.errors import DeployError, PreflightError
 from tasks.health import check_staging_health
-from tasks.migrations import check_migrations, test_migrations
+from tasks.migrations import MigrationStatus, check_migrations, test_migrations
 from tasks.quality import run_release_tests, run_security_scan
 from tasks.source import (
     ResolvedRelease,
@@ -38,6 +38,7 @@ class Prerequisites:
     release: ResolvedRelease
     noop: bool
     pending_migrations: list[str]
+    migrations: MigrationStatus | None = None  # the live revision and what is pending, for the approvers
 
 
 def release_tree(config: EnvironmentConfig, release_id: int) -> Path:
@@ -53,7 +54,7 @@ def verify_prerequisites(environment: str, ref: str, release_id: int, force: boo
     tree = add_worktree(config, release.sha, release_tree(config, release_id))
     status = check_migrations(config, tree)
     if release.sha == release.live_sha and not status.pending and not force:
-        return Prerequisites(release, noop=True, pending_migrations=[])
+        return Prerequisites(release, noop=True, pending_migrations=[], migrations=status)
     check_merged_to_main(config, release.sha)
     check_workspace(config)
     run_release_tests(config, tree)
@@ -62,7 +63,8 @@ def verify_prerequisites(environment: str, ref: str, release_id: int, force: boo
         test_migrations(config, tree, config.state_dir / "rehearsal")
     if config.prerequisites.staging_environment:
         verify_staging(config.prerequisites.staging_environment, release.sha)
-    return Prerequisites(release, noop=False, pending_migrations=[p.revision for p in status.pending])
+    return Prerequisites(release, noop=False, pending_migrations=[p.revision for p in status.pending],
+                         migrations=status)
 
 
 def verify_staging(staging_name: str, sha: str) -> None:

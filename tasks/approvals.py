@@ -4,35 +4,51 @@ The run pauses with a typed form (the Resume button in the UI, or `deployctl app
 Prefect has no user identity, so the approver's name is a required, self-declared field; it is
 recorded in the ledger and the summary. One answer per pause: the run pauses again until every
 required role has approved, and ends at the first rejection or when the time is up.
+
+The form opens with the brief (`ReleaseBrief`): what is being approved, before any log is read:
+the release and what it replaces, the commits and migrations it brings, the checks already passed,
+staging's state, the backup about to be taken and what happens if the deploy fails. The Resume
+dialog gives the brief only the height the fields leave, so the headline and the approvals still
+needed come first and every field description fits on one line.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Literal
 
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from prefect.logging import get_run_logger
+from prefect.runtime import flow_run as current_run
 from pydantic import Field, field_validator
+from sqlalchemy.engine import make_url
 
-from deployments.config import EnvironmentConfig
-from deployments.errors import ApprovalRejected
+from deployments.config import EnvironmentConfig, load_environment
+from deployments.errors import ApprovalRejected, DeployError
+from deployments.secrets import redact, resolve_app_environment
+from tasks.health import assess
+from tasks.ledger import StepRecord
+from tasks.migrations import MigrationStatus, PendingRevision
+from tasks.source import Commit, ResolvedRelease, commits_between
 
 
 class ApprovalDecision(RunInput):
     """Your decision on this production deployment."""
 
+    # One line each in the Resume dialog: every line they take is taken from the brief above them.
     approver: str = Field(min_length=2, max_length=80,
-                          description="Your full name, as the ledger and the summary will record it.")
+                          description="Your full name, as the ledger and the summary record it.")
     role: Literal["team-lead", "product-owner"] = Field(
-        description="The role you approve as. Production needs both roles, from two different people.")
+        description="The role you answer as; two different people must approve.")
     decision: Literal["approve", "reject"] = Field(
-        description="approve lets the deployment continue; reject ends it with nothing changed.")
-    comment: str = Field("", max_length=500, description="Why; shown in the summary and the ledger.")
+        description="approve: the deploy goes on. reject: it stops, nothing changed.")
+    comment: str = Field("", max_length=500, description="Why. With reject: the reason everyone reads.")
 
     @field_validator("approver")
     @classmethod
@@ -69,8 +85,9 @@ def problem_with(answer: ApprovalDecision, given: list[Approval], required: list
     return None
 
 
-def obtain_approvals(config: EnvironmentConfig, release_description: str) -> list[Approval]:
-    """Pause until every required role approved; ApprovalRejected on a rejection or the timeout."""
+def obtain_approvals(config: EnvironmentConfig, brief: str) -> list[Approval]:
+    """Pause until every required role approved; ApprovalRejected on a rejection or the timeout.
+    `brief` (markdown, `ReleaseBrief.markdown`) opens every form."""
     required = list(config.approvals.required_roles)
     logger = get_run_logger()
     given: list[Approval] = []
@@ -83,8 +100,9 @@ def obtain_approvals(config: EnvironmentConfig, release_description: str) -> lis
             break
         attempt += 1
         logger.info("Waiting for approval from %s (%d s left). Resume the run in the UI or run: "
-                    "deployctl approve <run id> --as NAME --role %s", " and ".join(waiting), remaining, waiting[0])
-        form = ApprovalDecision.with_initial_data(description=_form_description(release_description, given, waiting))
+                    "deployctl approve %s --as NAME --role %s", " and ".join(waiting), remaining,
+                    current_run.id or "<run id>", waiting[0])
+        form = ApprovalDecision.with_initial_data(description=form_description(brief, given, waiting))
         try:
             answer = pause_flow_run(wait_for_input=form, timeout=remaining, poll_interval=2,
                                     key=f"approval-{attempt}")
@@ -110,7 +128,147 @@ def obtain_approvals(config: EnvironmentConfig, release_description: str) -> lis
     return given
 
 
-def _form_description(release: str, given: list[Approval], waiting: list[str]) -> str:
-    done = "".join(f"\n- approved by **{a.approver}** as {a.role}" for a in given) or "\n- none yet"
-    return (f"{release}\n\n### Approvals\nStill needed: **{', '.join(waiting)}**.{done}\n\n"
-            "Your name and role are required. Reject with a comment to stop the deployment; nothing will change.")
+def form_description(brief: str, given: list[Approval], waiting: list[str]) -> str:
+    """The brief with the approvals still needed right under its headline (its first paragraph)."""
+    headline, _, rest = brief.partition("\n\n")
+    done = ", ".join(f"{_md(a.approver)} ({a.role})" for a in given) or "nobody yet"
+    status = f"**Waiting for: {' and '.join(waiting)}.** Approved so far: {done}."
+    return "\n\n".join(part for part in (headline, status, rest) if part)
+
+
+# Prerequisites whose evidence the brief gives elsewhere: the headline, What changes, Staging.
+RESTATED = frozenset({"fetch-release", "resolve-release", "check-migrations", "verify-staging"})
+
+
+@dataclass(frozen=True)
+class ReleaseBrief:
+    """What an approver approves, as the Resume form shows it above the fields."""
+
+    environment: str
+    release: ResolvedRelease
+    reason: str
+    commits: list[Commit] | None  # what the release brings, newest first; None: git could not say
+    dropped: list[Commit]  # what the live release has and this one does not (a deploy back in time)
+    migrations: list[PendingRevision]
+    revision: str | None  # of the live database
+    database: str  # its kind: sqlite, postgresql
+    backup_directory: Path
+    checks: list[StepRecord]  # the prerequisites, with their evidence
+    staging: str  # staging's state, as checked when the brief was written
+    automatic_rollback: bool
+
+    def markdown(self) -> str:
+        release, env = self.release, self.environment
+        blocks = [
+            f"### Deploy `{release.ref}` to {env}\n"
+            f"`{release.short}` {_md(release.subject)}, replacing `{release.live_sha[:12]}`"
+            + (f". Reason: {_md(self.reason)}" if self.reason else ""),
+            "**What changes**",
+            self._migrations(),
+            self._commits(),
+            self._checks(),
+            f"**Staging**: {self.staging}",
+            f"**Backup first**: the {env} database ({self.database}, revision `{self.revision or 'none'}`) is "
+            f"copied to {_md(str(self.backup_directory))} as `pre-deployment-<date>-<time>` and verified "
+            "(row counts, checksum) before anything changes.",
+            f"**If it fails**: {self._rollback_plan()}",
+        ]
+        return redact("\n\n".join(blocks))
+
+    def _commits(self) -> str:
+        shown = 8
+        if self.commits is None:
+            return "The commits since the live release could not be listed (see the run's log)."
+        if self.commits:
+            lines = [f"{_count(self.commits, 'commit')} since the live release:"]
+            lines += [f"- `{c.sha[:12]}` {_md(_clip(c.subject, 90))} ({_md(c.author)})" for c in self.commits[:shown]]
+            lines += [f"- and {len(self.commits) - shown} more"] if len(self.commits) > shown else []
+            return "\n".join(lines)
+        if self.dropped:
+            newest = self.dropped[0]
+            return (f"Goes **back** {_count(self.dropped, 'commit')}: the live release has them and this one does "
+                    f"not (newest: `{newest.sha[:12]}` {_md(_clip(newest.subject, 80))}).")
+        return "No new commit: the live code is deployed again."
+
+    def _migrations(self) -> str:
+        if not self.migrations:
+            return f"No migration: the database stays at `{self.revision or 'base'}`."
+        lines = [f"{_count(self.migrations, 'migration')} to run, from revision `{self.revision or 'base'}`:"]
+        lines += [f"- `{m.revision}` {_md(_clip(m.message, 90))}"
+                  + ("" if m.has_downgrade else " (**no downgrade**: undoing it means restoring the backup)")
+                  for m in self.migrations]
+        return "\n".join(lines)
+
+    def _checks(self) -> str:
+        shown = [c for c in self.checks if c.name not in RESTATED]
+        lines = [f"**Checks passed**: {_count(self.checks, 'prerequisite')} (the verify-prerequisites subflow), "
+                 "among them:"]
+        # The pending migrations that details end with are listed under What changes.
+        lines += [f"- {c.name}: **skipped** ({_md(c.detail.removesuffix(': skipped'))})" if "skipped" in c.detail
+                  else f"- {c.name}: {_md(_clip(c.detail.partition(': Pending: ')[0], 80))}" for c in shown]
+        return "\n".join(lines)
+
+    def _rollback_plan(self) -> str:
+        start = (f"rolled back automatically (rollback/{self.environment})" if self.automatic_rollback
+                 else f"rollback.automatic is off: run rollback/{self.environment} by hand")
+        code = f"code back to `{self.release.live_sha[:12]}`"
+        if not self.migrations:
+            database = "the database untouched"
+        elif all(m.has_downgrade for m in self.migrations):
+            database = (f"the database downgraded to `{self.revision or 'base'}` with this release's own scripts "
+                        "(the backup restored if that fails)")
+        else:
+            database = "the backup restored (a migration has no downgrade)"
+        return (f"{start}: maintenance mode on, {database}, {code}, then health and critical paths checked "
+                "before traffic resumes.")
+
+
+def release_brief(config: EnvironmentConfig, release: ResolvedRelease, migrations: MigrationStatus | None,
+                  checks: list[StepRecord], reason: str) -> ReleaseBrief:
+    """Gathers the brief: the commits from the workspace, staging's state as it is now, the database kind.
+    A brief with a gap is better than no approval form: git failing here is logged, not raised."""
+    commits: list[Commit] | None
+    try:
+        commits = commits_between(config, release.live_sha, release.sha)
+        dropped = [] if commits else commits_between(config, release.sha, release.live_sha)
+    except DeployError as exc:
+        get_run_logger().warning("Approval form: %s", exc)
+        commits, dropped = None, []
+    url = resolve_app_environment(config)[config.database.app_variable]
+    return ReleaseBrief(
+        environment=config.name, release=release, reason=reason, commits=commits, dropped=dropped,
+        migrations=list(migrations.pending) if migrations else [],
+        revision=migrations.current if migrations else None, database=make_url(url).get_backend_name(),
+        backup_directory=config.backups.directory, checks=checks,
+        staging=staging_state(config, release.sha), automatic_rollback=config.rollback.automatic)
+
+
+def staging_state(config: EnvironmentConfig, sha: str) -> str:
+    """One line on staging, checked now: the approver may open the form long after the prerequisites ran."""
+    name = config.prerequisites.staging_environment
+    if not name:
+        return "none configured for this environment (prerequisites.staging_environment)"
+    at = datetime.now(timezone.utc).strftime("%H:%M UTC")
+    try:
+        report = assess(load_environment(name), sha, f"check {name}")
+    except DeployError as exc:
+        return f"`{name}` is **not healthy** at {at}: {_md(exc.cause)}"
+    served = "this release" if report.version == sha else "**not this release**"
+    return f"`{name}` is healthy at {at} and serves `{str(report.version)[:12]}` ({served})"
+
+
+_MARKDOWN = re.compile(r"([\\`*_\[\]<>|#])")
+
+
+def _md(text: str) -> str:
+    """`text` shown as it is: commit subjects and names are not markdown."""
+    return _MARKDOWN.sub(r"\\\1", text)
+
+
+def _count(items: list[Any], noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+
+
+def _clip(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

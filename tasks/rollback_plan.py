@@ -72,7 +72,9 @@ def decide(release: Release, steps: list[StepRecord], backend: str, live_revisio
         if not pending:
             return RollbackPlan(**base, database="verify", code=code, reason="the release had no migration")
         if all(p.get("has_downgrade") for p in pending):
-            return RollbackPlan(**base, database="downgrade", code=code, reason="migrated fine, the new code failed")
+            reason = ("undoing a release that succeeded" if release.outcome == "succeeded"
+                      else "migrated fine, the new code failed")
+            return RollbackPlan(**base, database="downgrade", code=code, reason=reason)
         return RollbackPlan(**base, database="restore", code=code, reason="a migration has no downgrade")
     if migration == "failed" and backend == "postgresql" and live_revision == release.db_revision_before:
         return RollbackPlan(**base, database="verify", code=code,

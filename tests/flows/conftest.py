@@ -47,8 +47,9 @@ def fast(text: str) -> str:
     return re.sub(r"^test_command = .*$", "test_command = []", text, flags=re.M)
 
 
-def make_sandbox(tmp_path_factory: pytest.TempPathFactory, db: str = "sqlite") -> Iterator[Sandbox]:
-    root = tmp_path_factory.mktemp("sbx") / "sandbox"
+def make_sandbox(tmp_path_factory: pytest.TempPathFactory, db: str = "sqlite",
+                 root: Path | None = None) -> Iterator[Sandbox]:
+    root = root or tmp_path_factory.mktemp("sbx") / "sandbox"
     staging_port, production_port = free_ports(2)
     sandbox.up(root, db=db, ports={"staging": staging_port, "production": production_port}, log=lambda *_: None)
     box = Sandbox(root, db)

@@ -124,7 +124,7 @@ def test_staging_deploy_of_v2(box: Sandbox) -> None:
                            for key in ("deploy-staging-summary", "deploy-staging-checks"))
     latest = summary[0].data
     assert "Deploy to staging: **succeeded**" in latest and release.backup_tag in latest
-    assert "| Database migrations completed successfully | ✅ |" in latest
+    assert "| Database migrations completed successfully | yes |" in latest
     assert checks and "run-critical-path-tests" in str(checks[0].data)
 
 

@@ -1,11 +1,19 @@
-"""Which approval answers count: two roles, two different people, and a rejection always ends it."""
+"""Which approval answers count (two roles, two different people, a rejection always ends it), and
+the brief the approvers read in the Resume form."""
 
 from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from tasks.approvals import Approval, ApprovalDecision, problem_with
+from deployments.secrets import MASK, register_secret
+from tasks.approvals import Approval, ApprovalDecision, ReleaseBrief, form_description, problem_with
+from tasks.ledger import StepRecord
+from tasks.migrations import PendingRevision
+from tasks.source import Commit, ResolvedRelease
 
 BOTH = ["team-lead", "product-owner"]
 
@@ -92,3 +100,89 @@ def test_an_approval_is_recorded_as_a_plain_dict() -> None:
     record = Approval("Ada Lovelace", "team-lead", "approve", "ok", "2026-01-05T10:00:00+00:00")
     assert record.as_dict() == {"approver": "Ada Lovelace", "role": "team-lead", "decision": "approve",
                                 "comment": "ok", "at": "2026-01-05T10:00:00+00:00"}
+
+
+# The brief: what the Resume form tells an approver before any log is read.
+
+V2, V1 = "688dd2f0a0d11be9d3a4510f05b307fe2db2e07c", "04b09fd813f40c99a88f79813c1070a399b59706"
+WHEN = datetime(2026, 1, 5, 10, 0, tzinfo=timezone.utc)
+
+
+def brief(**changes: object) -> ReleaseBrief:
+    fields: dict[str, object] = dict(
+        environment="production",
+        release=ResolvedRelease("v2", V2, "Salary insights: parse salary ranges", WHEN, V1),
+        reason="salary insights",
+        commits=[Commit(V2, "Salary insights: parse salary ranges", "Ana Author", WHEN)],
+        dropped=[],
+        migrations=[PendingRevision("0002", "Salary range on jobs", has_downgrade=True)],
+        revision="0001", database="sqlite", backup_directory=Path("/srv/backups"),
+        checks=[StepRecord("resolve-release", "completed", "v2 = 688dd2f0a0d1", 0.1),
+                StepRecord("run-release-tests", "completed", "no test_command configured: skipped", 0.0),
+                StepRecord("run-security-scan", "completed", "high 0, medium 0, low 5", 1.0),
+                StepRecord("test-migrations", "completed", "upgrade, downgrade, upgrade passed on a copy of "
+                           "production's database: Pending: 0002 (Salary range on jobs)", 7.0)],
+        staging="`staging` is healthy at 10:00 UTC and serves `688dd2f0a0d1` (this release)",
+        automatic_rollback=True,
+    )
+    fields.update(changes)
+    return ReleaseBrief(**fields)  # type: ignore[arg-type]
+
+
+def test_the_brief_opens_with_what_is_approved_and_the_approvals_still_needed() -> None:
+    text = form_description(brief().markdown(), [given("Dana Whitfield", "team-lead")], ["product-owner"])
+    blocks = text.split("\n\n")
+    assert blocks[0] == ("### Deploy `v2` to production\n`688dd2f0a0d1` Salary insights: parse salary ranges, "
+                         "replacing `04b09fd813f4`. Reason: salary insights")
+    assert blocks[1] == "**Waiting for: product-owner.** Approved so far: Dana Whitfield (team-lead)."
+
+
+def test_the_brief_says_what_changes_what_was_checked_the_backup_and_the_rollback_plan() -> None:
+    text = brief().markdown()
+    assert "1 migration to run, from revision `0001`:\n- `0002` Salary range on jobs" in text
+    assert "1 commit since the live release:\n- `688dd2f0a0d1` Salary insights: parse salary ranges (Ana Author)" in text
+    assert "- run-security-scan: high 0, medium 0, low 5" in text
+    assert "- test-migrations: upgrade, downgrade, upgrade passed on a copy of production's database\n" in text
+    assert "- run-release-tests: **skipped** (no test\\_command configured)" in text
+    assert "resolve-release" not in text, "the ref has the headline; the check list keeps what proves quality"
+    assert "**Staging**: `staging` is healthy" in text
+    assert "**Backup first**: the production database (sqlite, revision `0001`) is copied to /srv/backups" in text
+    assert ("**If it fails**: rolled back automatically (rollback/production): maintenance mode on, the database "
+            "downgraded to `0001` with this release's own scripts (the backup restored if that fails), code back "
+            "to `04b09fd813f4`") in text
+
+
+def test_a_migration_without_downgrade_means_restoring_the_backup() -> None:
+    text = brief(migrations=[PendingRevision("0003", "Unique canonical URLs", has_downgrade=False)]).markdown()
+    assert "`0003` Unique canonical URLs (**no downgrade**: undoing it means restoring the backup)" in text
+    assert "the backup restored (a migration has no downgrade)" in text
+
+
+def test_without_automatic_rollback_the_brief_says_to_roll_back_by_hand() -> None:
+    text = brief(automatic_rollback=False, migrations=[]).markdown()
+    assert "rollback.automatic is off: run rollback/production by hand" in text
+    assert "No migration: the database stays at `0001`." in text and "the database untouched" in text
+
+
+def test_a_deploy_back_in_time_says_so() -> None:
+    newer = Commit("f" * 40, "Faster search", "Ana Author", WHEN)
+    text = brief(commits=[], dropped=[newer, newer]).markdown()
+    assert "Goes **back** 2 commits: the live release has them and this one does not (newest: `ffffffffffff`" in text
+
+
+def test_commit_subjects_and_names_are_shown_as_written_and_secrets_never() -> None:
+    register_secret("s3cr3t-token-value")
+    text = brief(commits=[Commit(V2, "Use *bold* [links] and `ticks` with s3cr3t-token-value", "a_b", WHEN)],
+                 reason="fix <script>").markdown()
+    assert "Use \\*bold\\* \\[links\\] and \\`ticks\\` with " + MASK in text and "(a\\_b)" in text
+    assert "Reason: fix \\<script\\>" in text and "s3cr3t-token-value" not in text
+
+
+def test_many_commits_are_cut_after_eight() -> None:
+    commits = [Commit(f"{i:040x}", f"change {i}", "Ana Author", WHEN) for i in range(12)]
+    text = brief(commits=commits).markdown()
+    assert "12 commits since the live release" in text and "- and 4 more" in text and "change 8" not in text
+
+
+def test_commits_git_could_not_list_leave_a_gap_not_a_failed_deploy() -> None:
+    assert "The commits since the live release could not be listed" in brief(commits=None).markdown()

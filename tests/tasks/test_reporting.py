@@ -1,0 +1,84 @@
+"""What the summary artifact says: what changed, who approved, timings, every check, and why it failed."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from tasks.ledger import Release, StepRecord
+from tasks.reporting import DETAIL, Criterion, _outcome, summary_markdown
+from tasks.source import Commit
+
+V2, V1 = "688dd2f0a0d11be9d3a4510f05b307fe2db2e07c", "04b09fd813f40c99a88f79813c1070a399b59706"
+COMMIT = Commit(V2, "Salary insights: parse salary ranges", "Ana Author", datetime(2026, 1, 5, tzinfo=timezone.utc))
+STEPS = [StepRecord("run-migrations", "completed", "database at 0002 after 0.15 s", 0.94),
+         StepRecord("check-health", "completed", "a | b " + "x" * 200, 3.214)]
+CRITERIA = [Criterion("Application health checks passing", True, "HTTP 200"),
+            Criterion("Stakeholders notified of successful deployment", False, "not sent")]
+
+
+def release(**changes: Any) -> Release:
+    fields: dict[str, Any] = dict(
+        environment="production", ref="v2", reason="salary insights", dry_run=False, target_sha=V2,
+        previous_sha=V1, db_revision_before="0001", db_revision_after="0002", outcome="succeeded",
+        flow_run_name=f"production: v2 ({V2[:12]})", backup_tag="pre-deployment-20260105-100000",
+        backup_manifest={"kind": "sqlite", "row_counts": {"jobs": 800, "companies": 21}},
+        migrations=[{"revision": "0002", "message": "Salary range on jobs", "has_downgrade": True}],
+        approvals=[{"approver": "Dana Whitfield", "role": "team-lead", "decision": "approve", "comment": "tested",
+                    "at": "2026-01-05T10:14:40+00:00"},
+                   {"approver": "Sam Okafor", "role": "product-owner", "decision": "approve", "comment": "",
+                    "at": "2026-01-05T10:15:04+00:00"}],
+        timings={"verify-prerequisites": 23.75, "approvals": 386.27, "deployment-execution": 11.55},
+        failed_step=None, error=None)
+    fields.update(changes)
+    return Release(**fields)
+
+
+def test_a_succeeded_deploy_says_what_changed_who_approved_how_long_and_every_check() -> None:
+    text = summary_markdown(release(), STEPS, CRITERIA, [COMMIT], ["team-lead", "product-owner"])
+    assert text.startswith("# Deploy to production: **succeeded**\n\n**v2** `688dd2f0a0d1` over `04b09fd813f4` · "
+                           "reason: salary insights · run production: v2 (688dd2f0a0d1)")
+    assert "| code | `04b09fd813f4` | `688dd2f0a0d1` |" in text
+    assert "| backup | | `pre-deployment-20260105-100000` (sqlite, 821 rows, verified) |" in text
+    assert ("## What changed\n- `688dd2f0a0d1` Salary insights: parse salary ranges (Ana Author)\n"
+            "- migration `0002`: Salary range on jobs") in text
+    assert "- **Dana Whitfield** (team-lead) approved at 2026-01-05 10:14:40 UTC: tested" in text
+    assert "- **Sam Okafor** (product-owner) approved at 2026-01-05 10:15:04 UTC\n" in text
+    assert "| approvals | 6 min 26 s |" in text and "| verify-prerequisites | 23.8 s |" in text
+    assert "| **total** | **7 min 2 s** |" in text
+    assert "| Application health checks passing | yes | HTTP 200 |" in text
+    assert "| Stakeholders notified of successful deployment | **NO** | not sent |" in text
+    assert "| run-migrations | completed | 0.94 | database at 0002 after 0.15 s |" in text
+
+
+def test_table_cells_stay_one_short_line() -> None:
+    text = summary_markdown(release(), STEPS, CRITERIA, [COMMIT])
+    row = next(line for line in text.splitlines() if line.startswith("| check-health |"))
+    assert row.startswith("| check-health | completed | 3.21 | a \\| b xxx") and row.endswith("… |")
+    assert len(row.split(" | ")[-1]) <= DETAIL + 4
+
+
+def test_a_rejected_deploy_says_why_and_what_it_would_have_changed() -> None:
+    rejected = release(outcome="aborted", approvals=[], db_revision_before=None, db_revision_after=None,
+                       backup_tag=None, backup_manifest=None, migrations=[], failed_step="approve deployment",
+                       error="approve deployment: Sam Okafor (product-owner) rejected it: not during the sale. "
+                             "nothing was changed; deploy again once the concern is addressed")
+    text = summary_markdown(rejected, STEPS, CRITERIA, [COMMIT], ["team-lead", "product-owner"])
+    assert "# Deploy to production: **aborted**" in text
+    assert "| code | `04b09fd813f4` | `04b09fd813f4` |" in text and "| backup | | none taken |" in text
+    assert "## What the release would have changed\n- `688dd2f0a0d1`" in text
+    assert "## Approvals\n- refused, or not given in time: see What went wrong" in text
+    assert ("## What went wrong\n**approve deployment**: Sam Okafor (product-owner) rejected it: not during the "
+            "sale. nothing was changed") in text
+    assert "## Success criteria\n- not evaluated: nothing was deployed" in text and "| **NO** |" not in text
+    assert _outcome(rejected).startswith("aborted: Sam Okafor (product-owner) rejected it: not during the sale.")
+
+
+def test_the_artifact_description_names_the_approvers_of_a_success() -> None:
+    assert _outcome(release()) == "succeeded, approved by Dana Whitfield, Sam Okafor"
+
+
+def test_a_staging_deploy_needs_no_approval_and_unknown_commits_say_so() -> None:
+    text = summary_markdown(release(environment="staging", approvals=[]), STEPS, CRITERIA, None, [])
+    assert "## Approvals\n- not required" in text
+    assert "- commits: not known" in text
