@@ -7,8 +7,10 @@ variables, never the orchestrator's (which may hold API keys).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import re
 import signal
 import subprocess
 import time
@@ -154,9 +156,10 @@ def children(pid: int) -> list[int]:
 def reload(config: EnvironmentConfig, app_env: Mapping[str, str], workers: int, timeout: float = 60.0) -> int:
     """Make the app serve the code now in the workspace; returns the pid of the master that serves it.
 
-    usr2: gunicorn starts a second master on the same sockets. Once its workers are up, the old master
-    is told to stop (its workers finish what they are serving). If the new master cannot boot, it
-    exits and the old one keeps serving: a broken release never takes the app down.
+    usr2: gunicorn starts a second master on the same sockets. Once each of its workers accepts
+    connections, the old master is told to stop (its workers finish what they are serving), and the
+    reload is done when the old master has gone and the pid file names the new one. If the new master
+    cannot boot, it exits and the old one keeps serving: a broken release never takes the app down.
     hup: reload in place (new workers, same master); a release that cannot import takes the app down,
     which is why `preflight_command` runs first.
     """
@@ -174,27 +177,103 @@ def reload(config: EnvironmentConfig, app_env: Mapping[str, str], workers: int, 
         _wait(lambda: len(set(children(old)) - before) >= workers, timeout, config, "new workers after HUP")
         return old
     before = set(children(old))
+    unfinished = read_pid(config.service.pid_file.with_name(config.service.pid_file.name + ".2"))
+    if unfinished in before:
+        # A handoff a killed deploy left half done: that master serves whatever was checked out then,
+        # and while it lives the old master ignores USR2. It goes first, reaped by the old master.
+        os.kill(unfinished, signal.SIGTERM)
+        _wait(lambda: not Path(f"/proc/{unfinished}").exists(), timeout, config,
+              "the master of an unfinished handoff to stop")
+        before.discard(unfinished)
     os.kill(old, signal.SIGUSR2)
     step = f"restart application ({config.name})"
     # The old master forks the new one: it is the child that is not one of the old workers.
     _wait(lambda: bool(set(children(old)) - before), timeout, config, "the new master to start")
     new = min(set(children(old)) - before)
-    _wait(lambda: _booted(new, workers) or not is_alive(new), timeout, config, "the new master's workers")
+    # Retiring the old master before the new workers accept would leave nobody accepting: requests
+    # wait in the backlog for as long as the new workers take to import the app.
+    try:
+        _wait(lambda: serving(new, workers) or not is_alive(new), timeout, config,
+              "the new master's workers to accept")
+    except ServiceError:
+        # A master whose workers never accept goes: while it lives, the old master ignores USR2.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(new, signal.SIGTERM)
+        raise
     if not is_alive(new):
         raise ServiceError(step, "the new release's master exited while booting",
                            f"the old release is still serving; read {config.service.startup_log}")
     os.kill(old, signal.SIGTERM)
     _wait(lambda: not is_alive(old), timeout, config, "the old master to finish")
+    # gunicorn renames its `.2` pid file once it notices its parent has gone, within a second: until
+    # then the pid file names nobody, and a stop or a second reload would find no app.
+    _wait(lambda: running_pid(config) == new, timeout, config, f"{config.service.pid_file} to name the new master")
     return new
 
 
-def _booted(master: int, workers: int, settle: float = 1.5) -> bool:
-    """The master has its workers and each has lived `settle` seconds: one that cannot import the app
-    dies well within that, and takes its master with it."""
+def serving(master: int, workers: int, settle: float = 1.5) -> bool:
+    """The master has all its workers and each accepts connections on the master's sockets."""
     pids = children(master)
     if len(pids) < workers or not is_alive(master):
         return False
-    return all(_age(pid) >= settle for pid in pids)
+    listeners = _socket_inodes(master)
+    return all(_accepts(pid, listeners, settle) for pid in pids)
+
+
+def _accepts(worker: int, listeners: set[int], settle: float) -> bool:
+    """An event-loop worker (uvicorn, gthread, gevent) accepts once it watches a listening socket
+    with epoll; until then it is still importing the app. A worker without epoll (gunicorn's sync
+    worker) accepts once it waits in select() or poll(). The kernel names what a process waits in
+    only while it sleeps, and some kernels never do: then a sleeping worker that has lived `settle`
+    seconds is taken to accept."""
+    watched = _epoll_watched_inodes(worker)
+    if watched is not None:
+        return bool(watched & listeners)
+    try:
+        waits_in = Path(f"/proc/{worker}/wchan").read_text().strip()
+        state = Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    if waits_in not in ("", "0"):
+        return waits_in.startswith("poll_schedule_timeout")
+    return state == "S" and _age(worker) >= settle
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    inodes = set()
+    for target in _fd_targets(pid).values():
+        if target.startswith("socket:["):
+            inodes.add(int(target[len("socket:["):-1]))
+    return inodes
+
+
+def _epoll_watched_inodes(pid: int) -> set[int] | None:
+    """Inodes of the files `pid` watches with epoll, from /proc/PID/fdinfo; None if it has no epoll instance."""
+    instances = [fd for fd, target in _fd_targets(pid).items() if target == "anon_inode:[eventpoll]"]
+    if not instances:
+        return None
+    watched = set()
+    for fd in instances:
+        try:
+            info = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+        except OSError:
+            continue
+        watched |= {int(inode, 16) for inode in re.findall(r"^tfd:.*\bino:([0-9a-f]+)", info, flags=re.M)}
+    return watched
+
+
+def _fd_targets(pid: int) -> dict[str, str]:
+    targets = {}
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return {}
+    for fd in fds:
+        try:
+            targets[fd] = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+    return targets
 
 
 def _age(pid: int) -> float:
@@ -224,8 +303,6 @@ def log_offset(config: EnvironmentConfig) -> int:
 
 def scan_startup_log(config: EnvironmentConfig, offset: int) -> list[str]:
     """Lines written since `offset` that match one of the configured error patterns."""
-    import re
-
     patterns = [re.compile(p) for p in config.service.error_patterns]
     try:
         with open(config.service.startup_log, "rb") as handle:
@@ -264,16 +341,27 @@ def restart_application(config: EnvironmentConfig) -> str:
 
 @read_step("watch-startup-logs", retries=0)
 def watch_startup_logs(config: EnvironmentConfig, offset: int) -> str:
-    """Warning of step 4: watch the log for startup errors for the grace time."""
-    deadline = time.monotonic() + config.service.grace_seconds
+    """Warning of step 4: no error pattern in the log for the grace time after the restart. The grace
+    counts from when the youngest process of the app started: the restart has already waited for
+    its workers to accept, and everything they logged since is read too."""
+    deadline = time.monotonic() + max(0.0, config.service.grace_seconds - serving_processes_age(config))
     while True:
         matches = scan_startup_log(config, offset)
         if matches:
             raise ServiceError(f"watch startup logs ({config.name})", f"{len(matches)} error line(s) after the "
                                f"restart, first: {redact(matches[0])[:300]}", f"read {config.service.startup_log}")
         if time.monotonic() >= deadline:
-            return f"no error pattern in {config.service.startup_log} for {config.service.grace_seconds:g} s"
+            return (f"no error pattern in {config.service.startup_log} for {config.service.grace_seconds:g} s "
+                    "after the restart")
         time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+
+def serving_processes_age(config: EnvironmentConfig) -> float:
+    """Seconds since the youngest process of the running app (its master or a worker) started; 0 if none runs."""
+    master = running_pid(config)
+    if master is None:
+        return 0.0
+    return min(_age(pid) for pid in [master, *children(master)])
 
 
 def _run_app_command(config: EnvironmentConfig, argv: list[str], step: str) -> None:
