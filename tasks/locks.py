@@ -108,5 +108,7 @@ def _holder(ledger: Ledger, environment: str, release_id: int) -> str:
     if not holders:
         return (f"a run that is not in the ledger, or one that died: its lease lapses within {LEASE_SECONDS} s "
                 "of its death")
-    return ", ".join(f"run {r.flow_run_name or r.flow_run_id} ({r.ref}, since {r.lock_acquired_at:%Y-%m-%d %H:%M:%S} "
-                     f"UTC, {r.phase})" for r in holders)
+    # A deploy's run name says its ref (and, once resolved, its SHA): the ref is not repeated then.
+    return ", ".join(f"run {r.flow_run_name or r.flow_run_id} ("
+                     + ("" if r.ref in str(r.flow_run_name) else f"{r.ref}, ")
+                     + f"since {r.lock_acquired_at:%Y-%m-%d %H:%M:%S} UTC, {r.phase})" for r in holders)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -78,3 +80,15 @@ def free_ports(n: int) -> list[int]:
     for sock in sockets:
         sock.close()
     return ports
+
+
+# tests/ui leaves a screenshot of each stage there. The line is printed here, in the root conftest,
+# because with pytest-xdist only the controlling process writes the summary, and it loads no other.
+UI_SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "ui"
+_session_started = time.time()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    shots = [p for p in UI_SCREENSHOTS.glob("*.png") if p.stat().st_mtime >= _session_started]
+    if shots:
+        terminalreporter.write_line(f"UI screenshots of this run ({len(shots)}, one per stage): {UI_SCREENSHOTS}")

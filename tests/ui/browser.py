@@ -22,7 +22,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 # What Chromium needs to start headless in a container, and to stay off the network.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-SCREENSHOTS = PROJECT_DIR / "test-artifacts" / "ui"
+SCREENSHOTS = PROJECT_DIR / "test-artifacts" / "ui"  # tests/conftest.py says where, at the end of the run
 VIEWPORT = {"width": 1400, "height": 1000}
 
 
