@@ -97,6 +97,15 @@ def start_rollback(flow: Flow[..., Any], flow_run: FlowRun, state: State) -> Non
       on_failure=[start_rollback], on_crashed=[start_rollback])
 def production_deployment(environment: str, ref: str = "main", dry_run: bool = False, reason: str = "",
                           force: bool = False) -> str:
+    """Deploy a ref to an environment, as the runbook says.
+
+    Args:
+        environment: The environment to deploy to: a file in the environments directory.
+        ref: What to deploy: a branch, a tag or a SHA merged to the environment's branch.
+        dry_run: Run every read-only check and show the plan; change nothing, take no backup.
+        reason: Why; shown to the approvers, in the notifications, the ledger and the summary.
+        force: Deploy again even if this SHA is live already (otherwise that is a no-op).
+    """
     config = load_environment(environment)
     validate_ref(ref)
     check_configuration(config)
