@@ -30,7 +30,6 @@ import multiprocessing
 import os
 import re
 import shutil
-import socket
 import sys
 import tempfile
 import threading
@@ -41,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.conftest import free_ports  # noqa: E402 - the path above makes the project importable
 
 APPROVERS = (("Dana Whitfield", "team-lead"), ("Sam Okafor", "product-owner"))
 LIVENESS_PER_ROUND = 3
@@ -163,16 +164,6 @@ def load_rounds(config: Any, clients: int) -> list[list[tuple[str, str, Any]]]:
 
 
 # --- deploys ------------------------------------------------------------------------------------
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
 
 def approve_when_paused(count: int) -> threading.Thread:
     """Answers each pause of the deploy run at once, as the two approvers would."""

@@ -31,7 +31,6 @@ import pstats
 import re
 import shlex
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,8 @@ from typing import Any
 
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
+
+from tests.conftest import free_ports  # noqa: E402 - the path above makes the project importable
 
 TARGET_RATIO = 1.5
 APPROVERS = (("Dana Whitfield", "team-lead"), ("Sam Okafor", "product-owner"))
@@ -63,16 +64,6 @@ COUNTERPARTS = {
     "critical-paths": ("run-critical-path-tests",),
     "performance": ("check-performance",),
 }
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
 
 
 def fresh_sandbox(parent: Path, name: str) -> Path:
