@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import time
-import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -18,6 +17,7 @@ from sqlalchemy import create_engine, text
 
 from deployctl.stack import Stack
 from tasks.ledger import Ledger
+from tests.conftest import scratch_database
 from tests.e2e.operator import FINAL, deployctl, flow_runs, run_of, stack_with_sandbox, trigger, wait_for
 from tests.flows.conftest import Sandbox
 
@@ -26,16 +26,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def server_database(postgres_admin_url: str) -> Iterator[str]:
-    name = f"prefect_e2e_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield postgres_admin_url.rsplit("/", 1)[0].replace("+psycopg", "+asyncpg") + "/" + name
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database(postgres_admin_url, "prefect_e2e") as url:
+        yield url.replace("+psycopg", "+asyncpg")
 
 
 def short_watch(box: Sandbox) -> None:
