@@ -90,21 +90,6 @@ class DemoUsers(threading.Thread):
                     pass  # the watch sees what users see
 
 
-def watch_of(deploy_run_id: UUID, timeout: float = 60) -> Any:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
-
-    deadline = time.monotonic() + timeout
-    with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
-            runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["post-deploy-watch"])))
-            mine = [r for r in runs if r.parameters.get("deploy_run_id") == str(deploy_run_id)]
-            if mine:
-                return mine[0]
-            time.sleep(1)
-    raise TimeoutError(f"no post-deploy watch of {deploy_run_id} within {timeout:.0f} s")
-
-
 def deploy(environment: str, ref: str, reason: str, approve: bool) -> Any:
     from prefect.deployments import run_deployment
 
@@ -127,19 +112,21 @@ def deploy(environment: str, ref: str, reason: str, approve: bool) -> Any:
     return final
 
 
-def wait_for_rollback(failed_run_id: UUID, timeout: float = 600) -> Any:
+def started_by(flow_name: str, parameter: str, run_id: UUID, timeout: float, final: bool = False) -> Any:
+    """The run of `flow_name` whose `parameter` names `run_id` (the watch of a deploy, the rollback of a
+    failed one), once it exists or, with `final`, once it has ended."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
     deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:
         while time.monotonic() < deadline:
-            runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["rollback"])))
-            mine = [r for r in runs if r.parameters.get("failed_run_id") == str(failed_run_id)]
-            if mine and mine[0].state is not None and mine[0].state.type.value in FINAL:
+            runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])))
+            mine = [r for r in runs if r.parameters.get(parameter) == str(run_id)]
+            if mine and (not final or (mine[0].state is not None and mine[0].state.type.value in FINAL)):
                 return mine[0]
             time.sleep(1)
-    raise TimeoutError(f"no rollback of {failed_run_id} ended within {timeout:.0f} s")
+    raise TimeoutError(f"no {flow_name} run for {run_id} {'ended' if final else 'started'} within {timeout:.0f} s")
 
 
 def story() -> int:
@@ -150,7 +137,7 @@ def story() -> int:
     good = staging.state.is_completed() and production.state.is_completed()
     watched = False
     if production.state.is_completed():
-        watch = watch_of(production.id)
+        watch = started_by("post-deploy-watch", "deploy_run_id", production.id, timeout=60)
         print(f"\n==> post-deploy watch of production: run {watch.id} samples health, error rate, p95 and "
               f"user activity every 5 s for {WATCH_SECONDS} s (two hours outside the demo)")
         users = DemoUsers(load_environment("production").service.base_url)
@@ -169,7 +156,7 @@ def story() -> int:
     rolled_back = None
     if failed.state.is_failed():
         print("    production failed its post-deployment verification; waiting for the automatic rollback")
-        rolled_back = wait_for_rollback(failed.id)
+        rolled_back = started_by("rollback", "failed_run_id", failed.id, timeout=600, final=True)
         print(f"    rollback: {rolled_back.state.name} ({rolled_back.name})")
     print("\n==> deployctl status production")
     deployctl(["status", "production"])
