@@ -83,6 +83,28 @@ class SourceConfig(Model):
     workspace: FilePath = Field(description="the app's checkout that is deployed in place")
 
 
+class CanaryConfig(Model):
+    """The release started once more, beside production, before it takes production's traffic."""
+
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="variables on top of [service] env for the canary; `{port}` is a free loopback port and "
+                    "`{scratch}` a directory of its own (its pid file, log, control socket, local files)",
+    )
+    start_command: list[str] = Field(default_factory=list, description="argv; default: service.start_command")
+    url: str = Field("http://127.0.0.1:{port}", description="where the canary answers")
+    critical_paths: bool = Field(True, description="run the [[critical_paths]] against it, not only health")
+    timeout_seconds: float = Field(60.0, gt=0, le=600, description="for it to start answering /health")
+
+    @field_validator("env")
+    @classmethod
+    def _port_placeholder(cls, value: dict[str, str]) -> dict[str, str]:
+        if not any("{port}" in v for v in value.values()):
+            raise ValueError("one variable must bind the canary to `{port}`, e.g. BIND = \"127.0.0.1:{port}\"; "
+                             "a canary on production's own port would take its traffic")
+        return value
+
+
 class ServiceConfig(Model):
     base_url: str = Field(description="where the app answers, e.g. http://127.0.0.1:8102")
     python: FilePath = Field(description="the app's own interpreter; its tests and migrations run with it")
@@ -106,6 +128,7 @@ class ServiceConfig(Model):
     preflight_command: list[str] = Field(
         default_factory=list, description="argv run in the workspace before a reload, e.g. an import test"
     )
+    canary: CanaryConfig | None = Field(None, description="check the release on a canary before the reload")
 
     @field_validator("base_url")
     @classmethod

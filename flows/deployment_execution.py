@@ -3,6 +3,8 @@
     verify-environment       step 6: variables present, secrets resolved from their sources
     pull-release             step 4: check out the resolved SHA
     run-migrations           step 5: upgrade to the release's head
+    check-canary             the release, started beside production on a spare port, passes health and
+                             the critical paths before it takes any traffic ([service.canary])
     restart-application      step 4: graceful reload; a release that cannot start leaves the old one serving
     watch-startup-logs       step 4's warning: no error pattern in the log for the grace time
 
@@ -17,6 +19,7 @@ from prefect import flow
 
 from deployments.config import load_environment
 from deployments.secrets import resolve_app_environment
+from tasks.canary import check_canary
 from tasks.ledger import Ledger
 from tasks.migrations import database_revision, run_migrations
 from tasks.service import log_offset, restart_application, verify_environment, watch_startup_logs
@@ -34,6 +37,7 @@ def deployment_execution(environment: str, release_id: int, sha: str, applicatio
     run_migrations(config, application_name)
     revision = database_revision(resolve_app_environment(config)[config.database.app_variable])
     ledger.update(release_id, db_revision_after=revision)
+    check_canary(config, sha)
     offset = log_offset(config)
     restart_application(config)
     watch_startup_logs(config, offset)

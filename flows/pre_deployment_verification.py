@@ -32,12 +32,13 @@ class PreDeployment:
 
 @flow(name="pre-deployment-verification", flow_run_name="{environment}: pre-deployment verification")
 def pre_deployment_verification(environment: str, release_id: int, sha: str, dry_run: bool = False,
-                                run_id: str | None = None) -> PreDeployment:
+                                run_id: str | None = None, migrations: MigrationStatus | None = None) -> PreDeployment:
     config = load_environment(environment)
     ledger = Ledger.for_state_dir(config.state_dir)
     staging = load_environment(config.prerequisites.staging_environment or environment)
     check_staging_health(staging)
-    migrations = check_migrations(config, release_tree(config, release_id))
+    # Approvals may have taken an hour: the live revision is read again, the release's scripts only if it moved.
+    migrations = check_migrations(config, release_tree(config, release_id), migrations)
     revision = database_revision(resolve_app_environment(config)[config.database.app_variable])
     ledger.update(release_id, db_revision_before=revision, migrations=[
         {"revision": p.revision, "message": p.message, "has_downgrade": p.has_downgrade} for p in migrations.pending])

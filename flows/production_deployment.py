@@ -123,7 +123,7 @@ def production_deployment(environment: str, ref: str = "main", dry_run: bool = F
                     deploy.approved(obtain_approvals(config, deploy.approval_brief(prerequisites)))
             with deploy.phase("pre-deployment-verification"):
                 pre = pre_deployment_verification(environment, deploy.release_id, prerequisites.release.sha,
-                                                  dry_run, deploy.run_id)
+                                                  dry_run, deploy.run_id, prerequisites.migrations)
             if dry_run:
                 return deploy.finish("noop", deploy.plan(prerequisites, pre.migrations.describe()))
             with deploy.phase("deployment-execution"):

@@ -6,9 +6,10 @@
     downgrade-database         with the failed release's own scripts ... or, if that fails or cannot be,
     restore-backup             the verified pre-deployment backup ... or verify-database-revision
     check-out-previous-release
-    restart-application
+    restart-application        skipped when the failed release never ran (stopped before its reload):
     check-health               the previous SHA is served and healthy (still in maintenance)
     resume-traffic
+    renew-application          ... the previous release's processes are renewed here, with traffic on
     run-critical-path-tests    verify critical functionality works
     notify                     stakeholders told; ledger: rolled_back or rollback_failed
 
@@ -46,7 +47,7 @@ from tasks.migrations import downgrade_database, end_orphaned_sessions, verify_d
 from tasks.notifications import impact, notify
 from tasks.reporting import publish_rollback, rename_run
 from tasks.rollback_plan import RollbackPlan, choose_rollback_plan
-from tasks.service import restart_application, resume_traffic, stop_traffic
+from tasks.service import restart_application, resume_traffic, started_before, stop_traffic
 from tasks.smoke import run_critical_path_tests
 from tasks.source import add_worktree, current_sha, fetch_release, pull_release, remove_worktree, resolve
 
@@ -107,12 +108,20 @@ def rollback(environment: str, failed_run_id: str = "", to: str = "", reason: st
             undo_database(config, plan, app_name)
             if plan.code:
                 pull_release.with_options(name="check-out-previous-release")(config, plan.to_sha)
-            restart_application(config)
+            # A release stopped before its reload (its canary failed) never ran: the app's processes
+            # all predate its checkout and still run the previous code, so traffic need not wait for
+            # a restart. They are renewed from the previous tree once traffic flows again.
+            never_ran = never_served(config, ledger, subject)
+            if not never_ran:
+                restart_application(config)
             attempts = max(1, int(config.health.deadline_seconds))
             check_health.with_options(retries=attempts - 1, retry_delay_seconds=1)(
                 config, plan.to_sha, allow_maintenance=True)
             ledger.update(subject.id, restored_at=datetime.now(timezone.utc))
             resume_traffic(config)
+            if never_ran:
+                restart_application.with_options(name="renew-application")(config)
+                check_health.with_options(retries=attempts - 1, retry_delay_seconds=1)(config, plan.to_sha)
             if config.rollback.verify_critical_paths:
                 run_critical_path_tests(config)
             return _finish(config, ledger, record_id, subject, plan, "rolled_back",
@@ -187,6 +196,12 @@ def release_to_undo(config: EnvironmentConfig, ledger: Ledger, failed_run_id: st
             raise InvalidInput(step, f"{to} is older than the release before {live.ref}",
                                f"roll back one release at a time: first to {str(live.previous_sha)[:12]}")
     return live
+
+
+def never_served(config: EnvironmentConfig, ledger: Ledger, subject: Release) -> bool:
+    """Every process of the app started before `subject` checked out its code: it never served."""
+    checkout = ledger.step_started_at(subject.id, "pull-release")
+    return checkout is not None and started_before(config, checkout.timestamp())
 
 
 def undo_database(config: EnvironmentConfig, plan: RollbackPlan, app_name: str) -> None:

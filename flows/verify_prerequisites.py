@@ -60,7 +60,7 @@ def verify_prerequisites(environment: str, ref: str, release_id: int, force: boo
     run_release_tests(config, tree)
     run_security_scan(config, tree)
     if config.prerequisites.migration_rehearsal:
-        test_migrations(config, tree, config.state_dir / "rehearsal")
+        test_migrations(config, tree, config.state_dir / "rehearsal", status)
     if config.prerequisites.staging_environment:
         verify_staging(config.prerequisites.staging_environment, release.sha)
     return Prerequisites(release, noop=False, pending_migrations=[p.revision for p in status.pending],

@@ -85,6 +85,12 @@ def problem_with(answer: ApprovalDecision, given: list[Approval], required: list
     return None
 
 
+# How often a paused deploy asks the server whether it was resumed. Prefect's pause sleeps this long
+# before its first look, so it is also what an approval answered at once costs: one light read a
+# second of one run is nothing to a server, and an approval lands within a second.
+APPROVAL_POLL_SECONDS = 1
+
+
 def obtain_approvals(config: EnvironmentConfig, brief: str) -> list[Approval]:
     """Pause until every required role approved; ApprovalRejected on a rejection or the timeout.
     `brief` (markdown, `ReleaseBrief.markdown`) opens every form."""
@@ -104,7 +110,7 @@ def obtain_approvals(config: EnvironmentConfig, brief: str) -> list[Approval]:
                     current_run.id or "<run id>", waiting[0])
         form = ApprovalDecision.with_initial_data(description=form_description(brief, given, waiting))
         try:
-            answer = pause_flow_run(wait_for_input=form, timeout=remaining, poll_interval=2,
+            answer = pause_flow_run(wait_for_input=form, timeout=remaining, poll_interval=APPROVAL_POLL_SECONDS,
                                     key=f"approval-{attempt}")
         except FlowPauseTimeout:
             break

@@ -198,6 +198,13 @@ class Ledger:
             rows = session.scalars(select(Step).where(Step.release_id == release_id).order_by(Step.id))
             return [StepRecord(s.name, s.status, s.detail, _seconds(s.started_at, s.finished_at)) for s in rows]
 
+    def step_started_at(self, release_id: int, name: str) -> datetime | None:
+        """When the release's first step called `name` started (aware, UTC), or None if it never did."""
+        with self._session() as session:
+            moment = session.scalar(select(Step.started_at).where(Step.release_id == release_id, Step.name == name)
+                                    .order_by(Step.id).limit(1))
+        return _aware(moment) if moment is not None else None
+
     def all_releases(self, environment: str) -> Iterator[Release]:
         with self._session() as session:
             yield from session.scalars(select(Release).where(Release.environment == environment)

@@ -174,11 +174,19 @@ def downgrade(config: EnvironmentConfig, app_env: Mapping[str, str], cwd: Path, 
 
 
 @read_step("check-migrations", retries=1)
-def check_migrations(config: EnvironmentConfig, release_tree: Path) -> MigrationStatus:
-    """Runbook step 2: the release's pending migrations against the live database, or none."""
+def check_migrations(config: EnvironmentConfig, release_tree: Path,
+                     earlier: MigrationStatus | None = None) -> MigrationStatus:
+    """Runbook step 2: the release's pending migrations against the live database, or none.
+
+    `earlier` is this step's answer for the same release tree earlier in the deploy (prerequisites):
+    what is pending depends only on the tree and the live revision, so while the database is still
+    at that revision the answer stands and the release's scripts are not run again."""
     app_env = resolve_app_environment(config)
     current = database_revision(app_env[config.database.app_variable])
-    status = migration_status(config, app_env, release_tree, current)
+    if earlier is not None and earlier.current == current:
+        status = earlier
+    else:
+        status = migration_status(config, app_env, release_tree, current)
     if not status.known:
         raise MigrationFailed("check migrations", status.describe(),
                               "the database is ahead of this release: deploy a newer one or roll back by hand")
@@ -189,12 +197,13 @@ def check_migrations(config: EnvironmentConfig, release_tree: Path) -> Migration
 
 
 @read_step("test-migrations", retries=0)
-def test_migrations(config: EnvironmentConfig, release_tree: Path, scratch_dir: Path) -> str:
-    """Prerequisite: one head; upgrade, downgrade, upgrade on a scratch copy of the live database,
-    so a migration that fails on production's data fails here, before anything changes."""
+def test_migrations(config: EnvironmentConfig, release_tree: Path, scratch_dir: Path,
+                    status: MigrationStatus) -> str:
+    """Prerequisite: upgrade, downgrade, upgrade on a scratch copy of the live database, so a
+    migration that fails on production's data fails here, before anything changes. `status` is
+    check-migrations' answer for the same tree (one head, what is pending), taken just before."""
     from tasks.backups import scratch_copy
 
-    status = check_migrations.fn(config, release_tree)
     if not status.pending:
         return "No pending migrations; nothing to rehearse"
     app_env = resolve_app_environment(config)

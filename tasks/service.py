@@ -364,6 +364,16 @@ def serving_processes_age(config: EnvironmentConfig) -> float:
     return min(_age(pid) for pid in [master, *children(master)])
 
 
+def started_before(config: EnvironmentConfig, moment: float) -> bool:
+    """Every process of the running app (its master and each worker) started before `moment` (epoch
+    seconds): they all imported the code that was on disk then. False when no app runs."""
+    master = running_pid(config)
+    if master is None:
+        return False
+    now = time.time()
+    return all(now - _age(pid) < moment for pid in [master, *children(master)])
+
+
 def _run_app_command(config: EnvironmentConfig, argv: list[str], step: str) -> None:
     app_env = resolve_app_environment(config)
     command = expand_argv(argv, config)

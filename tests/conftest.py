@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import time
 import uuid
@@ -88,6 +89,14 @@ def free_ports(n: int) -> list[int]:
     for sock in sockets:
         sock.close()
     return ports
+
+
+def without_canary(environment_file: str) -> str:
+    """An environment file's text without its [service.canary] table: a bad release then takes
+    traffic, and is caught by phase 3 and rolled back from there."""
+    edited = re.sub(r"^\[service\.canary\]\n(?:#.*\n)*env = .*\n", "", environment_file, flags=re.M)
+    assert edited != environment_file, "the environment file has no [service.canary] table to remove"
+    return edited
 
 
 # tests/ui leaves a screenshot of each stage there. The line is printed here, in the root conftest,

@@ -7,6 +7,7 @@ deploy, an unmerged ref, a dry run, staging, a no-op, approvals refused, timed o
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 import httpx
@@ -113,9 +114,12 @@ def test_staging_deploy_of_v2(box: Sandbox) -> None:
     steps = {s.name: s.status for s in ledger(box).steps(release.id)}
     for name in ("check-merged-to-main", "run-security-scan", "test-migrations", "check-staging-health",
                  "check-migrations", "backup-database", "record-baseline", "verify-environment", "pull-release",
-                 "run-migrations", "restart-application", "watch-startup-logs", "check-health",
+                 "run-migrations", "check-canary", "restart-application", "watch-startup-logs", "check-health",
                  "run-critical-path-tests", "check-performance"):
         assert steps.get(name) == "completed", (name, steps)
+    canary = next(s for s in ledger(box).steps(release.id) if s.name == "check-canary")
+    assert re.search(r"health and 4 critical paths passed on a canary at http://127\.0\.0\.1:\d+ serving "
+                     + box.sha("v2")[:12], canary.detail), canary.detail
     assert set(release.timings) == {"verify-prerequisites", "pre-deployment-verification", "deployment-execution",
                                     "post-deployment-verification"}
     with get_client(sync_client=True) as client:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from deployments.errors import HealthCheckFailed, InvalidInput, MigrationFailed
+from deployments.errors import HealthCheckFailed, InvalidInput, MigrationFailed, ServiceError
 from tasks.ledger import Ledger
+from tasks.service import running_pid
+from tests.conftest import without_canary
 from tests.flows.conftest import Approver, Sandbox, approval
 from tests.flows.invariants import assert_healthy_on, assert_lock_free, last_release, state
 
@@ -56,11 +58,39 @@ def test_v3_fails_midway_on_sqlite_and_the_backup_is_restored(box: Sandbox) -> N
     assert (box.config("production").backups.directory / str(release.backup_tag)).is_dir(), "the backup is kept"
 
 
-def test_unhealthy_release_is_rolled_back_code_and_database(box: Sandbox) -> None:
-    deploy("staging", "v4")  # staging has no NULL companies: v4 is healthy there
+def test_release_failing_its_canary_never_serves_and_is_rolled_back(box: Sandbox) -> None:
+    deploy("staging", "v4")  # staging has no NULL companies: v4 is healthy there, canary included
     before = state(box, "production")
-    with pytest.raises(HealthCheckFailed) as caught:
+    master = running_pid(box.config("production"))
+    with pytest.raises(ServiceError, match="failed on a canary .* before taking traffic") as caught:
         deploy("production", "v4")
+    assert "documents" in str(caught.value)
+    after = state(box, "production")
+    assert after == before, "code, revision and schema must be exactly as before the deploy"
+    assert_healthy_on(box, "production", box.sha("v2"))
+    ledger = Ledger.for_state_dir(box.config("production").state_dir)
+    assert_lock_free("production", ledger)
+    release = last_release(box, "production")
+    assert release.outcome == "rolled_back" and release.failed_step == "check canary (production)"
+    assert "restart-application" not in [s.name for s in ledger.steps(release.id)], "v4 was never reloaded"
+    rollbacks = [r for r in ledger.all_releases("production") if r.rollback_of == release.id]
+    assert len(rollbacks) == 1 and rollbacks[0].outcome == "succeeded"
+    steps = [s.name for s in ledger.steps(rollbacks[0].id) if s.status == "completed"]
+    # v2's processes never stopped serving: traffic resumes before they are renewed from v2's tree.
+    assert steps == ["choose-rollback-plan", "stop-traffic", "downgrade-database", "check-out-previous-release",
+                     "check-health", "resume-traffic", "renew-application", "check-health", "run-critical-path-tests"]
+    assert running_pid(box.config("production")) not in (None, master), "the processes were renewed"
+
+
+def test_unhealthy_release_is_rolled_back_code_and_database(box: Sandbox) -> None:
+    original = (box.environments / "production.toml").read_text()
+    box.edit("production", without_canary)  # v4 now takes traffic and fails phase 3
+    try:
+        before = state(box, "production")
+        with pytest.raises(HealthCheckFailed) as caught:
+            deploy("production", "v4")
+    finally:
+        box.edit("production", lambda _: original)
     assert "documents" in str(caught.value)
     after = state(box, "production")
     assert after == before, "code, revision and schema must be exactly as before the deploy"

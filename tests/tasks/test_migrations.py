@@ -179,7 +179,7 @@ def test_the_rehearsal_stops_v3_on_production_data_and_leaves_the_database_alone
     config = environment(tmp_path, database_url, trees["v3"])
     before = fingerprint(database)
     with pytest.raises(PreflightError) as caught:
-        rehearse.fn(config, trees["v3"], tmp_path / "rehearsal")
+        rehearse.fn(config, trees["v3"], tmp_path / "rehearsal", check_migrations.fn(config, trees["v3"]))
     error = caught.value
     assert error.step == "test migrations"
     assert error.cause.startswith("on a copy of production's data, alembic upgrade failed: "
@@ -203,7 +203,7 @@ def test_the_rehearsal_passes_v2_and_leaves_the_database_alone(
     seeded(trees["v1"], database_url, tmp_path)
     config = environment(tmp_path, database_url, trees["v2"])
     before = fingerprint(database)
-    summary = rehearse.fn(config, trees["v2"], tmp_path / "rehearsal")
+    summary = rehearse.fn(config, trees["v2"], tmp_path / "rehearsal", check_migrations.fn(config, trees["v2"]))
     assert summary == ("upgrade, downgrade, upgrade passed on a copy of production's database: "
                        "Pending: 0002 (Salary range on jobs, and an index on jobs.company.)")
     assert fingerprint(database) == before and before["revision"] == "0001"
@@ -214,7 +214,8 @@ def test_the_rehearsal_with_nothing_pending(trees: dict[str, Path], tmp_path: Pa
     url = f"sqlite:///{tmp_path / 'jobapp.db'}"
     seeded(trees["v2"], url, tmp_path, profile="staging")
     config = environment(tmp_path, url, trees["v2"])
-    assert rehearse.fn(config, trees["v2"], tmp_path / "rehearsal") == "No pending migrations; nothing to rehearse"
+    status = check_migrations.fn(config, trees["v2"])
+    assert rehearse.fn(config, trees["v2"], tmp_path / "rehearsal", status) == "No pending migrations; nothing to rehearse"
 
 
 def test_database_revision_of_fresh_missing_and_broken_databases(tmp_path: Path) -> None:
@@ -342,7 +343,7 @@ def test_a_rehearsal_of_a_one_way_migration_upgrades_only(tmp_path: Path) -> Non
     url = f"sqlite:///{tmp_path / 'app.db'}"
     config = environment(tmp_path, url, tree)
     upgrade(config, resolve_app_environment(config), tree, "deploy-test", to="0001")
-    summary = rehearse.fn(config, tree, tmp_path / "rehearsal")
+    summary = rehearse.fn(config, tree, tmp_path / "rehearsal", check_migrations.fn(config, tree))
     assert summary == ("upgrade (no downgrade in 0002) passed on a copy of production's database: "
                        "Pending: 0002 (Step 0002.)")
     assert database_revision(url) == "0001"

@@ -1,0 +1,144 @@
+"""The canary: the release started once more beside production, checked before it takes traffic.
+
+After the migrations and before the reload, `check-canary` starts the checked-out release with the
+app's own start command on a free loopback port (`[service.canary]` says which variables move it
+there), waits for it to answer, and runs the same health checks and critical paths that phase 3 runs
+against production. A release that fails them never serves a user: the deploy fails with production
+still on the previous release's processes, and the rollback undoes the migrations. Like phase 3, the
+critical paths write to the live database (a scraped sample posting, a letter, an outbox mail).
+
+The canary gets a scratch directory of its own (`{scratch}`) for its pid file, log, control socket
+and local files, so it never touches production's; it is stopped, with its whole process group, on
+every path out of the step.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from deployments.config import EnvironmentConfig
+from deployments.errors import DeployError, ServiceError
+from deployments.secrets import redact, resolve_app_environment
+from tasks import read_step
+from tasks.health import assess, probe
+from tasks.service import app_process_env, expand_argv, scan_startup_log
+from tasks.smoke import run_checks
+
+
+@read_step("check-canary", retries=0)
+def check_canary(config: EnvironmentConfig, sha: str) -> str:
+    """Phase 2, before the reload: the release answers health and the critical paths on a canary."""
+    step = f"check canary ({config.name})"
+    if config.service.canary is None:
+        return "no [service.canary] in the environment file: the release meets traffic unchecked"
+    with canary(config) as (url, log):
+        started = time.monotonic()
+        canary_config = config.model_copy(update={"service": config.service.model_copy(update={"base_url": url})})
+        try:
+            health = assess(canary_config, sha, step)
+            checked = "health"
+            if config.service.canary.critical_paths and config.critical_paths:
+                results = run_checks(url, config.critical_paths, config.health.timeout_seconds)
+                failed = [r for r in results if not r.ok]
+                if failed:
+                    raise ServiceError(step, "; ".join(f"{r.name}: {r.detail}" for r in failed), "")
+                checked = f"health and {len(results)} critical paths"
+        except DeployError as exc:
+            errors = scan_startup_log(config.model_copy(update={"service": config.service.model_copy(
+                update={"startup_log": log})}), 0)
+            seen = f"; its log: {redact(errors[0])[:200]}" if errors else ""
+            raise ServiceError(step, f"the release failed on a canary at {url}, before taking traffic: "
+                                     f"{exc.cause}{seen}",
+                               f"{config.name} still runs the previous release, which never stopped serving, and "
+                               f"the rollback undoes the migrations; fix the release for {config.name}'s data "
+                               "and settings") from None
+        return (f"{checked} passed on a canary at {url} serving {str(health.version or sha)[:12]} "
+                f"({time.monotonic() - started:.1f} s of checks)")
+
+
+@contextmanager
+def canary(config: EnvironmentConfig) -> Iterator[tuple[str, Path]]:
+    """The release running on a free loopback port until the block ends: (its URL, its log)."""
+    assert config.service.canary is not None
+    settings = config.service.canary
+    step = f"check canary ({config.name})"
+    # The temporary directory, not the state dir: a unix socket's path must stay under 108 bytes.
+    scratch = Path(tempfile.mkdtemp(prefix=f"canary-{config.name}-"))
+    values = {"port": str(_free_port()), "scratch": str(scratch)}
+    env = {**resolve_app_environment(config), **{k: v.format_map(values) for k, v in settings.env.items()}}
+    url = settings.url.format_map(values)
+    argv = expand_argv(settings.start_command or config.service.start_command, config)
+    log = scratch / "canary.log"
+    process = None
+    try:
+        with open(log, "ab") as out:
+            try:
+                process = subprocess.Popen(argv, cwd=config.source.workspace, env=app_process_env(env),
+                                           stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                           start_new_session=True)
+            except OSError as exc:
+                raise ServiceError(step, f"cannot run {argv[0]!r}: {exc.strerror}",
+                                   "check service.start_command and [service.canary]") from None
+        _wait_until_answering(process, url + config.health.path, settings.timeout_seconds,
+                              config.health.timeout_seconds, log, step)
+        yield url, log
+    finally:
+        if process is not None:
+            _stop_group(process)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _wait_until_answering(process: subprocess.Popen[bytes], url: str, timeout: float, probe_timeout: float,
+                          log: Path, step: str) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise ServiceError(step, f"the release's canary exited with status {process.returncode} before "
+                                     f"answering{_last_line(log)}", "the running release was not touched; fix the release")
+        if probe(url, probe_timeout).status_code is not None:
+            return
+        if time.monotonic() > deadline:
+            raise ServiceError(step, f"the release's canary did not answer {url} within {timeout:g} s{_last_line(log)}",
+                               "the running release was not touched; raise [service.canary] timeout_seconds "
+                               "if the app starts slowly")
+        time.sleep(0.1)
+
+
+def _last_line(log: Path) -> str:
+    try:
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return f" (its log ends: {redact(lines[-1])[:200]})" if lines else ""
+
+
+def _stop_group(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """SIGTERM the canary's process group (its master and workers), SIGKILL what is left after `grace`."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
