@@ -58,6 +58,7 @@ COUNTERPARTS = {
     "backup": ("backup-database", "record-baseline", "verify-environment"),
     "checkout": ("pull-release",),
     "migrate": ("run-migrations",),
+    "canary": ("check-canary",),
     "reload": ("restart-application",),
     "startup-log-watch": ("watch-startup-logs",),
     "health": ("check-health",),
@@ -139,6 +140,7 @@ def run_baseline(root: Path, environment: str, scratch: Path) -> tuple[float, di
         "BACKUPS": str(config.backups.directory), "GRACE": f"{config.service.grace_seconds:g}",
         "STATE": str(scratch), "APP_ENV": str(env_file), "STAGING_URL": staging,
         "ERRORS": "|".join(config.service.error_patterns),
+        "CANARY_PORT": str(free_ports(1)[0]) if config.service.canary is not None else "",
     }
     started = time.perf_counter()
     result = subprocess.run([str(PROJECT / "bench" / "baseline"), "v2"], env=variables, capture_output=True,

@@ -7,8 +7,8 @@
     4. deploy v2 to production; approve it as the team lead and the product owner; the deploy
        schedules its post-deploy watch, which samples production while a few demo users use it
     5. deploy v4 to staging (healthy there); the v2 watch ends clean
-    6. deploy v4 to production, where it trips over legacy rows: production rolls itself back,
-       code and database, to v2
+    6. deploy v4 to production, where it trips over legacy rows: its canary fails before it takes
+       any traffic, and production rolls itself back, code and database, to v2
     7. show `deployctl status production`, `deployctl dora production`, the UI address, and how to
        stop everything
 
@@ -155,7 +155,8 @@ def story() -> int:
     failed = deploy("production", "v4", "demo: per-company cover letters", approve=True)
     rolled_back = None
     if failed.state.is_failed():
-        print("    production failed its post-deployment verification; waiting for the automatic rollback")
+        why = (failed.state.message or failed.state.name).removeprefix("Flow run encountered an exception: ")
+        print(f"    the deploy failed: {why[:400]}\n    waiting for the automatic rollback")
         rolled_back = started_by("rollback", "failed_run_id", failed.id, timeout=600, final=True)
         print(f"    rollback: {rolled_back.state.name} ({rolled_back.name})")
     print("\n==> deployctl status production")
