@@ -115,7 +115,7 @@ class ServiceConfig(Model):
     reload_command: list[str] | None = None
     pid_file: FilePath
     startup_log: FilePath
-    error_patterns: list[str] = ["Traceback (most recent call last)", "Worker failed to boot", "CRITICAL"]
+    error_patterns: list[str] = [r"Traceback \(most recent call last\)", "Worker failed to boot", "CRITICAL"]
     grace_seconds: float = Field(10.0, ge=0, le=600)
     env: dict[str, str] = Field(default_factory=dict, description="plain (non-secret) variables of the app")
     secrets: dict[str, ValueSource] = Field(default_factory=dict, description="app variable -> secret source")

@@ -116,7 +116,9 @@ def wait_for_pid_file(config: EnvironmentConfig, timeout: float, not_pid: int | 
 
 
 def stop(config: EnvironmentConfig, timeout: float = 15.0) -> int | None:
-    """SIGTERM the master named by the pid file, SIGKILL it after `timeout`. Returns the pid stopped."""
+    """SIGTERM the master named by the pid file; after `timeout`, SIGKILL it and every worker it
+    still has (a master started by a USR2 handoff leads no process group of its own, and workers
+    that outlive their master keep the port). Returns the pid stopped."""
     pid = running_pid(config)
     if pid is None:
         return None
@@ -124,7 +126,12 @@ def stop(config: EnvironmentConfig, timeout: float = 15.0) -> int | None:
     deadline = time.monotonic() + timeout
     while is_alive(pid):
         if time.monotonic() > deadline:
-            os.killpg(pid, signal.SIGKILL) if _leads_group(pid) else os.kill(pid, signal.SIGKILL)
+            workers = children(pid)
+            if _leads_group(pid):
+                os.killpg(pid, signal.SIGKILL)
+            for target in [pid, *workers]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(target, signal.SIGKILL)
             break
         time.sleep(0.05)
     config.service.pid_file.unlink(missing_ok=True)
@@ -160,13 +167,20 @@ def reload(config: EnvironmentConfig, app_env: Mapping[str, str], workers: int, 
     connections, the old master is told to stop (its workers finish what they are serving), and the
     reload is done when the old master has gone and the pid file names the new one. If the new master
     cannot boot, it exits and the old one keeps serving: a broken release never takes the app down.
-    hup: reload in place (new workers, same master); a release that cannot import takes the app down,
-    which is why `preflight_command` runs first.
+    hup: reload in place (new workers, same master), done when the new workers accept and the old ones
+    have drained; a release that cannot import takes the app down (and says so), which is why
+    `preflight_command` and the canary run first. With nothing running, the app is started and the
+    reload is done when its workers accept.
     """
     old = running_pid(config)
+    step = f"restart application ({config.name})"
     if old is None:
         start(config, app_env)
-        return wait_for_pid_file(config, timeout)
+        pid = wait_for_pid_file(config, timeout)
+        _wait(lambda: serving(pid, workers) or not is_alive(pid), timeout, config, "the workers to accept")
+        if not is_alive(pid):
+            raise ServiceError(step, "the application exited while booting", f"read {config.service.startup_log}")
+        return pid
     if config.service.reload == "command":
         argv = expand_argv(config.service.reload_command or [], config)
         subprocess.run(argv, cwd=config.source.workspace, env=app_process_env(app_env), check=True, timeout=timeout)
@@ -174,7 +188,20 @@ def reload(config: EnvironmentConfig, app_env: Mapping[str, str], workers: int, 
     if config.service.reload == "hup":
         before = set(children(old))
         os.kill(old, signal.SIGHUP)
-        _wait(lambda: len(set(children(old)) - before) >= workers, timeout, config, "new workers after HUP")
+        listeners = _socket_inodes(old)
+
+        def replaced() -> bool:
+            # Done when the new workers accept and the old ones, which drain what they serve, are gone.
+            current = set(children(old))
+            fresh = current - before
+            return not current & before and len(fresh) >= workers and all(
+                _accepts(pid, listeners, 1.5) for pid in fresh)
+
+        _wait(lambda: replaced() or not is_alive(old), timeout, config, "new workers after HUP")
+        if not is_alive(old):
+            raise ServiceError(step, "the application exited while its workers reloaded the new release "
+                               "(reload = \"hup\" has no old master to fall back on)",
+                               f"read {config.service.startup_log}; start the previous release by hand or roll back")
         return old
     before = set(children(old))
     unfinished = read_pid(config.service.pid_file.with_name(config.service.pid_file.name + ".2"))
@@ -186,7 +213,6 @@ def reload(config: EnvironmentConfig, app_env: Mapping[str, str], workers: int, 
               "the master of an unfinished handoff to stop")
         before.discard(unfinished)
     os.kill(old, signal.SIGUSR2)
-    step = f"restart application ({config.name})"
     # The old master forks the new one: it is the child that is not one of the old workers.
     _wait(lambda: bool(set(children(old)) - before), timeout, config, "the new master to start")
     new = min(set(children(old)) - before)
