@@ -37,12 +37,13 @@ def app_process_env(app_env: Mapping[str, str]) -> dict[str, str]:
     return {**base, **app_env}
 
 
-def die_with_parent() -> None:
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
     """`preexec_fn` for a child that must not outlive a killed deploy (a migration, a checkout):
-    Linux sends it SIGKILL when the thread that started it dies, so a crash never leaves one
-    running behind the rollback's back."""
+    Linux sends it `sig` when the thread that started it dies, so a crash never leaves one
+    running behind the rollback's back. A server that must take its workers with it asks for
+    SIGTERM (see tasks/canary)."""
     PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
 
 
 def read_pid(pid_file: Path) -> int | None:

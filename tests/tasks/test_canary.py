@@ -5,6 +5,7 @@ fail a bad one before it takes traffic, and leave no process and no scratch dire
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -160,3 +161,24 @@ def test_the_canary_does_not_inherit_the_orchestrators_environment(tmp_path: Pat
     monkeypatch.setenv("PREFECT_API_KEY", "pnu_not_for_the_app")
     check_canary.fn(environment(tmp_path, "good"), SHA)
     assert seen(tmp_path)["orchestrator_key"] is False
+
+
+def test_a_killed_deploy_takes_its_canary_with_it(tmp_path: Path) -> None:
+    environment(tmp_path, "silent", timeout=60)
+    deploy = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pathlib import Path; from deployments.config import load_environment_file; "
+         "from tasks.canary import check_canary; check_canary.fn(load_environment_file(Path(sys.argv[1])), sys.argv[2])",
+         str(tmp_path / "production.toml"), SHA], cwd=PROJECT)
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "seen.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (tmp_path / "seen.json").exists(), "the canary did not start"
+    finally:
+        deploy.kill()
+        deploy.wait()
+    pid = seen(tmp_path)["pid"]
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{pid}").exists(), "the canary outlived the deploy that started it"
