@@ -8,9 +8,11 @@ and the environment to end on one consistent version: the one before the deploy.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -75,7 +77,21 @@ def _epoch(stamp: str) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
-@pytest.mark.parametrize("step", ["backup-database", "pull-release", "run-migrations", "restart-application"])
+def canaries(workspace: Path) -> list[int]:
+    """Processes started in `workspace` by check-canary (their environment names their scratch dir)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and Path(os.readlink(entry / "cwd")) == workspace and \
+                    b"/canary-" in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.parametrize("step", ["backup-database", "pull-release", "run-migrations", "check-canary",
+                                  "restart-application"])
 def test_killed_mid_deploy_ends_on_the_previous_release(stack: tuple[Stack, Sandbox], receiver: Receiver,
                                                         step: str) -> None:
     server, box = stack
@@ -98,6 +114,10 @@ def test_killed_mid_deploy_ends_on_the_previous_release(stack: tuple[Stack, Sand
     assert state(box, "staging") == before
     assert_healthy_on(box, "staging", box.sha("v1"))
     assert_lock_free("staging", ledger)
+    deadline = time.monotonic() + 15
+    while canaries(config.source.workspace) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not canaries(config.source.workspace), "the killed deploy's canary is still running"
     # The one message no flow can send: the server's automation reports the crash.
     name = next(r["name"] for r in flow_runs(server, "production-deployment") if r["id"] == run_id)
     deadline = time.monotonic() + 60

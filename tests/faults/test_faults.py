@@ -41,7 +41,15 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
-from deployments.errors import BackupFailed, ConfigError, HealthCheckFailed, LockHeld, MigrationFailed, PreflightError
+from deployments.errors import (
+    BackupFailed,
+    ConfigError,
+    HealthCheckFailed,
+    LockHeld,
+    MigrationFailed,
+    PreflightError,
+    ServiceError,
+)
 from deployments.secrets import resolve_app_environment
 from sample_app.sandbox import postgres_database_name
 from tasks import service
@@ -478,10 +486,11 @@ def test_06_migration_2_of_3_fails_on_sqlite_and_the_backup_is_restored(sq: Sand
     release, undo, steps = assert_midway_failure_undone(
         sq, before, error, "alembic upgrade failed: sqlalchemy.exc.IntegrityError: (sqlite3.IntegrityError) "
                            "UNIQUE constraint failed: jobs.source_url")
-    # SQLite committed f001's ALTER before f002 failed: only the backup puts the schema back.
+    # SQLite committed f001's ALTER before f002 failed: only the backup puts the schema back. The app
+    # never ran the release: its processes serve again as soon as the database is back, then are renewed.
     assert "the schema may be half-changed" in plan_of(sq, "production", undo)
     assert steps == ["choose-rollback-plan", "stop-traffic", "restore-backup", "check-out-previous-release",
-                     "restart-application", "check-health", "resume-traffic", "run-critical-path-tests"]
+                     "check-health", "resume-traffic", "renew-application", "check-health", "run-critical-path-tests"]
 
 
 # --- #7 a critical path fails after the migrations ----------------------------------------------------------
@@ -492,26 +501,27 @@ def test_07_a_critical_path_failing_after_the_migrations_is_undone_by_downgrade_
     bring(sq, "staging", EMAIL_BROKEN)  # staging has no relay to miss: its email path works
     before = snapshot(sq, "production")
     metrics_before = deployments_metric(sq, "production")
-    with pytest.raises(HealthCheckFailed) as caught:
+    with pytest.raises(ServiceError) as caught:
         deploy("production", EMAIL_BROKEN)
     assert_metrics_moved(sq, "production", metrics_before, "rolled_back")
-    assert_one_line(str(caught.value), "run critical path tests (production)",
+    # Its canary catches it before the reload (the path through phase 3: tests/flows/test_rollback.py).
+    assert_one_line(str(caught.value), "check canary (production)",
                     "email-integration: POST /api/email answered HTTP 500, expected 200",
-                    "the release breaks a critical path; it will be rolled back")
+                    "production still runs the previous release, which never stopped serving")
     after = snapshot(sq, "production")
     release = last_release(sq, "production")
     assert after.pop("backups") == [*before.pop("backups"), release.backup_tag]
     assert after == before and after["revision"] == "0002"
     assert_healthy_on(sq, "production", sq.sha("v2"))
     assert_lock_free("production", ledger_of(sq, "production"))
-    assert release.outcome == "rolled_back" and release.failed_step == "run critical path tests (production)"
+    assert release.outcome == "rolled_back" and release.failed_step == "check canary (production)"
     assert release.db_revision_after == "m001", "the migration had succeeded before the critical path failed"
     assert release.error == str(caught.value)
     undo, steps = rollback_of(sq, "production", release)
     assert undo.outcome == "succeeded"
     assert "downgrade the database to 0002" in plan_of(sq, "production", undo)
     assert steps == ["choose-rollback-plan", "stop-traffic", "downgrade-database", "check-out-previous-release",
-                     "restart-application", "check-health", "resume-traffic", "run-critical-path-tests"]
+                     "check-health", "resume-traffic", "renew-application", "check-health", "run-critical-path-tests"]
 
 
 # --- #8 the backup fails ---------------------------------------------------------------------------------
@@ -682,7 +692,7 @@ def test_05_migration_2_of_3_fails_on_postgres_and_nothing_is_committed(
     # One transaction for the whole upgrade: PostgreSQL rolled f001 back with f002, so no restore.
     assert "one transaction that PostgreSQL rolled back" in plan_of(pg, "production", undo)
     assert steps == ["choose-rollback-plan", "stop-traffic", "verify-database-revision", "check-out-previous-release",
-                     "restart-application", "check-health", "resume-traffic", "run-critical-path-tests"]
+                     "check-health", "resume-traffic", "renew-application", "check-health", "run-critical-path-tests"]
     assert_secret_nowhere(pg, production_secret, capfd, caplog)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from deployments.errors import HealthCheckFailed
+from deployments.errors import ServiceError
 from tests.faults.releases import EMAIL_BROKEN, add_fault_releases
 from tests.faults.test_faults import deploy
 from tests.flows.conftest import Sandbox, make_sandbox
@@ -77,14 +77,13 @@ def test_a_successful_deploy_is_announced_phase_by_phase_and_summarised(plan: tu
 def test_a_failure_carries_its_impact_and_the_rollback_is_announced(plan: tuple[Sandbox, Receiver]) -> None:
     box, receiver = plan
     mark = len(receiver.received)
-    with pytest.raises(HealthCheckFailed):
+    with pytest.raises(ServiceError):
         deploy("production", EMAIL_BROKEN)
     messages = receiver.since(mark)
     subjects = [m["subject"] for m in messages]
-    failure = next(m for m in messages if m["subject"] == "Deploy to production failed at run critical path "
-                   "tests (production)")
+    failure = next(m for m in messages if m["subject"] == "Deploy to production failed at check canary (production)")
     assert "email-integration: POST /api/email answered HTTP 500" in failure["body"]
-    assert "Impact:\n- step: run critical path tests (production)\n- production: partly changed" in failure["body"]
+    assert "Impact:\n- step: check canary (production)\n- production: partly changed" in failure["body"]
     assert "- next: the automatic rollback restores the previous release" in failure["body"]
     started = subjects.index("Rollback of production started")
     assert subjects.index("Rollback of production done") > started > subjects.index(failure["subject"])
