@@ -74,9 +74,15 @@ def canary(config: EnvironmentConfig) -> Iterator[tuple[str, Path]]:
     step = f"check canary ({config.name})"
     # The temporary directory, not the state dir: a unix socket's path must stay under 108 bytes.
     scratch = Path(tempfile.mkdtemp(prefix=f"canary-{config.name}-"))
-    values = {"port": str(_free_port()), "scratch": str(scratch)}
-    env = {**resolve_app_environment(config), **{k: v.format_map(values) for k, v in settings.env.items()}}
-    url = settings.url.format_map(values)
+    values = {"{port}": str(_free_port()), "{scratch}": str(scratch)}
+
+    def fill(text: str) -> str:  # only these two: a value may hold other braces (JSON, say)
+        for placeholder, value in values.items():
+            text = text.replace(placeholder, value)
+        return text
+
+    env = {**resolve_app_environment(config), **{name: fill(value) for name, value in settings.env.items()}}
+    url = fill(settings.url)
     argv = expand_argv(settings.start_command or config.service.start_command, config)
     log = scratch / "canary.log"
     process = None
