@@ -167,6 +167,11 @@ class BackupConfig(Model):
     keep: int = Field(10, ge=1)
     pg_dump: str = "pg_dump"
     pg_restore: str = "pg_restore"
+    sqlite_check: Literal["quick", "integrity"] = Field(
+        "quick", description="how a SQLite copy is checked: quick_check reads every page and b-tree of the copy "
+                             "(O(N)); integrity_check also looks every index entry up against its row "
+                             "(O(N log N), about twice the copy's time)",
+    )
 
 
 class HealthConfig(Model):

@@ -6,7 +6,10 @@ versions). It is written as `<tag>.partial/`, fsynced, verified, then renamed: a
 `.partial` is always a complete, verified backup.
 
 SQLite: the online backup API (a file copy of a WAL database can miss committed pages), then
-`PRAGMA integrity_check`, the revision and the row counts read back from the copy.
+`PRAGMA quick_check` (or `integrity_check`, `[backups] sqlite_check`), the revision and the row
+counts read back from the copy. The copy is the source page for page: whether its indexes agree
+with its rows is the source's property, which integrity_check proves again at O(N log N) on every
+deploy; quick_check proves every page and b-tree of the copy is whole and readable, at O(N).
 PostgreSQL: the row counts and `pg_dump -Fc` read one exported snapshot, so they describe the same
 data; the password goes in a 0600 passfile (never argv or environment); verification is a full
 `pg_restore -f /dev/null` read of the archive (`--list` reads only its table of contents).
@@ -20,6 +23,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import sqlite3
@@ -63,6 +67,7 @@ class Manifest:
     tool_versions: dict[str, str] = field(default_factory=dict)
     created_at: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
+    verified_by: str = ""  # the check the copy passed: quick_check, integrity_check, pg_restore
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,7 +75,7 @@ class Manifest:
     def describe(self) -> str:
         rows = sum(self.row_counts.values())
         return (f"{self.tag}: {self.kind}, revision {self.revision}, {rows} rows, {self.size_bytes} bytes, "
-                f"sha256 {self.sha256[:12]}, verified")
+                f"sha256 {self.sha256[:12]}, verified" + (f" by {self.verified_by}" if self.verified_by else ""))
 
 
 def new_tag(now: datetime | None = None) -> str:
@@ -83,7 +88,8 @@ def public_url(url: str) -> str:
 
 
 def take_backup(url: str, directory: Path, tag: str, *, revision: str | None, git_sha: str | None,
-                run_id: str | None, pg_dump: str = "pg_dump", pg_restore: str = "pg_restore") -> Manifest:
+                run_id: str | None, pg_dump: str = "pg_dump", pg_restore: str = "pg_restore",
+                sqlite_check: str = "quick") -> Manifest:
     """Write, verify and publish a backup of the database at `url`. BackupFailed leaves nothing behind."""
     parsed = make_url(url)
     kind = "sqlite" if parsed.get_backend_name() == "sqlite" else "postgresql"
@@ -107,7 +113,7 @@ def take_backup(url: str, directory: Path, tag: str, *, revision: str | None, gi
             _postgres_backup(parsed, target, manifest, pg_dump)
         manifest.seconds["dump"] = round(time.perf_counter() - started, 3)
         started = time.perf_counter()
-        _sync_and_verify(target, manifest, pg_restore)
+        _sync_and_verify(target, manifest, pg_restore, sqlite_check)
         manifest.seconds["verify"] = round(time.perf_counter() - started, 3)
         _write_json(partial / MANIFEST, manifest.to_json())
         _fsync_dir(partial)
@@ -170,7 +176,7 @@ def prune(directory: Path, keep: int, protected: set[str]) -> list[str]:
     return removed
 
 
-def _sync_and_verify(target: Path, manifest: Manifest, pg_restore: str) -> None:
+def _sync_and_verify(target: Path, manifest: Manifest, pg_restore: str, sqlite_check: str) -> None:
     """fsync, sha256 and the database's own check of the copy, side by side.
 
     Each goes through the whole file, and they wait on different things: the fsync on the disk, the
@@ -178,7 +184,7 @@ def _sync_and_verify(target: Path, manifest: Manifest, pg_restore: str) -> None:
     the other they cost more than the copy itself; side by side, as long as the slowest of them.
     Nothing is published before all three have finished without error.
     """
-    check = (functools.partial(_verify_sqlite, target, manifest) if manifest.kind == "sqlite"
+    check = (functools.partial(_verify_sqlite, target, manifest, sqlite_check) if manifest.kind == "sqlite"
              else functools.partial(_verify_postgres_archive, target, pg_restore))
 
     def timed(name: str, work: Callable[[], Any]) -> Callable[[], Any]:
@@ -197,6 +203,8 @@ def _sync_and_verify(target: Path, manifest: Manifest, pg_restore: str) -> None:
     # All three have ended here. A failed fsync means the file may not be on disk: it is reported first.
     synced.result()
     checked.result()
+    if manifest.kind != "sqlite":
+        manifest.verified_by = "pg_restore"
     manifest.sha256 = digest.result()
     manifest.size_bytes = target.stat().st_size
 
@@ -220,17 +228,22 @@ def _sqlite_backup(parsed: URL, target: Path, manifest: Manifest) -> None:
         source.close()
 
 
-def _verify_sqlite(target: Path, manifest: Manifest) -> None:
+def _verify_sqlite(target: Path, manifest: Manifest, check: str) -> None:
     conn = sqlite3.connect(read_only_uri(target), uri=True)
     try:
         # Mapped, the check's many lookups (every index entry against its row) are memory reads
         # instead of a read() each through a 2 MB page cache: a fifth less CPU on a 1 GB database.
         # The copy is our own file, which nothing else writes or truncates while it is mapped.
         conn.execute(f"PRAGMA mmap_size={target.stat().st_size}")
-        result = conn.execute("PRAGMA integrity_check").fetchone()[0]
+        pragma = "quick_check" if check == "quick" else "integrity_check"
+        try:
+            result = conn.execute(f"PRAGMA {pragma}").fetchone()[0]
+        except sqlite3.DatabaseError as exc:  # a page so damaged that the check itself cannot read on
+            result = str(exc)
         if result != "ok":
-            raise BackupFailed("verify backup", f"integrity_check of the copy says {result!r}",
+            raise BackupFailed("verify backup", f"{pragma} of the copy says {result!r}",
                                "the source database may be damaged; do not deploy")
+        manifest.verified_by = pragma
         counts, revision = _counts_sqlite(conn)
     finally:
         conn.close()
@@ -394,8 +407,16 @@ def _tool_version(tool: str) -> str:
 
 
 def _sha256(path: Path) -> str:
+    """Hashed memory-mapped, in one call without the GIL: no buffer copies, a sixth faster than
+    reading it in chunks (bench/backups.py). A file that cannot be mapped is read in chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
+        try:
+            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                digest.update(mapped)
+                return digest.hexdigest()
+        except (OSError, ValueError):  # an empty file, or a filesystem without mmap
+            pass
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -470,7 +491,8 @@ def backup_database(config: EnvironmentConfig, revision: str | None, git_sha: st
     app_env = resolve_app_environment(config)
     manifest = take_backup(app_env[config.database.app_variable], config.backups.directory, new_tag(),
                            revision=revision, git_sha=git_sha, run_id=run_id,
-                           pg_dump=config.backups.pg_dump, pg_restore=config.backups.pg_restore)
+                           pg_dump=config.backups.pg_dump, pg_restore=config.backups.pg_restore,
+                           sqlite_check=config.backups.sqlite_check)
     prune(config.backups.directory, config.backups.keep, protected | {manifest.tag})
     return manifest
 

@@ -127,6 +127,42 @@ def test_tampered_backup_is_refused(tmp_path: Path) -> None:
         restore_backup(url, tmp_path / "b", manifest.tag)
 
 
+@pytest.mark.parametrize("check", ["quick", "integrity"])
+def test_a_damaged_copy_is_never_published(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, check: str) -> None:
+    """The copy is checked itself: a page the disk mangled while it was written fails the check."""
+    import tasks.backups
+
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    make_schema(url, rows=2000)
+    copy = tasks.backups._sqlite_backup
+
+    def copy_then_damage(parsed, target, manifest):  # type: ignore[no-untyped-def]
+        copy(parsed, target, manifest)
+        with sqlite3.connect(target) as conn:
+            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+            root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'jobs'").fetchone()[0]
+        with open(target, "r+b") as handle:  # the b-tree page type byte of the table's root page
+            handle.seek((root - 1) * page_size)
+            handle.write(b"\xff")
+
+    monkeypatch.setattr(tasks.backups, "_sqlite_backup", copy_then_damage)
+    pragma = f"{check}_check"
+    with pytest.raises(BackupFailed, match=f"verify backup: {pragma} of the copy says"):
+        take_backup(url, tmp_path / "b", new_tag(), revision="0002", git_sha=None, run_id=None, sqlite_check=check)
+    assert not list((tmp_path / "b").iterdir()), "nothing is left of a copy that failed its check"
+
+
+def test_the_manifest_says_which_check_the_copy_passed(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    make_schema(url)
+    quick = take_backup(url, tmp_path / "b", "pre-deployment-20260101-000000", revision="0002", git_sha=None,
+                        run_id=None)
+    full = take_backup(url, tmp_path / "b", "pre-deployment-20260101-000001", revision="0002", git_sha=None,
+                       run_id=None, sqlite_check="integrity")
+    assert (quick.verified_by, full.verified_by) == ("quick_check", "integrity_check")
+    assert quick.describe().endswith("verified by quick_check")
+
+
 def test_password_never_reaches_manifest_or_argv(tmp_path: Path, postgres_admin_url: str) -> None:
     admin = create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
