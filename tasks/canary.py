@@ -57,11 +57,12 @@ def check_canary(config: EnvironmentConfig, sha: str) -> str:
             errors = scan_startup_log(config.model_copy(update={"service": config.service.model_copy(
                 update={"startup_log": log})}), 0)
             seen = f"; its log: {redact(errors[0])[:200]}" if errors else ""
+            undo = ("the automatic rollback undoes the migrations" if config.rollback.automatic else
+                    f"run rollback/{config.name} to undo the migrations")
             raise ServiceError(step, f"the release failed on a canary at {url}, before taking traffic: "
                                      f"{exc.cause}{seen}",
                                f"{config.name} still runs the previous release, which never stopped serving, and "
-                               f"the rollback undoes the migrations; fix the release for {config.name}'s data "
-                               "and settings") from None
+                               f"{undo}; fix the release for {config.name}'s data and settings") from None
         return (f"{checked} passed on a canary at {url} serving {str(health.version or sha)[:12]} "
                 f"({time.monotonic() - started:.1f} s of checks)")
 
