@@ -41,9 +41,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.conftest import free_ports  # noqa: E402 - the path above makes the project importable
+from bench.harness import approve_when_paused, bench_sandbox  # noqa: E402 - the path above makes it importable
 
-APPROVERS = (("Dana Whitfield", "team-lead"), ("Sam Okafor", "product-owner"))
 LIVENESS_PER_ROUND = 3
 WINDOW_TARGET_SECONDS = 5.0
 RATE_TARGET = 200.0
@@ -165,34 +164,6 @@ def load_rounds(config: Any, clients: int) -> list[list[tuple[str, str, Any]]]:
 
 # --- deploys ------------------------------------------------------------------------------------
 
-def approve_when_paused(count: int) -> threading.Thread:
-    """Answers each pause of the deploy run at once, as the two approvers would."""
-    def answer() -> None:
-        from prefect.client.orchestration import get_client
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateName
-        from prefect.flow_runs import resume_flow_run
-
-        pending = [{"approver": name, "role": role, "decision": "approve", "comment": "bench"}
-                   for name, role in APPROVERS[:count]]
-        answered: set[tuple[str, str]] = set()
-        deadline = time.monotonic() + 300
-        with get_client(sync_client=True) as client:
-            while pending and time.monotonic() < deadline:
-                paused = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-                    state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Paused"]))))
-                for run in paused:
-                    key = (str(run.id), str(run.state.state_details.pause_key if run.state else ""))
-                    if key not in answered:
-                        answered.add(key)
-                        resume_flow_run(run.id, run_input=pending.pop(0))
-                        break
-                time.sleep(0.1)
-
-    thread = threading.Thread(target=answer, daemon=True)
-    thread.start()
-    return thread
-
-
 def deploy(environment: str, ref: str, approvals: int) -> tuple[str, float, float]:
     from deployments.errors import DeployError
     from flows.production_deployment import production_deployment
@@ -284,13 +255,8 @@ def main() -> int:
     from tasks.ledger import Ledger
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-downtime-"))
-    root = scratch / "sandbox"
-    staging_port, production_port = free_ports(2)
-    sandbox.up(root, ports={"staging": staging_port, "production": production_port}, log=lambda *_: None)
+    root = bench_sandbox(scratch / "sandbox")
     os.environ["DEPLOY_ENVIRONMENTS_DIR"] = str(root / "environments")
-    for env in ("staging", "production"):
-        path = root / "environments" / f"{env}.toml"
-        path.write_text(re.sub(r"^test_command = .*$", "test_command = []", path.read_text(), flags=re.M))
     config = load_environment("production")
     ledger = Ledger.for_state_dir(root / "state")
     figures: list[tuple[str, float, float | None, str, bool, str]] = []

@@ -28,14 +28,12 @@ import io
 import json
 import os
 import pstats
-import re
 import shlex
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -43,12 +41,12 @@ from typing import Any
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
-from tests.conftest import free_ports  # noqa: E402 - the path above makes the project importable
+from bench.harness import approve_when_paused, bench_sandbox  # noqa: E402 - the path above makes it importable
+from tests.conftest import free_ports  # noqa: E402
 
 TARGET_RATIO = 1.5
 # What bench/baseline runs besides git and the app's interpreter.
 BASELINE_TOOLS = ("bash", "curl", "jq", "bc", "sqlite3")
-APPROVERS = (("Dana Whitfield", "team-lead"), ("Sam Okafor", "product-owner"))
 # The script's steps and the flow's steps that do the same work.
 COUNTERPARTS = {
     "prerequisites-git": ("fetch-release", "resolve-release", "check-merged-to-main", "check-workspace",
@@ -70,40 +68,7 @@ COUNTERPARTS = {
 
 
 def fresh_sandbox(parent: Path, name: str) -> Path:
-    from sample_app import sandbox
-
-    root = parent / name
-    staging, production = free_ports(2)
-    sandbox.up(root, ports={"staging": staging, "production": production}, log=lambda *_: None)
-    for env in ("staging", "production"):
-        path = root / "environments" / f"{env}.toml"
-        path.write_text(re.sub(r"^test_command = .*$", "test_command = []", path.read_text(), flags=re.M))
-    return root
-
-
-def approve_when_paused() -> None:
-    """Answers each pause of the deploy run as soon as it is seen, as the two approvers would."""
-    def answer() -> None:
-        from prefect.client.orchestration import get_client
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateName
-        from prefect.flow_runs import resume_flow_run
-
-        pending = [{"approver": name, "role": role, "decision": "approve", "comment": "bench"}
-                   for name, role in APPROVERS]
-        answered: set[tuple[str, str]] = set()
-        deadline = time.monotonic() + 300
-        with get_client(sync_client=True) as client:
-            while pending and time.monotonic() < deadline:
-                for run in client.read_flow_runs(flow_run_filter=FlowRunFilter(
-                        state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Paused"])))):
-                    key = (str(run.id), str(run.state.state_details.pause_key if run.state else ""))
-                    if key not in answered:
-                        answered.add(key)
-                        resume_flow_run(run.id, run_input=pending.pop(0))
-                        break
-                time.sleep(0.1)
-
-    threading.Thread(target=answer, daemon=True).start()
+    return bench_sandbox(parent / name)
 
 
 def run_flow(root: Path, environment: str, profiler: cProfile.Profile | None = None) -> float:

@@ -22,13 +22,12 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.conftest import free_ports, without_canary  # noqa: E402 - the path above makes the project importable
+from bench.harness import approve_when_paused, bench_sandbox, without_release_tests  # noqa: E402 - the path above makes it importable
+from tests.conftest import without_canary  # noqa: E402
 
 
 def main() -> int:
@@ -40,39 +39,20 @@ def main() -> int:
     from sample_app import sandbox
     from tasks.ledger import Ledger
 
+    def edit(text: str) -> str:
+        text = text.replace("deadline_seconds = 30", "deadline_seconds = 5")
+        return without_release_tests(text.replace("migration_rehearsal = true", "migration_rehearsal = false"))
+
     scratch = Path(tempfile.mkdtemp(prefix="bench-restore-"))
-    root = scratch / "sandbox"
-    staging_port, production_port = free_ports(2)
-    sandbox.up(root, ports={"staging": staging_port, "production": production_port}, log=lambda *_: None)
+    root = bench_sandbox(scratch / "sandbox", edit)
     os.environ["DEPLOY_ENVIRONMENTS_DIR"] = str(root / "environments")
-    for env in ("staging", "production"):
-        path = root / "environments" / f"{env}.toml"
-        text = path.read_text().replace("deadline_seconds = 30", "deadline_seconds = 5")
-        text = text.replace("migration_rehearsal = true", "migration_rehearsal = false")
-        path.write_text(text.replace('test_command = ["{python}"', 'test_command = [] # ["{python}"'))
     production_file = root / "environments" / "production.toml"
     with_canary = production_file.read_text()
     production_file.write_text(without_canary(with_canary))
 
-    def approve_in_background() -> None:
-        from prefect.client.orchestration import get_client
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateName
-        from prefect.flow_runs import resume_flow_run
-
-        answers = [{"approver": "Dana Whitfield", "role": "team-lead", "decision": "approve", "comment": ""},
-                   {"approver": "Sam Okafor", "role": "product-owner", "decision": "approve", "comment": ""}]
-        with get_client(sync_client=True) as client:
-            while answers:
-                paused = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-                    state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Paused"]))))
-                if paused:
-                    resume_flow_run(paused[0].id, run_input=answers.pop(0))
-                    time.sleep(1)
-                time.sleep(0.2)
-
     def deploy(env: str, ref: str) -> None:
         if env == "production":
-            threading.Thread(target=approve_in_background, daemon=True).start()
+            approve_when_paused()
         try:
             production_deployment(environment=env, ref=ref)
         except DeployError:
