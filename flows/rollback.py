@@ -114,14 +114,15 @@ def rollback(environment: str, failed_run_id: str = "", to: str = "", reason: st
             never_ran = never_served(config, ledger, subject)
             if not never_ran:
                 restart_application(config)
-            attempts = max(1, int(config.health.deadline_seconds))
-            check_health.with_options(retries=attempts - 1, retry_delay_seconds=1)(
-                config, plan.to_sha, allow_maintenance=True)
+            # Retried each second until the health deadline, visibly.
+            verify_health = check_health.with_options(retries=max(1, int(config.health.deadline_seconds)) - 1,
+                                                      retry_delay_seconds=1)
+            verify_health(config, plan.to_sha, allow_maintenance=True)
             ledger.update(subject.id, restored_at=datetime.now(timezone.utc))
             resume_traffic(config)
             if never_ran:
                 restart_application.with_options(name="renew-application")(config)
-                check_health.with_options(retries=attempts - 1, retry_delay_seconds=1)(config, plan.to_sha)
+                verify_health(config, plan.to_sha)
             if config.rollback.verify_critical_paths:
                 run_critical_path_tests(config)
             return _finish(config, ledger, record_id, subject, plan, "rolled_back",

@@ -31,8 +31,8 @@ from deployments.errors import DeployError, ServiceError
 from deployments.secrets import redact, resolve_app_environment
 from tasks import read_step
 from tasks.health import assess, probe
-from tasks.service import app_process_env, die_with_parent, expand_argv, scan_startup_log
-from tasks.smoke import run_checks
+from tasks.service import app_process_env, die_with_parent, expand_argv, scan_log
+from tasks.smoke import run_critical_path_tests
 
 
 @read_step("check-canary", retries=0)
@@ -48,14 +48,9 @@ def check_canary(config: EnvironmentConfig, sha: str) -> str:
             health = assess(canary_config, sha, step)
             checked = "health"
             if config.service.canary.critical_paths and config.critical_paths:
-                results = run_checks(url, config.critical_paths, config.health.timeout_seconds)
-                failed = [r for r in results if not r.ok]
-                if failed:
-                    raise ServiceError(step, "; ".join(f"{r.name}: {r.detail}" for r in failed), "")
-                checked = f"health and {len(results)} critical paths"
+                checked += f" and {len(run_critical_path_tests.fn(canary_config).results)} critical paths"
         except DeployError as exc:
-            errors = scan_startup_log(config.model_copy(update={"service": config.service.model_copy(
-                update={"startup_log": log})}), 0)
+            errors = scan_log(log, config.service.error_patterns)
             seen = f"; its log: {redact(errors[0])[:200]}" if errors else ""
             undo = ("the automatic rollback undoes the migrations" if config.rollback.automatic else
                     f"run rollback/{config.name} to undo the migrations")

@@ -329,10 +329,15 @@ def log_offset(config: EnvironmentConfig) -> int:
 
 
 def scan_startup_log(config: EnvironmentConfig, offset: int) -> list[str]:
-    """Lines written since `offset` that match one of the configured error patterns."""
-    patterns = [re.compile(p) for p in config.service.error_patterns]
+    """Lines written to the startup log since `offset` that match one of the configured error patterns."""
+    return scan_log(config.service.startup_log, config.service.error_patterns, offset)
+
+
+def scan_log(path: Path, error_patterns: Sequence[str], offset: int = 0) -> list[str]:
+    """Lines of `path` after byte `offset` that match one of `error_patterns`; none if it does not exist."""
+    patterns = [re.compile(p) for p in error_patterns]
     try:
-        with open(config.service.startup_log, "rb") as handle:
+        with open(path, "rb") as handle:
             handle.seek(offset)
             text = handle.read().decode("utf-8", errors="replace")
     except FileNotFoundError:
