@@ -41,7 +41,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import approve_when_paused, bench_sandbox  # noqa: E402 - the path above makes it importable
+from bench._harness import approve_when_paused, bench_sandbox  # noqa: E402 - the path above makes it importable
 
 LIVENESS_PER_ROUND = 3
 WINDOW_TARGET_SECONDS = 5.0

@@ -41,7 +41,7 @@ from typing import Any
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
-from bench.harness import approve_when_paused, bench_sandbox  # noqa: E402 - the path above makes it importable
+from bench._harness import approve_when_paused, bench_sandbox  # noqa: E402 - the path above makes it importable
 from tests.conftest import free_ports  # noqa: E402
 
 TARGET_RATIO = 1.5

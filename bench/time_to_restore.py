@@ -17,6 +17,7 @@ reported against the same forward phase 2 (which had no canary, so it is the sma
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -26,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import approve_when_paused, bench_sandbox, without_release_tests  # noqa: E402 - the path above makes it importable
+from bench._harness import approve_when_paused, bench_sandbox, without_release_tests  # noqa: E402 - the path above makes it importable
 from tests.conftest import without_canary  # noqa: E402
 
 
@@ -119,4 +120,5 @@ def _step_end(ledger, release_id: int, name: str, first: bool = False) -> float:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     sys.exit(main())

@@ -1,6 +1,7 @@
 """What the deploy benchmarks share: a sandbox of their own, and approvers who answer at once.
 
-Imported by the scripts in bench/ (which put the project root on sys.path), never run itself.
+Imported by the scripts in bench/ (which put the project root on sys.path), never run itself: its name
+starts with `_`, so bench/run does not take it for a benchmark.
 """
 
 from __future__ import annotations
