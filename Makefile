@@ -5,18 +5,31 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := install
-.PHONY: install test bench sandbox sandbox-down lint demo stop deploy clean
+.PHONY: install lock test test-fast bench sandbox sandbox-down lint demo stop deploy clean
 
 install: $(STAMP)
 
-# The lock pins every package with its hashes; the project itself is an editable
-# install so `deployctl` runs this checkout.
+# The lock is the whole environment: every package pinned with its hashes, installed with --no-deps
+# so pip resolves nothing and a release published upstream after the lock can neither change nor
+# break the install, whatever pip `python3 -m venv` brought. `pip check` then proves the lock
+# consistent (a dependency missing from it fails here, not at run time). The project itself is an
+# editable install, built with the lock's setuptools, so `deployctl` runs this checkout.
+PIP := $(BIN)/python -m pip --disable-pip-version-check
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "python3 3.11 or newer is required")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(PIP) install --quiet --no-deps --require-hashes -r requirements.lock
+	$(PIP) install --quiet --no-deps --no-build-isolation --no-index -e .
+	$(PIP) check
 	touch $@
+
+# Run after changing the dependencies in pyproject.toml, or to take upstream releases on purpose
+# (`make lock UPGRADE=1`; `UPGRADE=httpx` for one package). Resolves for every Python from 3.11 on,
+# Linux, macOS and Windows alike, and keeps every other pin as it is.
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
+	    --generate-hashes --custom-compile-command 'make lock' --output-file requirements.lock \
+	    $(if $(filter 1,$(UPGRADE)),--upgrade,$(if $(UPGRADE),--upgrade-package $(UPGRADE)))
 
 # Two workers, one test file each at a time (module fixtures such as a sandbox stay in one process):
 # most tests wait on servers, not on the CPU. TEST_WORKERS=0 runs everything in this process.
