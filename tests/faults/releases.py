@@ -3,7 +3,8 @@
 Each starts from tag v2 (production's last good release in these stories; v3..v5 carry migrations
 production cannot take) and is merged into main with `git merge -s ours`: main keeps its tree, and
 the release becomes reachable from main, which the "merged to main" prerequisite asks for.
-Author, committer and dates are fixed, so a release's SHA depends only on its files.
+Author and committer are fixed; the date is this process's start, after the sandbox's own history
+(which is dated relative to when it was built), so lead times read as a real team's would.
 
     MIGRATION_FAILS_MIDWAY   three migrations after 0002; the second makes jobs.source_url unique,
                              which production's duplicated URLs refuse (staging's data has none)
@@ -17,6 +18,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 MIGRATION_FAILS_MIDWAY = "faults/migration-fails-midway"
@@ -24,7 +26,7 @@ EMAIL_BROKEN = "faults/email-broken"
 EMAIL_BROKEN_HOTFIX_A = "faults/email-broken-hotfix-a"
 EMAIL_BROKEN_HOTFIX_B = "faults/email-broken-hotfix-b"
 
-DATE = "2024-04-05T09:00:00+00:00"
+DATE = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _migration(revision: str, down: str, doc: str, upgrade: str, downgrade: str) -> str:
