@@ -14,7 +14,6 @@ every path out of the step.
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import signal
@@ -31,7 +30,7 @@ from deployments.errors import DeployError, ServiceError
 from deployments.secrets import redact, resolve_app_environment
 from tasks import read_step
 from tasks.health import assess, probe
-from tasks.service import app_process_env, die_with_parent, expand_argv, scan_log
+from tasks.service import app_process_env, dies_with_us, expand_argv, scan_log
 from tasks.smoke import run_critical_path_tests
 
 
@@ -89,7 +88,7 @@ def canary(config: EnvironmentConfig) -> Iterator[tuple[str, Path]]:
                 process = subprocess.Popen(argv, cwd=config.source.workspace, env=app_process_env(env),
                                            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                            start_new_session=True,
-                                           preexec_fn=functools.partial(die_with_parent, signal.SIGTERM))
+                                           preexec_fn=dies_with_us(signal.SIGTERM))
             except OSError as exc:
                 raise ServiceError(step, f"cannot run {argv[0]!r}: {exc.strerror}",
                                    "check service.start_command and [service.canary]") from None

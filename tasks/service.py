@@ -15,7 +15,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from deployments.config import EnvironmentConfig
 from deployments.errors import ServiceError
@@ -37,13 +37,21 @@ def app_process_env(app_env: Mapping[str, str]) -> dict[str, str]:
     return {**base, **app_env}
 
 
-def die_with_parent(sig: int = signal.SIGKILL) -> None:
-    """`preexec_fn` for a child that must not outlive a killed deploy (a migration, a checkout):
-    Linux sends it `sig` when the thread that started it dies, so a crash never leaves one
-    running behind the rollback's back. A server that must take its workers with it asks for
-    SIGTERM (see tasks/canary)."""
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
+def dies_with_us(sig: int = signal.SIGKILL) -> Callable[[], None]:
+    """A `preexec_fn` for a child that must not outlive a killed deploy (a migration, a checkout):
+    Linux sends it `sig` when the thread that started it dies, so a crash never leaves one running
+    behind the rollback's back. A server that must take its workers with it asks for SIGTERM (see
+    tasks/canary). A parent killed between the fork and the prctl would never send the signal, so
+    the child checks it still has the parent it was forked from, and goes if not."""
+    parent = os.getpid()
+
+    def in_child() -> None:
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), sig)
+
+    return in_child
 
 
 def read_pid(pid_file: Path) -> int | None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from deployments.config import EnvironmentConfig
 from deployments.errors import DeployError, InvalidInput, PreflightError
 from tasks import change_step, read_step
-from tasks.service import die_with_parent
+from tasks.service import dies_with_us
 
 REF_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
 SHA_PATTERN = re.compile(r"^[0-9a-f]{40}$")
@@ -57,7 +57,7 @@ def _git(cwd: Path, *args: str, step: str, check: bool = True) -> subprocess.Com
     try:
         result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=GIT_TIMEOUT,
                                 env={"GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/local/bin:/usr/bin:/bin",
-                                     "HOME": str(cwd), "LC_ALL": "C"}, preexec_fn=die_with_parent)
+                                     "HOME": str(cwd), "LC_ALL": "C"}, preexec_fn=dies_with_us())
     except FileNotFoundError as exc:
         raise GitError(step, f"cannot run git in {cwd} ({exc.strerror})",
                        "check source.workspace in the environment file") from exc
