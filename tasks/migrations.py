@@ -123,13 +123,14 @@ def run_runner(
     try:
         result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True,
                                 timeout=config.database.statement_timeout_ms / 1000 + 60,
-                                preexec_fn=service.die_with_parent)
+                                preexec_fn=service.dies_with_us())
     except subprocess.TimeoutExpired:
         raise MigrationFailed(step, "alembic did not finish in time",
                               "look for a blocking session in the database, then roll back or run again") from None
     if result.returncode != 0:
         cause = redact(_error_line(result.stderr) or f"exit {result.returncode}")
-        raise MigrationFailed(step, f"alembic {args[0]} failed: {cause}",
+        doing = re.findall(r"^migration-runner: (\w+)$", result.stderr, flags=re.M)  # which of a rehearsal's steps
+        raise MigrationFailed(step, f"alembic {doing[-1] if doing else args[0]} failed: {cause}",
                               "the release's migration must be fixed; production is being rolled back")
     last = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else "{}"
     payload: dict[str, Any] = json.loads(last)
@@ -162,6 +163,14 @@ def migration_status(config: EnvironmentConfig, app_env: Mapping[str, str], cwd:
 def upgrade(config: EnvironmentConfig, app_env: Mapping[str, str], cwd: Path, application_name: str,
             to: str = "heads") -> float:
     payload = run_runner(config, app_env, cwd, "upgrade", "--to", to, step="run migrations",
+                         application_name=application_name)
+    return float(payload.get("seconds", 0.0))
+
+
+def rehearse(config: EnvironmentConfig, app_env: Mapping[str, str], cwd: Path, back_to: str,
+             application_name: str) -> float:
+    """Upgrade to the heads, downgrade to `back_to`, upgrade again, in one run of the app's interpreter."""
+    payload = run_runner(config, app_env, cwd, "rehearse", "--back", back_to, step="test migrations",
                          application_name=application_name)
     return float(payload.get("seconds", 0.0))
 
@@ -212,9 +221,9 @@ def test_migrations(config: EnvironmentConfig, release_tree: Path, scratch_dir: 
     with scratch_copy(url, scratch_dir, config.backups.pg_dump, config.backups.pg_restore) as copy:
         rehearsal_env = {**app_env, config.database.app_variable: copy}
         try:
-            upgrade(config, rehearsal_env, release_tree, "deploy-rehearsal")
             if all(p.has_downgrade for p in status.pending):
-                downgrade(config, rehearsal_env, release_tree, status.current or "base", "deploy-rehearsal")
+                rehearse(config, rehearsal_env, release_tree, status.current or "base", "deploy-rehearsal")
+            else:
                 upgrade(config, rehearsal_env, release_tree, "deploy-rehearsal")
         except MigrationFailed as exc:
             raise PreflightError(step, f"on a copy of {config.name}'s data, {exc.cause}",
