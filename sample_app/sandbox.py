@@ -10,21 +10,30 @@
 
 then migrates and seeds both databases (staging's data is clean, production's has the legacy rows
 that break v3 and v4) and starts both apps. `up` is idempotent; `down` stops what it started, by pid.
+
+The environment files and sandbox.env are the operator's once written: `up` records what it wrote
+(`generated.json`) and rewrites a file only while it is still exactly that, so an edit survives every
+later `up` (which says it kept it); `up --reset` writes them afresh. The history is dated relative to
+the moment the origin is built, so DORA figures read like a recent team's.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import string
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
+from sqlalchemy.engine import make_url
 
 from deployments.config import EnvironmentConfig, load_environment_file
 from deployments.errors import DeployError
@@ -38,11 +47,34 @@ DEFAULT_PORTS = {"staging": 8101, "production": 8102}
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_ROOT = PROJECT_DIR / ".sandbox"
 TEMPLATE = Path(__file__).with_name("environment.toml.in")
-POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+GENERATED = "generated.json"
 
 
 class SandboxError(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class PostgresServer:
+    """Where the PostgreSQL sandbox creates its databases. The password, if the server needs one,
+    comes the way libpq takes it (PGPASSWORD, ~/.pgpass), never through a file of the sandbox."""
+
+    host: str = "127.0.0.1"
+    port: int = 5432
+    user: str = "postgres"
+
+    @classmethod
+    def from_environment(cls) -> PostgresServer:
+        """PGHOST, PGPORT and PGUSER when set, as psql reads them."""
+        return cls(os.environ.get("PGHOST", cls.host), int(os.environ.get("PGPORT", cls.port)),
+                   os.environ.get("PGUSER", cls.user))
+
+    def url(self, database: str) -> str:
+        return f"postgresql+psycopg://{self.user}@{self.host}:{self.port}/{database}"
+
+    @property
+    def admin_url(self) -> str:
+        return self.url("postgres")
 
 
 @dataclass(frozen=True)
@@ -69,10 +101,10 @@ def render_environment(env: str, root: str, python: str, port: int) -> str:
     return string.Template(TEMPLATE.read_text()).substitute(values)
 
 
-def database_url(root: Path, env: str, db: str) -> str:
+def database_url(root: Path, env: str, db: str, server: PostgresServer | None = None) -> str:
     if db == "sqlite":
         return f"sqlite:///{root / env / 'data' / 'jobapp.db'}"
-    return POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + postgres_database_name(root, env)
+    return (server or PostgresServer()).url(postgres_database_name(root, env))
 
 
 def postgres_database_name(root: Path, env: str) -> str:
@@ -90,10 +122,18 @@ def up(
     ports: dict[str, int] | None = None,
     python: Path | None = None,
     log=print,
+    postgres: PostgresServer | None = None,
+    edit: Callable[[str], str] | None = None,
+    reset: bool = False,
+    start: bool = True,
 ) -> dict[str, EnvironmentConfig]:
+    """Build (or bring back) the sandbox at `root`. `edit` passes each environment file's text through
+    a function before it is written (the demo's short watch); `reset` rewrites files an operator edited;
+    `start=False` prepares everything but starts no app."""
     root = root.resolve()
     ports = {**DEFAULT_PORTS, **(ports or {})}
     python = python or Path(sys.executable)
+    postgres = postgres or PostgresServer.from_environment()
     root.mkdir(parents=True, exist_ok=True)
     origin = root / "origin.git"
     if not (origin / "HEAD").exists():
@@ -102,31 +142,81 @@ def up(
         partial = root / "origin.git.partial"
         shutil.rmtree(partial, ignore_errors=True)
         try:
-            tags = build_origin(partial)
+            tags = build_origin(partial, now=datetime.now(timezone.utc))
         except HistoryError as exc:
             shutil.rmtree(partial, ignore_errors=True)
             raise SandboxError(f"building the release history failed: {exc}") from None
         partial.rename(origin)
         log(f"origin      {origin} ({', '.join(sorted(tags))})")
-    _write_secrets(root, db)
+    files = GeneratedFiles(root, reset=reset, log=log)
+    files.write(root / "sandbox.env", _secrets_text(root, db, postgres), mode=0o600)
     configs: dict[str, EnvironmentConfig] = {}
     for env, path in environment_files(root).items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(render_environment(env, str(root), str(python), ports[env]))
+        text = render_environment(env, str(root), str(python), ports[env])
+        files.write(path, edit(text) if edit else text)
         configs[env] = config = load_environment_file(path)
         app_env = resolve_app_environment(config)
         _prepare_workspace(config, origin)
-        if db == "postgres":
-            _create_postgres_database(postgres_database_name(root, env))
-        _run_app(config, app_env, [str(python), "-m", "alembic", "upgrade", "head"], "migrate")
-        _run_app(config, app_env, [str(python), "-m", "jobapp.seed", "--profile", env], "seed")
+        url = app_env[config.database.app_variable]
+        if url.startswith("postgresql"):
+            _create_postgres_database(url)
+        prepared = config.source.workspace.parent / "data" / ".prepared"
+        # Migrated and seeded already, for this database and this checkout: nothing to do again. The
+        # database is named relative to the sandbox, so a copied sandbox's SQLite files count as done.
+        where = url.replace(str(root), "<sandbox>")
+        done = f"{_sha256(where.encode())} {_git(config.source.workspace, 'rev-parse', 'HEAD')}"
+        if not prepared.exists() or prepared.read_text() != done:
+            _run_app(config, app_env, [str(python), "-m", "alembic", "upgrade", "head"], "migrate")
+            _run_app(config, app_env, [str(python), "-m", "jobapp.seed", "--profile", env], "seed")
+            prepared.write_text(done)
         pid = service.running_pid(config)
+        if not start:
+            log(f"{env:<11} prepared, not started ({make_url(url).get_backend_name()})")
+            continue
         if pid is None:
             service.start(config, app_env)
             pid = service.wait_for_pid_file(config, timeout=30)
             _wait_healthy(config, timeout=30)
-        log(f"{env:<11} {config.service.base_url} pid {pid} ({db})")
+        log(f"{env:<11} {config.service.base_url} pid {pid} ({make_url(url).get_backend_name()})")
     return configs
+
+
+class GeneratedFiles:
+    """Files `up` writes that the operator may edit afterwards: `generated.json` keeps the sha256 of
+    what was written last, and a file whose content no longer matches it is the operator's."""
+
+    def __init__(self, root: Path, reset: bool, log: Callable[[str], object]) -> None:
+        self.record = root / GENERATED
+        self.reset = reset
+        self.log = log
+        try:
+            self.written: dict[str, str] = json.loads(self.record.read_text())
+        except (FileNotFoundError, ValueError):
+            self.written = {}
+        self.root = root
+
+    def write(self, path: Path, text: str, mode: int = 0o644) -> None:
+        key = str(path.relative_to(self.root))
+        if path.exists() and not self.reset:
+            current = _sha256(path.read_bytes())
+            if current == _sha256(text.encode()):
+                return
+            if current != self.written.get(key):
+                self.log(f"kept        {path} (edited since `sandbox up` wrote it; `deployctl sandbox up "
+                         "--reset` writes it afresh)")
+                return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(partial, path)
+        self.written[key] = _sha256(text.encode())
+        self.record.write_text(json.dumps(self.written, indent=2, sort_keys=True) + "\n")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def down(root: Path = DEFAULT_ROOT, log=print) -> list[int]:
@@ -165,13 +255,10 @@ def status(root: Path = DEFAULT_ROOT) -> list[InstanceStatus]:
     return result
 
 
-def _write_secrets(root: Path, db: str) -> None:
-    lines = [f"JOBAPP_{env.upper()}_DATABASE_URL={database_url(root, env, db)}" for env in ENVIRONMENTS]
-    target = root / "sandbox.env"
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write("# Written by `deployctl sandbox up`. Secret values live here, never in environment files.\n")
-        handle.write("\n".join(lines) + "\n")
+def _secrets_text(root: Path, db: str, postgres: PostgresServer) -> str:
+    lines = [f"JOBAPP_{env.upper()}_DATABASE_URL={database_url(root, env, db, postgres)}" for env in ENVIRONMENTS]
+    return ("# Written by `deployctl sandbox up`. Secret values live here, never in environment files.\n"
+            + "\n".join(lines) + "\n")
 
 
 def _prepare_workspace(config: EnvironmentConfig, origin: Path) -> None:
@@ -180,33 +267,48 @@ def _prepare_workspace(config: EnvironmentConfig, origin: Path) -> None:
         workspace.parent.mkdir(parents=True, exist_ok=True)
         _git(workspace.parent, "clone", "--quiet", "--no-checkout", "--", str(origin), workspace.name)
         _git(workspace, "checkout", "--quiet", "--detach", "v1")
+    elif _git(workspace, "remote", "get-url", config.source.remote) != str(origin):
+        # A sandbox moved or copied to another directory: its clones follow its origin.
+        _git(workspace, "remote", "set-url", config.source.remote, str(origin))
     for sub in ("data", "run", "logs", "backups"):
         (workspace.parent / sub).mkdir(exist_ok=True)
 
 
-def _create_postgres_database(name: str) -> None:
+def _create_postgres_database(url: str) -> None:
     from sqlalchemy import create_engine, text
 
-    engine = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    target = make_url(url)
+    engine = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT",
+                           connect_args={"connect_timeout": 10})
     try:
         with engine.connect() as conn:
-            exists = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first()
+            exists = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"),
+                                  {"n": target.database}).first()
             if not exists:
-                conn.execute(text(f'CREATE DATABASE "{name}"'))
+                conn.execute(text(f'CREATE DATABASE "{target.database}"'))
     finally:
         engine.dispose()
 
 
 def drop_postgres_databases(root: Path) -> None:
+    """Drop the sandbox's PostgreSQL databases, on the server its sandbox.env names."""
     from sqlalchemy import create_engine, text
 
-    engine = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            for env in ENVIRONMENTS:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{postgres_database_name(root, env)}" WITH (FORCE)'))
-    finally:
-        engine.dispose()
+    for env, path in environment_files(root.resolve()).items():
+        if not path.exists():
+            continue
+        config = load_environment_file(path)
+        url = resolve_app_environment(config).get(config.database.app_variable, "")
+        if not url.startswith("postgresql"):
+            continue
+        target = make_url(url)
+        engine = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT",
+                               connect_args={"connect_timeout": 10})
+        try:
+            with engine.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)'))
+        finally:
+            engine.dispose()
 
 
 def _run_app(config: EnvironmentConfig, app_env: dict[str, str], argv: list[str], what: str) -> None:

@@ -21,11 +21,12 @@ def git(cwd: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def built(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+# One sandbox per database kind for the whole module; the test that stops it comes last.
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     if request.param == "postgres":
         request.getfixturevalue("postgres_admin_url")
-    root = tmp_path / "sbx"
+    root = tmp_path_factory.mktemp("sbx") / "sbx"
     staging_port, production_port = free_ports(2)
     configs = sandbox.up(root, db=request.param, ports={"staging": staging_port, "production": production_port},
                          log=lambda *_: None)
@@ -59,23 +60,6 @@ def test_up_builds_both_environments_at_v1(built) -> None:  # type: ignore[no-un
     assert rows["staging"].health.startswith("ok")
 
 
-def test_up_is_idempotent_and_down_stops_what_it_started(built) -> None:  # type: ignore[no-untyped-def]
-    root, configs, db = built
-    pids = {env: int(config.service.pid_file.read_text()) for env, config in configs.items()}
-    workers = {env: [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-               for env, pid in pids.items()}
-    sandbox.up(root, db=db, ports={e: int(c.service.base_url.rsplit(":", 1)[1]) for e, c in configs.items()},
-               log=lambda *_: None)
-    assert {env: int(c.service.pid_file.read_text()) for env, c in configs.items()} == pids
-    stopped = sandbox.down(root, log=lambda *_: None)
-    assert sorted(stopped) == sorted(pids.values())
-    for pid in [*pids.values(), *(w for ws in workers.values() for w in ws)]:
-        assert not is_alive(pid), f"process {pid} survived sandbox down"
-    for config in configs.values():
-        with pytest.raises(httpx.ConnectError):
-            httpx.get(config.service.base_url + "/health", timeout=2)
-
-
 def test_production_has_the_legacy_rows_staging_lacks(built) -> None:  # type: ignore[no-untyped-def]
     root, configs, db = built
     from deployments.secrets import resolve_app_environment
@@ -106,3 +90,56 @@ def test_deployctl_check_passes_on_a_live_sandbox(built, monkeypatch: pytest.Mon
 def test_cli_sandbox_status_without_sandbox(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert deployctl(["sandbox", "status", "--dir", str(tmp_path / "none")]) == 1
     assert "no sandbox at" in capsys.readouterr().out
+
+
+def test_operator_edits_survive_up_and_reset_writes_afresh(built) -> None:  # type: ignore[no-untyped-def]
+    root, configs, db = built
+    ports = {e: int(c.service.base_url.rsplit(":", 1)[1]) for e, c in configs.items()}
+    production = root / "environments" / "production.toml"
+    secrets = root / "sandbox.env"
+    pristine = production.read_text(), secrets.read_text()
+    production.write_text(pristine[0].replace("timeout_seconds = 3600", "timeout_seconds = 1800"))
+    secrets.write_text(pristine[1] + "EXTRA_FOR_MY_TOOLS=1\n")
+    said: list[str] = []
+    sandbox.up(root, db=db, ports=ports, log=said.append)
+    assert "timeout_seconds = 1800" in production.read_text(), "an operator's edit was overwritten"
+    assert secrets.read_text().endswith("EXTRA_FOR_MY_TOOLS=1\n")
+    assert stat.S_IMODE(secrets.stat().st_mode) == 0o600
+    kept = [line for line in said if line.startswith("kept")]
+    assert len(kept) == 2 and all("--reset" in line for line in kept), said
+    # Files nobody edited follow what up renders: staging's moves with its port.
+    staging = root / "environments" / "staging.toml"
+    sandbox.up(root, db=db, ports=ports, log=lambda *_: None, reset=True)
+    assert (production.read_text(), secrets.read_text()) == pristine
+    assert staging.read_text() == sandbox.render_environment("staging", str(root.resolve()), configs["staging"]
+                                                            .service.python.as_posix(), ports["staging"])
+
+
+def test_up_is_idempotent_and_down_stops_what_it_started(built) -> None:  # type: ignore[no-untyped-def]
+    root, configs, db = built
+    pids = {env: int(config.service.pid_file.read_text()) for env, config in configs.items()}
+    workers = {env: [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+               for env, pid in pids.items()}
+    sandbox.up(root, db=db, ports={e: int(c.service.base_url.rsplit(":", 1)[1]) for e, c in configs.items()},
+               log=lambda *_: None)
+    assert {env: int(c.service.pid_file.read_text()) for env, c in configs.items()} == pids
+    stopped = sandbox.down(root, log=lambda *_: None)
+    assert sorted(stopped) == sorted(pids.values())
+    for pid in [*pids.values(), *(w for ws in workers.values() for w in ws)]:
+        assert not is_alive(pid), f"process {pid} survived sandbox down"
+    for config in configs.values():
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(config.service.base_url + "/health", timeout=2)
+
+
+def test_the_postgres_server_comes_from_the_libpq_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("PGHOST", "PGPORT", "PGUSER"):
+        monkeypatch.delenv(name, raising=False)
+    assert sandbox.PostgresServer.from_environment().admin_url == "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+    monkeypatch.setenv("PGHOST", "db.internal")
+    monkeypatch.setenv("PGPORT", "6543")
+    monkeypatch.setenv("PGUSER", "sandbox")
+    server = sandbox.PostgresServer.from_environment()
+    assert server.url("jobapp_x") == "postgresql+psycopg://sandbox@db.internal:6543/jobapp_x"
+    root = Path("/srv/sbx")
+    assert sandbox.database_url(root, "staging", "postgres", server).startswith("postgresql+psycopg://sandbox@db.internal:6543/jobapp_sbx_")
