@@ -37,6 +37,11 @@ TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
+# The edit-test loop: every test that starts no server, sandbox or browser (the `slow` mark), in about
+# a minute. `make test` runs them too.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not slow"
+
 # Minutes of measuring, never part of `make test`; BENCH="backups" runs only the scripts named.
 bench: $(STAMP)
 	$(BIN)/python bench/run $(BENCH)

@@ -3,6 +3,7 @@
     deployctl sandbox up|down|status [--dir DIR] [--db sqlite|postgres]
     deployctl check ENV          validate an environment file and check what it can reach, changing nothing
     deployctl approve RUN_ID --as NAME --role ROLE [--reject] [--comment TEXT]
+    deployctl follow RUN_ID      a run's steps as they start and end, until it ends
     deployctl status ENV         the live release and the last releases, from the ledger
     deployctl dora ENV [--days N] [--json] [--artifact]
                                  DORA figures from the ledger; --artifact also writes the markdown
@@ -11,11 +12,16 @@
     deployctl demo | stop        the whole story on the sandbox; stop everything it started
 
 Exit codes: 0 fine, 1 a check failed, 2 bad input or configuration.
+
+The commands that talk to Prefect (approve, follow, dora --artifact) use the server named by
+PREFECT_API_URL; when it is not set and the local server of `make deploy` / `make demo` is up, they
+use that one and say so. Environment files come from DEPLOY_ENVIRONMENTS_DIR, else deployments/.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -28,10 +34,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
     except DeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `deployctl status production | head`: the reader has gone; say nothing more, like other tools.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _prefect_api(command: str) -> bool:
+    """PREFECT_API_URL, or the local server of `make deploy` when it is up; False (and why) without
+    either, since Prefect would otherwise start a temporary server of its own and lose what we write."""
+    from prefect.settings import get_current_settings
+
+    if get_current_settings().api.url:
+        return True
+    from deployctl.stack import Stack
+
+    local = Stack()
+    if local.healthy():
+        os.environ["PREFECT_API_URL"] = local.api_url
+        print(f"{command}: PREFECT_API_URL is not set; using the local server at {local.api_url}", file=sys.stderr)
+        return True
+    print(f"error: {command}: PREFECT_API_URL is not set and no local Prefect server is up. Set it to your "
+          "server's API (e.g. http://127.0.0.1:4200/api), or start the local one with `make deploy`",
+          file=sys.stderr)
+    return False
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,6 +75,12 @@ def _parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--dir", type=Path, default=None, help="sandbox directory (default .sandbox/)")
     sandbox.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite",
                          help="database of both environments (default sqlite)")
+    sandbox.add_argument("--pg-host", help="--db postgres: the server's host (default $PGHOST or 127.0.0.1)")
+    sandbox.add_argument("--pg-port", type=int, help="--db postgres: its port (default $PGPORT or 5432)")
+    sandbox.add_argument("--pg-user", help="--db postgres: a role that may create databases (default $PGUSER "
+                                           "or postgres; its password from PGPASSWORD or ~/.pgpass)")
+    sandbox.add_argument("--reset", action="store_true",
+                         help="up: write the environment files and sandbox.env afresh, discarding your edits")
     sandbox.set_defaults(handler=_sandbox)
 
     check = commands.add_parser("check", help="validate an environment file and check what it can reach")
@@ -56,6 +94,11 @@ def _parser() -> argparse.ArgumentParser:
     approve.add_argument("--reject", action="store_true", help="stop the deploy; nothing changes")
     approve.add_argument("--comment", default="", help="why (shown in the summary)")
     approve.set_defaults(handler=_approve)
+
+    follow = commands.add_parser("follow", help="a run's steps as they start and end, until it ends")
+    follow.add_argument("run_id", help="the flow run id of a deploy, rollback or watch")
+    follow.add_argument("--timeout", type=float, default=7200, help="seconds to follow at most (default 7200)")
+    follow.set_defaults(handler=_follow)
 
     status = commands.add_parser("status", help="the live release and the last releases of an environment")
     status.add_argument("environment")
@@ -86,8 +129,11 @@ def _sandbox(args: argparse.Namespace) -> int:
 
     root = args.dir or sandbox.DEFAULT_ROOT
     if args.action == "up":
+        server = sandbox.PostgresServer.from_environment()
+        server = sandbox.PostgresServer(args.pg_host or server.host, args.pg_port or server.port,
+                                        args.pg_user or server.user)
         try:
-            sandbox.up(root, db=args.db)
+            sandbox.up(root, db=args.db, postgres=server, reset=args.reset)
         except sandbox.SandboxError as exc:
             print(f"error: sandbox up: {exc}", file=sys.stderr)
             return 1
@@ -113,15 +159,13 @@ def _check(args: argparse.Namespace) -> int:
 
     config = load_environment(args.environment)
     print(f"environment file: {config.name} is valid")
-    failed = 0
-    for result in check_environment(config):
+    results = check_environment(config)
+    for result in results:
         mark = "ok  " if result.ok else "FAIL"
         print(f"  {mark} {result.name:<22} {result.detail}")
-        failed += not result.ok
-    if failed:
-        print(f"{failed} check(s) failed", file=sys.stderr)
-        return 1
-    return 0
+    failed = sum(not result.ok for result in results)
+    print(f"{failed} of {len(results)} checks failed" if failed else f"all {len(results)} checks passed")
+    return 1 if failed else 0
 
 
 def _stack(args: argparse.Namespace) -> int:
@@ -159,6 +203,8 @@ def _approve(args: argparse.Namespace) -> int:
     except ValueError:
         print(f"error: approve: {args.run_id!r} is not a flow run id. Copy it from the run's page or log", file=sys.stderr)
         return 2
+    if not _prefect_api("approve"):
+        return 2
     with get_client(sync_client=True) as client:
         try:
             run = client.read_flow_run(run_id)
@@ -172,8 +218,34 @@ def _approve(args: argparse.Namespace) -> int:
     decision = "reject" if args.reject else "approve"
     resume_flow_run(run_id, run_input={"approver": args.approver, "role": args.role, "decision": decision,
                                        "comment": args.comment})
-    print(f"{decision}d {run.name} as {args.approver} ({args.role})")
+    print(f"{'rejected' if args.reject else 'approved'} {run.name} as {args.approver} ({args.role})")
     return 0
+
+
+def _follow(args: argparse.Namespace) -> int:
+    from uuid import UUID
+
+    from prefect.exceptions import ObjectNotFound
+
+    from deployctl.follow import follow
+
+    try:
+        run_id = UUID(args.run_id)
+    except ValueError:
+        print(f"error: follow: {args.run_id!r} is not a flow run id. Copy it from the run's page or log", file=sys.stderr)
+        return 2
+    if not _prefect_api("follow"):
+        return 2
+    try:
+        run = follow(run_id, timeout=args.timeout)
+    except ObjectNotFound:
+        print(f"error: follow: no flow run {run_id}. Check the id and PREFECT_API_URL", file=sys.stderr)
+        return 2
+    except TimeoutError as exc:
+        print(f"follow: {exc}", file=sys.stderr)
+        return 1
+    print(f"{run.name}: {run.state.name}")
+    return 0 if run.state.is_completed() else 1
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -222,11 +294,7 @@ def _dora(args: argparse.Namespace) -> int:
     from tasks.ledger import Ledger
 
     config = load_environment(args.environment)
-    if args.artifact and not _prefect_api_configured():
-        # Without an API URL, Prefect would start a temporary server of its own and the artifact would
-        # vanish with it.
-        print("error: dora --artifact: PREFECT_API_URL is not set. Set it to your Prefect server's API "
-              "(e.g. http://127.0.0.1:4200/api), or leave out --artifact", file=sys.stderr)
+    if args.artifact and not _prefect_api("dora --artifact"):
         return 2
     ledger = Ledger.for_state_dir(config.state_dir)
     figures = dora_figures(ledger, config.name, days=args.days, target=config.metrics.success_target)
@@ -245,12 +313,6 @@ def _dora(args: argparse.Namespace) -> int:
             return 1
         print(f"artifact {artifact_key(config.name)} written ({artifact_id})", file=sys.stderr)
     return 0
-
-
-def _prefect_api_configured() -> bool:
-    from prefect.settings import get_current_settings
-
-    return bool(get_current_settings().api.url)
 
 
 if __name__ == "__main__":

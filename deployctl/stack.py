@@ -65,10 +65,7 @@ class Stack:
         return [sys.executable, "-m", "prefect"]
 
     def up(self, log=print) -> None:  # type: ignore[no-untyped-def]
-        self.home.mkdir(parents=True, exist_ok=True)
-        if not self.healthy():
-            self._spawn("server", [*self._prefect(), "server", "start", "--host", "127.0.0.1", "--port", str(self.port)])
-            self._wait_healthy(timeout=90)
+        self.start_server()
         log(f"prefect server  {self.ui_url}")
         self.run([*self._prefect(), "work-pool", "create", POOL, "--type", "process", "--overwrite"])
         self.run([*self._prefect(), "--no-prompt", "deploy", "--all"], cwd=PROJECT_DIR)
@@ -83,6 +80,13 @@ class Stack:
             self._spawn("worker", [*self._prefect(), "worker", "start", "--pool", POOL, "--type", "process"])
             marker.write_text(wanted)
         log(f"worker          pool {POOL}, pid {self._pid('worker')}")
+
+    def start_server(self, timeout: float = 90) -> None:
+        """The server alone (no pool, deployments or worker), unless it answers already."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        if not self.healthy():
+            self._spawn("server", [*self._prefect(), "server", "start", "--host", "127.0.0.1", "--port", str(self.port)])
+            self._wait_healthy(timeout=timeout)
 
     def down(self, log=print) -> None:  # type: ignore[no-untyped-def]
         for name in ("worker", "server"):
