@@ -2,23 +2,51 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import re
+import shutil
 import socket
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
+if TYPE_CHECKING:  # imported only where used: it imports prefect, which must read the environment set below
+    from deployctl.stack import Stack
+
 # Prefect logs "Stopping temporary server" while pytest is closing its captured streams; without
 # this, logging prints a traceback about the closed file at the very end of every run.
 logging.raiseExceptions = False
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that needs a Prefect server is slow whether or not its module says so: `make test-fast`
+    (-m "not slow") must never start one."""
+    for item in items:
+        if "prefect_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
+def _name_the_prefect_server() -> None:
+    """The Prefect server of this test process is named while this conftest is imported, before any
+    test or conftest imports prefect: prefect reads its settings from the environment once, for
+    every thread (an approver's, a lock renewal's) alike. Its PREFECT_HOME is this process's own (an
+    xdist worker overrides what it inherited); the server starts when a test first needs it."""
+    home = Path(tempfile.mkdtemp(prefix="deploy-tests-prefect-"))
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
+    (port,) = free_ports(1)
+    os.environ.update({"PREFECT_HOME": str(home), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+                       "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+    os.environ.pop("PREFECT_API_KEY", None)
+
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "DEPLOY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -37,15 +65,45 @@ def _postgres_available() -> str | None:
         engine.dispose()
 
 
-@pytest.fixture(scope="session")
-def prefect_server() -> Iterator[None]:
-    """One Prefect test server for the whole session: harnesses must never nest."""
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_server_database(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str | None]:
+    """A PREFECT_HOME and the database of a server started in it (see tests/prefect_servers.py)."""
+    from tests.prefect_servers import server_database
 
-    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        with prefect_test_harness(server_startup_timeout=90):
-            yield
+    return server_database(tmp_path_factory, POSTGRES_ADMIN_URL if _postgres_available() is None else None)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The xdist controller (or the only process) drops the run's Prefect databases once all is done."""
+    if "PYTEST_XDIST_WORKER" in os.environ or _postgres_available() is not None:
+        return
+    from tests.prefect_servers import drop_run_databases, shared_dir
+
+    drop_run_databases(shared_dir(session.config._tmp_path_factory), POSTGRES_ADMIN_URL)  # type: ignore[attr-defined]
+
+
+def _xdist_worker() -> bool:
+    return "PYTEST_XDIST_WORKER" in os.environ
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One real Prefect server for this test process (each xdist worker has its own, so no test sees
+    another's runs), on a migrated copy of the run's template database."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    from deployctl.stack import Stack
+
+    api = os.environ["PREFECT_API_URL"]
+    home, database = prefect_server_database(tmp_path_factory)
+    server = Stack(home=home, port=int(api.rsplit(":", 1)[1].split("/")[0]), database_url=database)
+    server.start_server()
+    try:
+        # Without heartbeats a flow ends up to a second sooner (no thread to join); None cannot be an
+        # environment variable, so it is set for this thread, where the tests run their flows.
+        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            yield server
+    finally:
+        server.down(log=lambda *_: None)
 
 
 @pytest.fixture(scope="session")
@@ -109,3 +167,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     shots = [p for p in UI_SCREENSHOTS.glob("*.png") if p.stat().st_mtime >= _session_started]
     if shots:
         terminalreporter.write_line(f"UI screenshots of this run ({len(shots)}, one per stage): {UI_SCREENSHOTS}")
+
+
+_name_the_prefect_server()

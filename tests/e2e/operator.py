@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import httpx
 import pytest
 
 from deployctl.stack import Stack
-from tests.conftest import free_ports
+from tests.conftest import free_ports, prefect_server_database
 from tests.flows.conftest import Sandbox, make_sandbox
 
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -34,8 +35,9 @@ def stack_with_sandbox(tmp_path_factory: pytest.TempPathFactory, db: str = "sqli
     root = tmp_path_factory.mktemp("sbx") / "sandbox"
     boxes = make_sandbox(tmp_path_factory, db, root=root)
     (port,) = free_ports(1)
-    server = Stack(home=tmp_path_factory.mktemp("prefect-home"), port=port, environments_dir=root / "environments",
-                   database_url=server_database_url)
+    home, database = prefect_server_database(tmp_path_factory)
+    server = Stack(home=home, port=port, environments_dir=root / "environments",
+                   database_url=server_database_url or database)
     with ThreadPoolExecutor(max_workers=1) as pool:
         building = pool.submit(next, boxes)
         try:
@@ -48,6 +50,16 @@ def stack_with_sandbox(tmp_path_factory: pytest.TempPathFactory, db: str = "sqli
             server.down(log=lambda *_: None)
             wait([building])
             next(boxes, None)
+
+
+@contextmanager
+def on_server(stack: Stack) -> Iterator[None]:
+    """Prefect calls made in this process (a lock probe, say) go to `stack`'s server, not the test
+    process's own."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: stack.api_url}):
+        yield
 
 
 def trigger(stack: Stack, name: str, ref: str) -> str:

@@ -18,7 +18,15 @@ import pytest
 
 from deployctl.stack import Stack
 from tasks.ledger import Ledger
-from tests.e2e.operator import FINAL, flow_runs, kill_flow_process, stack_with_sandbox, trigger, wait_for
+from tests.e2e.operator import (
+    FINAL,
+    flow_runs,
+    kill_flow_process,
+    on_server,
+    stack_with_sandbox,
+    trigger,
+    wait_for,
+)
 from tests.flows.conftest import Sandbox
 from tests.webhook import Receiver, receiving
 from tests.flows.invariants import assert_healthy_on, assert_lock_free, state
@@ -113,7 +121,8 @@ def test_killed_mid_deploy_ends_on_the_previous_release(stack: tuple[Stack, Sand
     assert release.outcome in ("rolled_back", "aborted"), release.outcome
     assert state(box, "staging") == before
     assert_healthy_on(box, "staging", box.sha("v1"))
-    assert_lock_free("staging", ledger)
+    with on_server(server):  # the deploy lock lives on the stack's server
+        assert_lock_free("staging", ledger)
     deadline = time.monotonic() + 15
     while canaries(config.source.workspace) and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -23,16 +23,16 @@ samples every process's argv meanwhile, so #15 covers deploys that abort, fail a
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,7 @@ from tests.faults.releases import (
     MIGRATION_FAILS_MIDWAY,
     add_fault_releases,
 )
+from deployctl.stack import Stack
 from tests.flows.conftest import Approver, Sandbox, approval, make_sandbox
 from tests.flows.invariants import (
     assert_healthy_on,
@@ -101,29 +102,37 @@ def sq(sqlite_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Sandbox:
     return sqlite_sandbox
 
 
-@dataclass
 class ArgvWatch:
-    """Samples /proc/*/cmdline while the PostgreSQL tests run; a child's argv is readable by anyone."""
+    """tests/argv_watch.py in a process of its own, from `start` until `stop`."""
 
-    secret: str
-    hits: list[str] = field(default_factory=list)
-    seen: set[str] = field(default_factory=set)
-    stop: threading.Event = field(default_factory=threading.Event)
+    def __init__(self, secret: str, out: Path) -> None:
+        self.secret = secret
+        self.out = out
+        self.process: subprocess.Popen[str] | None = None
 
-    def run(self) -> None:
-        needle = self.secret.encode()
-        while not self.stop.wait(0.003):
-            for pid in os.listdir("/proc"):
-                if not pid.isdigit():
-                    continue
-                try:
-                    argv = Path(f"/proc/{pid}/cmdline").read_bytes()
-                except OSError:
-                    continue
-                if argv:
-                    self.seen.add(os.path.basename(argv.split(b"\0", 1)[0].decode(errors="replace")))
-                if needle in argv:
-                    self.hits.append(argv.replace(b"\0", b" ").decode(errors="replace"))
+    def start(self) -> None:
+        self.process = subprocess.Popen([sys.executable, "-m", "tests.argv_watch", str(self.out)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                        cwd=Path(__file__).parents[2])
+        self._say(self.secret)
+
+    def report(self) -> tuple[set[str], list[str]]:
+        """The programs seen so far, and every command line that held the secret."""
+        self._say("report")
+        assert self.process is not None and self.process.stdout is not None
+        assert self.process.stdout.readline().strip() == "ok", "the argv watch stopped answering"
+        result = json.loads(self.out.read_text())
+        return set(result["seen"]), list(result["hits"])
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.stdin is not None and not self.process.stdin.closed:
+            self.process.stdin.close()
+            self.process.wait(timeout=30)
+
+    def _say(self, line: str) -> None:
+        assert self.process is not None and self.process.stdin is not None
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
 
 
 @dataclass(frozen=True)
@@ -131,10 +140,12 @@ class ProductionSecret:
     password: str
     role: str
     argv: ArgvWatch
+    prefect_server: Stack  # its database (SQLite in its home, or PostgreSQL) is searched too
 
 
 @pytest.fixture(scope="module")
-def production_secret(postgres_sandbox: Sandbox, postgres_admin_url: str) -> Iterator[ProductionSecret]:
+def production_secret(postgres_sandbox: Sandbox, postgres_admin_url: str,
+                      prefect_server: Stack) -> Iterator[ProductionSecret]:
     """Production's database belongs to a role with a password, and the app runs with that URL."""
     box = postgres_sandbox
     database = postgres_database_name(box.root, "production")
@@ -154,14 +165,13 @@ def production_secret(postgres_sandbox: Sandbox, postgres_admin_url: str) -> Ite
     original = secrets_file.read_text()
     secrets_file.write_text(original.replace("JOBAPP_PRODUCTION_DATABASE_URL=postgresql+psycopg://postgres@",
                                              f"JOBAPP_PRODUCTION_DATABASE_URL=postgresql+psycopg://{role}:{password}@"))
-    watch = ArgvWatch(password)
-    sampler = threading.Thread(target=watch.run, name="argv-watch", daemon=True)
+    watch = ArgvWatch(password, box.root / "argv-watch.json")
     try:
         restart_app(box, "production")
-        sampler.start()
-        yield ProductionSecret(password, role, watch)
+        watch.start()
+        yield ProductionSecret(password, role, watch, prefect_server)
     finally:
-        watch.stop.set()
+        watch.stop()
         secrets_file.write_text(original)
         restart_app(box, "production")
         with owned.connect() as conn:
@@ -702,7 +712,7 @@ def test_05_migration_2_of_3_fails_on_postgres_and_nothing_is_committed(
 def assert_secret_nowhere(box: Sandbox, secret: ProductionSecret, capfd: pytest.CaptureFixture[str],
                           caplog: pytest.LogCaptureFixture) -> None:
     password = secret.password
-    places = list(exposed_text(box))
+    places = list(exposed_text(box, secret.prefect_server))
     kinds = {where.split(" ", 2)[0] + " " + where.split(" ", 2)[1] for where, _ in places}
     assert {"Prefect log", "artifact deploy-staging-summary", "flow run", "task run", "Prefect server",
             "state file", "backup manifest", "startup log"} <= kinds, sorted(kinds)
@@ -711,17 +721,18 @@ def assert_secret_nowhere(box: Sandbox, secret: ProductionSecret, capfd: pytest.
     captured = capfd.readouterr()
     found += [f"captured {name}" for name, text_ in (("stdout", captured.out), ("stderr", captured.err),
                                                      ("log records", caplog.text)) if password in text_]
-    found += [f"argv: {argv[:200]}" for argv in secret.argv.hits]
+    seen, hits = secret.argv.report()
+    found += [f"argv: {argv[:200]}" for argv in hits]
     assert not found, "\n".join(found)
     # The sampler is alive and fast enough to see short-lived children.
-    assert {"git", "pg_dump", "pg_restore"} <= secret.argv.seen, sorted(secret.argv.seen)
+    assert {"git", "pg_dump", "pg_restore"} <= seen, sorted(seen)
 
 
-def exposed_text(box: Sandbox) -> Iterator[tuple[str, str]]:
+def exposed_text(box: Sandbox, prefect_server: Stack) -> Iterator[tuple[str, str]]:
     """Every place a deploy writes to that someone other than the app may read."""
     from prefect.client.orchestration import get_client
     from prefect.logging.handlers import APILogHandler
-    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, PREFECT_SERVER_DATABASE_CONNECTION_URL
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
 
     APILogHandler().flush()
     with get_client(sync_client=True) as client:
@@ -752,9 +763,14 @@ def exposed_text(box: Sandbox) -> Iterator[tuple[str, str]]:
             if len(tasks) < 200:
                 break
     # Events, states and everything else the server keeps.
-    server_db = Path(make_url(PREFECT_SERVER_DATABASE_CONNECTION_URL.value()).database or "")
-    for path in server_db.parent.glob(server_db.name + "*"):
+    for path in prefect_server.home.glob("prefect.db*"):
         yield f"Prefect server database {path.name}", path.read_bytes().decode("latin-1")
+    if prefect_server.database_url:
+        server_db = make_url(prefect_server.database_url)
+        dump = subprocess.run(["pg_dump", "--host", server_db.host or "127.0.0.1", "--port", str(server_db.port or 5432),
+                               "--username", server_db.username or "postgres", "--no-password", "--data-only",
+                               server_db.database or ""], capture_output=True, text=True, timeout=120, check=True)
+        yield "Prefect server database (pg_dump)", dump.stdout
     storage = Path(PREFECT_LOCAL_STORAGE_PATH.value())
     for path in storage.rglob("*") if storage.exists() else []:
         if path.is_file():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -47,9 +48,24 @@ def fast(text: str) -> str:
     return re.sub(r"^test_command = .*$", "test_command = []", text, flags=re.M)
 
 
+_templates: dict[str, Path] = {}
+
+
+def sandbox_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite sandbox built once per test process and never started: its origin, clones and migrated,
+    seeded databases are copied into every SQLite sandbox of the process, which then only starts."""
+    if "sqlite" not in _templates:
+        root = tmp_path_factory.mktemp("sbx-template") / "sandbox"
+        sandbox.up(root, db="sqlite", ports={"staging": 1, "production": 2}, log=lambda *_: None, start=False)
+        _templates["sqlite"] = root
+    return _templates["sqlite"]
+
+
 def make_sandbox(tmp_path_factory: pytest.TempPathFactory, db: str = "sqlite",
                  root: Path | None = None) -> Iterator[Sandbox]:
     root = root or tmp_path_factory.mktemp("sbx") / "sandbox"
+    if db == "sqlite":
+        shutil.copytree(sandbox_template(tmp_path_factory), root, symlinks=True)
     staging_port, production_port = free_ports(2)
     sandbox.up(root, db=db, ports={"staging": staging_port, "production": production_port}, log=lambda *_: None)
     box = Sandbox(root, db)
