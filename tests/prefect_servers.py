@@ -85,3 +85,13 @@ def drop_run_databases(shared: Path, postgres_admin_url: str) -> None:
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     finally:
         admin.dispose()
+
+
+def drain_prefect_queues() -> None:
+    """Send the events and logs this process still has queued while their server is up: at exit,
+    Prefect would retry sending them to a stopped server for over a minute."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for queue in (APILogWorker, EventsWorker):
+        queue.drain_all(timeout=30)

@@ -19,6 +19,7 @@ import pytest
 from deployctl.stack import Stack
 from tests.conftest import free_ports, prefect_server_database
 from tests.flows.conftest import Sandbox, make_sandbox
+from tests.prefect_servers import drain_prefect_queues
 
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 DEPLOYCTL = str(Path(sys.executable).with_name("deployctl"))
@@ -47,6 +48,7 @@ def stack_with_sandbox(tmp_path_factory: pytest.TempPathFactory, db: str = "sqli
                 prepare(box)
             yield server, box
         finally:
+            drain_prefect_queues()
             server.down(log=lambda *_: None)
             wait([building])
             next(boxes, None)
