@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 
+from tasks.service import dies_with_us
 from tasks.service import is_alive as _alive
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -34,6 +35,8 @@ class Stack:
     environments_dir: Path | None = None
     database_url: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Tests' servers and workers end with the process that started them, even when it is killed.
+    tied_to_caller: bool = False
 
     @property
     def api_url(self) -> str:
@@ -120,7 +123,8 @@ class Stack:
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = open(self.home / f"{name}.log", "ab")
         process = subprocess.Popen(argv, env=self.env(), cwd=PROJECT_DIR, stdin=subprocess.DEVNULL, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+                                   stderr=subprocess.STDOUT, start_new_session=True,
+                                   preexec_fn=dies_with_us(signal.SIGTERM) if self.tied_to_caller else None)
         (self.home / f"{name}.pid").write_text(str(process.pid))
 
     def _pid(self, name: str) -> int | None:

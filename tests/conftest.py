@@ -99,7 +99,8 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # loops that serve those would only spend a fifth of the module's CPU.
     idle = {f"PREFECT_SERVER_SERVICES_{name}_ENABLED": "false" for name in (
         "FOREMAN", "LATE_RUNS", "SCHEDULER", "REPOSSESSOR", "TRIGGERS", "CANCELLATION_CLEANUP", "CLEANUP_RECONCILER")}
-    server = Stack(home=home, port=int(api.rsplit(":", 1)[1].split("/")[0]), database_url=database, extra_env=idle)
+    server = Stack(home=home, port=int(api.rsplit(":", 1)[1].split("/")[0]), database_url=database, extra_env=idle,
+                   tied_to_caller=True)
     server.start_server()
     try:
         # Without heartbeats a flow ends up to a second sooner (no thread to join); None cannot be an

@@ -38,7 +38,7 @@ def stack_with_sandbox(tmp_path_factory: pytest.TempPathFactory, db: str = "sqli
     (port,) = free_ports(1)
     home, database = prefect_server_database(tmp_path_factory)
     server = Stack(home=home, port=port, environments_dir=root / "environments",
-                   database_url=server_database_url or database)
+                   database_url=server_database_url or database, tied_to_caller=True)
     with ThreadPoolExecutor(max_workers=1) as pool:
         building = pool.submit(next, boxes)
         try:
