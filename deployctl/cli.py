@@ -4,7 +4,7 @@
     deployctl check ENV          validate an environment file and check what it can reach, changing nothing
     deployctl approve RUN_ID --as NAME --role ROLE [--reject] [--comment TEXT]
     deployctl follow RUN_ID      a run's steps as they start and end, until it ends
-    deployctl status ENV         the live release and the last releases, from the ledger
+    deployctl status ENV         the live release and the last deploys and rollbacks, from the ledger
     deployctl dora ENV [--days N] [--json] [--artifact]
                                  DORA figures from the ledger; --artifact also writes the markdown
                                  artifact dora-ENV to the Prefect API named by PREFECT_API_URL
@@ -24,9 +24,12 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from deployments.errors import DeployError
+
+if TYPE_CHECKING:  # imported where used: `deployctl --help` need not load SQLAlchemy
+    from tasks.ledger import Ledger
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -100,7 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     follow.add_argument("--timeout", type=float, default=7200, help="seconds to follow at most (default 7200)")
     follow.set_defaults(handler=_follow)
 
-    status = commands.add_parser("status", help="the live release and the last releases of an environment")
+    status = commands.add_parser("status", help="the live release and the last deploys and rollbacks of an "
+                                                "environment")
     status.add_argument("environment")
     status.add_argument("--limit", type=int, default=10)
     status.set_defaults(handler=_status)
@@ -268,16 +272,31 @@ def _status(args: argparse.Namespace) -> int:
     if last_good is not None:
         print(f"last good release: {last_good.ref} {str(last_good.target_sha)[:12]} at "
               f"{last_good.finished_at:%Y-%m-%d %H:%M:%S}")
-    print(f"\n{'ID':<5} {'STARTED (UTC)':<20} {'REF':<14} {'SHA':<13} {'OUTCOME':<16} {'PHASE / STEP':<30} "
-          f"{'WATCH':<13} RUN")
-    for release in ledger.releases(config.name, limit=args.limit, include_dry_runs=True):
-        where = release.failed_step or release.phase
+    for line in _history(ledger, config.name, args.limit):
+        print(line)
+    return 0
+
+
+def _history(ledger: Ledger, environment: str, limit: int) -> list[str]:
+    """The last runs that wrote to the ledger, deploys and rollbacks alike, newest first. A rollback
+    says which release it undoes and, if it failed, the step where it did: that is where an operator
+    picks up."""
+    from tasks.dora import is_rollback_run
+
+    lines = [f"\n{'ID':<5} {'STARTED (UTC)':<20} {'KIND':<16} {'REF':<14} {'SHA':<13} {'OUTCOME':<16} "
+             f"{'PHASE / STEP':<34} {'WATCH':<13} RUN"]
+    for release in ledger.history(environment, limit=limit):
+        if is_rollback_run(release):
+            kind = f"rollback of #{release.rollback_of}" if release.rollback_of else "rollback"
+            where = release.failed_step or "-"
+        else:
+            kind, where = "deploy", release.failed_step or release.phase
         outcome = release.outcome + (" (dry)" if release.dry_run else "")
         watch = (release.watch or {}).get("outcome", "-")
-        print(f"{release.id:<5} {release.started_at:%Y-%m-%d %H:%M:%S}  {release.ref[:14]:<14} "
-              f"{(release.target_sha or '-')[:12]:<13} {outcome:<16} {where[:30]:<30} {watch:<13} "
-              f"{release.flow_run_name or '-'}")
-    return 0
+        lines.append(f"{release.id:<5} {release.started_at:%Y-%m-%d %H:%M:%S}  {kind:<16} {release.ref[:14]:<14} "
+                     f"{(release.target_sha or '-')[:12]:<13} {outcome:<16} {where:<34} {watch:<13} "
+                     f"{release.flow_run_name or '-'}")
+    return lines
 
 
 def _days(value: str) -> int:

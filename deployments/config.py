@@ -172,6 +172,11 @@ class BackupConfig(Model):
                              "(O(N)); integrity_check also looks every index entry up against its row "
                              "(O(N log N), about twice the copy's time)",
     )
+    pg_dump_compression: int = Field(
+        1, ge=0, le=9, description="gzip level of PostgreSQL archives: 1 costs a third of the default 6's CPU "
+                                   "for an archive about a fifth larger, and keeps the restore that proves "
+                                   "each backup alongside the dump instead of behind it (bench/backups.py)",
+    )
 
 
 class HealthConfig(Model):
@@ -180,6 +185,10 @@ class HealthConfig(Model):
     timeout_seconds: float = Field(5.0, gt=0, le=120)
     deadline_seconds: float = Field(60.0, gt=0, le=3600)
     check_version: bool = Field(True, description="require /api/health to report the deployed SHA")
+    stable_checks: int = Field(3, ge=1, le=1000, description="after a reload, health must pass this many "
+                               "consecutive checks (one a second at most) ...")
+    stable_seconds: float = Field(10.0, ge=0, le=3600, description="... spanning at least this long; a failure "
+                                  "after the first good check fails the step: a release that flaps is not healthy")
     required_services: list[str] = ["database", "scraper", "ai", "documents", "email"]
 
 

@@ -77,8 +77,8 @@ def post_deploy_watch(environment: str, deploy_run_id: str | None = None, durati
                       interval_seconds: int | None = None) -> State:
     """Watch a release after its deploy. `deploy_run_id` names the deploy (default: the live release);
     `duration_seconds` and `interval_seconds` override the environment file's [watch] for this run."""
+    install_log_filters()  # first: a refused environment name is then one line, without traceback
     config = load_environment(environment)
-    install_log_filters()
     ledger = Ledger.for_state_dir(config.state_dir)
     release = watched_release(config, ledger, deploy_run_id)
     duration = duration_seconds or config.watch.duration_seconds
@@ -95,7 +95,8 @@ def post_deploy_watch(environment: str, deploy_run_id: str | None = None, durati
                                      "finished_at": _now(), "samples": result.counts(),
                                      "alerts": result.alerts, "rollback": result.rollback})
     publish_summary(config, release, watch, result)
-    notify(config, f"Watch of {environment} ended: {result.outcome}", result.message)
+    notify(config, f"Watch of {environment} ended: {result.outcome}", result.message,
+           alert=result.outcome not in ("clean", "superseded"))
     get_run_logger().info("Metrics: %s.", publish_metrics(config, ledger))
     if result.outcome in ("clean", "superseded"):
         return Completed(message=result.message)
@@ -241,7 +242,7 @@ class Watch:
         notify(self.config, f"ALERT: watch of {self.config.name} is blind",
                f"{alert}\n" + impact("post-deploy watch", f"{self.config.name} serves {self.sha[:12]}; its health is "
                                      "still checked, its error rate and response time are not",
-                                     "restore the metrics source; the watch cannot pass without it"))
+                                     "restore the metrics source; the watch cannot pass without it"), alert=True)
 
     def conclusion(self, result: WatchResult) -> str:
         counts = result.counts()
@@ -263,7 +264,7 @@ def raise_alert(config: EnvironmentConfig, release: Release, alert: str, next_st
     get_run_logger().error("Critical alert on %s: %s", config.name, alert)
     notify(config, f"CRITICAL: {config.name} {str(release.target_sha)[:12]} after deploy",
            f"{alert}\n" + impact("post-deploy watch", f"{config.name} serves {str(release.target_sha)[:12]} "
-                                 f"({release.ref}) and it is misbehaving", next_step))
+                                 f"({release.ref}) and it is misbehaving", next_step), alert=True)
     return True
 
 

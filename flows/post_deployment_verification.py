@@ -1,6 +1,7 @@
 """post-deployment-verification: runbook phase 3.
 
-    check-health               step 7: /health and /api/health healthy, serving the new SHA
+    check-health               step 7: /health and /api/health healthy, serving the new SHA, and
+                               holding so over the stability window ([health] stable_checks, stable_seconds)
     run-critical-path-tests    step 8: job scraping, AI analysis, document generation, email
     check-performance          step 9: metrics received; error rate and p95 within range and vs baseline
 """
@@ -27,8 +28,7 @@ class PostDeployment:
 @flow(name="post-deployment-verification", flow_run_name="{environment}: post-deployment verification")
 def post_deployment_verification(environment: str, sha: str, baseline: Baseline | None) -> PostDeployment:
     config = load_environment(environment)
-    attempts = max(1, int(config.health.deadline_seconds))
-    health = check_health.with_options(retries=attempts - 1, retry_delay_seconds=1)(config, sha)
+    health = check_health(config, sha)
     smoke = run_critical_path_tests(config)
     performance = check_performance(config, baseline)
     return PostDeployment(health, smoke, performance)

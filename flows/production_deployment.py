@@ -106,6 +106,7 @@ def production_deployment(environment: str, ref: str = "main", dry_run: bool = F
         reason: Why; shown to the approvers, in the notifications, the ledger and the summary.
         force: Deploy again even if this SHA is live already (otherwise that is a no-op).
     """
+    install_log_filters()  # first: a refused ref or environment name is then one line, without traceback
     config = load_environment(environment)
     validate_ref(ref)
     check_configuration(config)
@@ -137,7 +138,6 @@ class Deploy:
     """The bookkeeping of one run: ledger row, phase timings, progress, notifications, summary."""
 
     def __init__(self, config: EnvironmentConfig, ref: str, dry_run: bool, reason: str) -> None:
-        install_log_filters()
         self.config = config
         self.logger = get_run_logger()
         self.ledger = Ledger.for_state_dir(config.state_dir)
@@ -241,11 +241,12 @@ class Deploy:
             state, next_step = ("partly changed (the new code or migrations may be in place)",
                                 f"rollback.automatic is off: run rollback/{self.config.name} by hand now")
         self.logger.error("%s", exc)
-        self._say(f"Deploy to {self.config.name} {outcome} at {exc.step}", f"{exc}\n{impact(exc.step, state, next_step)}")
+        self._say(f"Deploy to {self.config.name} {outcome} at {exc.step}", f"{exc}\n{impact(exc.step, state, next_step)}",
+                  alert=changed)
         self._publish()
 
-    def _say(self, subject: str, body: str) -> bool:
-        return notify(self.config, subject, body)
+    def _say(self, subject: str, body: str, alert: bool = False) -> bool:
+        return notify(self.config, subject, body, alert=alert)
 
     def _publish(self) -> None:
         self.logger.info("Metrics: %s.", publish_metrics(self.config, self.ledger))

@@ -34,7 +34,7 @@ from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
 from deployments.config import EnvironmentConfig, load_environment
-from deployments.errors import DeployError, InvalidInput, MigrationFailed, RollbackFailed
+from deployments.errors import DeployError, InvalidInput, LockHeld, MigrationFailed, RollbackFailed
 from deployments.logs import install_log_filters
 from deployments.secrets import resolve_app_environment
 from tasks import recording
@@ -82,8 +82,8 @@ def rollback(environment: str, failed_run_id: str = "", to: str = "", reason: st
     """
     if failed_run_id:
         to = ""
+    install_log_filters()  # first: a refused environment name is then one line, without traceback
     config = load_environment(environment)
-    install_log_filters()
     ledger = Ledger.for_state_dir(config.state_dir)
     run_id = str(flow_run.id) if flow_run.id else None
     record = ledger.open_release(environment=environment, flow_run_id=run_id, flow_run_name=flow_run.name,
@@ -114,22 +114,23 @@ def rollback(environment: str, failed_run_id: str = "", to: str = "", reason: st
             never_ran = never_served(config, ledger, subject)
             if not never_ran:
                 restart_application(config)
-            # Retried each second until the health deadline, visibly.
+            # Retried each second until the health deadline, visibly; the first good answer will do:
+            # the release coming back held its health before, and every second here is downtime.
             verify_health = check_health.with_options(retries=max(1, int(config.health.deadline_seconds)) - 1,
                                                       retry_delay_seconds=1)
-            verify_health(config, plan.to_sha, allow_maintenance=True)
+            verify_health(config, plan.to_sha, allow_maintenance=True, held=False)
             ledger.update(subject.id, restored_at=datetime.now(timezone.utc))
             resume_traffic(config)
             if never_ran:
                 restart_application.with_options(name="renew-application")(config)
-                verify_health(config, plan.to_sha)
+                verify_health(config, plan.to_sha, held=False)
             if config.rollback.verify_critical_paths:
                 run_critical_path_tests(config)
             return _finish(config, ledger, record_id, subject, plan, "rolled_back",
                            f"{environment} is back on {str(plan.to_sha)[:12]}: {plan.describe()}")
     except DeployError as exc:
         get_run_logger().error("%s", exc)
-        _finish(config, ledger, record_id, subject, None, "rollback_failed", str(exc), step=exc.step)
+        _finish(config, ledger, record_id, subject, None, "rollback_failed", str(exc), step=exc.step, error=exc)
         raise
 
 
@@ -230,7 +231,8 @@ def undo_database(config: EnvironmentConfig, plan: RollbackPlan, app_name: str) 
 
 
 def _finish(config: EnvironmentConfig, ledger: Ledger, record_id: int, subject: Release | None,
-            plan: RollbackPlan | None, outcome: str, message: str, step: str | None = None) -> str:
+            plan: RollbackPlan | None, outcome: str, message: str, step: str | None = None,
+            error: DeployError | None = None) -> str:
     ledger.finish(record_id, "noop" if outcome == "noop" else ("succeeded" if outcome == "rolled_back" else "failed"),
                   step=step, error=None if outcome != "rollback_failed" else message)
     if subject is not None and outcome in ("rolled_back", "rollback_failed"):
@@ -238,12 +240,25 @@ def _finish(config: EnvironmentConfig, ledger: Ledger, record_id: int, subject: 
     if outcome == "rolled_back":
         notify(config, f"Rollback of {config.name} done", message)
     elif outcome == "rollback_failed":
-        live = current_sha(config.source.workspace)
+        state, next_step = failure_advice(config, error, current_sha(config.source.workspace))
         notify(config, f"ALERT: rollback of {config.name} failed", f"{message}\n" + impact(
-            step or "rollback", f"{config.name} is at {live[:12]}; maintenance mode is still on if it was turned on",
-            "nothing more is tried automatically: restore by hand from the backup named in the ledger "
-            "(`deployctl status`)"))
+            step or "rollback", state, next_step), alert=True)
     get_run_logger().info(message)
     publish_rollback(ledger, record_id, outcome, message)
     get_run_logger().info("Metrics: %s.", publish_metrics(config, ledger))
     return message
+
+
+def failure_advice(config: EnvironmentConfig, error: DeployError | None, live: str) -> tuple[str, str]:
+    """What a failed rollback leaves behind and what to do next, by its cause. A rollback refused its
+    lock or its input changed nothing, so restoring a backup would be wrong advice there: the lock's
+    holder has to end first, or the input has to be corrected."""
+    unchanged = f"{config.name} is at {live[:12]}, untouched by this rollback (no maintenance, no restore)"
+    if isinstance(error, LockHeld):
+        return unchanged, (f"{error.cause}: wait for that run to end, or cancel it in the Prefect UI (its lock is "
+                           f"freed then), then run rollback/{config.name} again")
+    if isinstance(error, InvalidInput):
+        return unchanged, f"{error.action}, then run rollback/{config.name} again"
+    return (f"{config.name} is at {live[:12]}; maintenance mode is still on if it was turned on",
+            "nothing more is tried automatically: restore by hand from the backup named in the ledger "
+            "(`deployctl status`)")

@@ -9,7 +9,8 @@
     staging/ production/     app/ (a clone at v1), data/, run/ (pid), logs/, backups/
 
 then migrates and seeds both databases (staging's data is clean, production's has the legacy rows
-that break v3 and v4) and starts both apps. `up` is idempotent; `down` stops what it started, by pid.
+that break v3 and v4) and starts both apps. SQLite databases run in WAL mode, as production SQLite
+usually does. `up` is idempotent; `down` stops what it started, by pid.
 
 The environment files and sandbox.env are the operator's once written: `up` records what it wrote
 (`generated.json`) and rewrites a file only while it is still exactly that, so an edit survives every
@@ -23,11 +24,13 @@ import hashlib
 import json
 import os
 import shutil
+import sqlite3
 import string
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -160,6 +163,8 @@ def up(
         url = app_env[config.database.app_variable]
         if url.startswith("postgresql"):
             _create_postgres_database(url)
+        elif url.startswith("sqlite"):
+            _use_wal(url)
         prepared = config.source.workspace.parent / "data" / ".prepared"
         # Migrated and seeded already, for this database and this checkout: nothing to do again. The
         # database is named relative to the sandbox, so a copied sandbox's SQLite files count as done.
@@ -272,6 +277,22 @@ def _prepare_workspace(config: EnvironmentConfig, origin: Path) -> None:
         _git(workspace, "remote", "set-url", config.source.remote, str(origin))
     for sub in ("data", "run", "logs", "backups"):
         (workspace.parent / sub).mkdir(exist_ok=True)
+
+
+def _use_wal(url: str) -> None:
+    """WAL mode for the sandbox's SQLite database, as production SQLite usually runs: there a backup
+    must see writes not yet checkpointed into the main file, and the sandbox's deploys should meet
+    that. The mode is kept in the file, so the app and every tool open it in WAL from then on."""
+    path = make_url(url).database
+    try:
+        with closing(sqlite3.connect(str(path), timeout=15)) as conn:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    except sqlite3.Error as exc:
+        raise SandboxError(f"setting WAL mode on {path} failed ({exc}); stop what holds the database "
+                           "(`deployctl sandbox down`) and run `sandbox up` again") from None
+    if mode != "wal":
+        raise SandboxError(f"{path} stayed in journal mode {mode!r}: its file system may not support WAL "
+                           "(shared memory); put the sandbox on a local disk")
 
 
 def _create_postgres_database(url: str) -> None:

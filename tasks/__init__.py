@@ -9,6 +9,7 @@ into the ledger (`recording`), every step's start, end and outcome is written th
 from __future__ import annotations
 
 import contextvars
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -58,6 +59,18 @@ def _on_finished(tsk: Task[..., Any], task_run: TaskRun, state: State) -> None:
         current.ledger.step_finished(step_id, "completed", detail[:2000])
     else:
         current.ledger.step_finished(step_id, "failed", (state.message or "")[:2000])
+
+
+def run_log(outside: str = "deploy") -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """The log of the flow or task run this is called from, which reaches the Prefect API and UI; the
+    plain logger `outside` (whose records never reach it) only outside any run: a script, a test."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(outside)
 
 
 def read_step(name: str, retries: int = 2, retry_delay_seconds: float = 1.0) -> Callable[[F], F]:

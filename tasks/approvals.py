@@ -32,6 +32,7 @@ from sqlalchemy.engine import make_url
 from deployments.config import EnvironmentConfig, load_environment
 from deployments.errors import ApprovalRejected, DeployError
 from deployments.secrets import redact, resolve_app_environment
+from tasks.backups import Manifest, latest_manifest
 from tasks.health import assess
 from tasks.ledger import StepRecord
 from tasks.migrations import MigrationStatus, PendingRevision
@@ -162,6 +163,7 @@ class ReleaseBrief:
     checks: list[StepRecord]  # the prerequisites, with their evidence
     staging: str  # staging's state, as checked when the brief was written
     automatic_rollback: bool
+    last_backup: Manifest | None = None  # the newest published backup: how long a restore takes
 
     def markdown(self) -> str:
         release, env = self.release, self.environment
@@ -174,12 +176,23 @@ class ReleaseBrief:
             self._commits(),
             self._checks(),
             f"**Staging**: {self.staging}",
-            f"**Backup first**: the {env} database ({self.database}, revision `{self.revision or 'none'}`) is "
-            f"copied to {_md(str(self.backup_directory))} as `pre-deployment-<date>-<time>` and verified "
-            "(row counts, checksum) before anything changes.",
+            self._backup(),
             f"**If it fails**: {self._rollback_plan()}",
         ]
         return redact("\n\n".join(blocks))
+
+    def _backup(self) -> str:
+        proof = ("proven by restoring it into a scratch database that must hold the same revision, schema and "
+                 "row counts" if self.database == "postgresql" else
+                 "checked page by page and compared with the database (revision, schema, row counts)")
+        line = (f"**Backup first**: the {self.environment} database ({self.database}, revision "
+                f"`{self.revision or 'none'}`) is copied to {_md(str(self.backup_directory))} as "
+                f"`pre-deployment-<date>-<time>` and {proof}, before anything changes.")
+        last = self.last_backup
+        if last is not None and "restore" in last.seconds:
+            line += (f" The last backup (`{last.tag}`, {sum(last.row_counts.values())} rows) took "
+                     f"{last.seconds['restore']:.1f} s to restore.")
+        return line
 
     def _commits(self) -> str:
         shown = 8
@@ -246,7 +259,8 @@ def release_brief(config: EnvironmentConfig, release: ResolvedRelease, migration
         migrations=list(migrations.pending) if migrations else [],
         revision=migrations.current if migrations else None, database=make_url(url).get_backend_name(),
         backup_directory=config.backups.directory, checks=checks,
-        staging=staging_state(config, release.sha), automatic_rollback=config.rollback.automatic)
+        staging=staging_state(config, release.sha), automatic_rollback=config.rollback.automatic,
+        last_backup=latest_manifest(config.backups.directory))
 
 
 def staging_state(config: EnvironmentConfig, sha: str) -> str:

@@ -5,15 +5,17 @@ database kind, source URL without password, alembic revision, git SHA, row count
 versions). It is written as `<tag>.partial/`, fsynced, verified, then renamed: a directory without
 `.partial` is always a complete, verified backup.
 
-SQLite: the online backup API (a file copy of a WAL database can miss committed pages), then
-`PRAGMA quick_check` (or `integrity_check`, `[backups] sqlite_check`), the revision and the row
-counts read back from the copy. The copy is the source page for page: whether its indexes agree
-with its rows is the source's property, which integrity_check proves again at O(N log N) on every
-deploy; quick_check proves every page and b-tree of the copy is whole and readable, at O(N).
-PostgreSQL: the row counts and `pg_dump -Fc` read one exported snapshot, so they describe the same
-data; the password goes in a 0600 passfile (never argv or environment); verification is a full
-`pg_restore -f /dev/null` read of the archive (`--list` reads only its table of contents).
-The fsync, the sha256 and that check of the copy run side by side (`_sync_and_verify`): the backup
+SQLite: the online backup API (a file copy of a WAL database can miss committed pages), run inside
+a read transaction on the source that also reads the source's revision, schema and row counts, so
+both describe one snapshot; then `PRAGMA quick_check` (or `integrity_check`, `[backups]
+sqlite_check`) of the copy, and the copy's revision, schema and row counts must equal the source's.
+quick_check proves every page and b-tree of the copy is whole and readable, at O(N); whether the
+indexes agree with their rows is the source's property, which integrity_check proves at O(N log N).
+PostgreSQL (`tasks.postgres_backups`): proven by a restore. `pg_dump -Fc` streams into the archive
+file and, at once, into `pg_restore` on a scratch database; the restored copy's revision, schema and
+row counts must equal the dumped snapshot's. A damaged table of contents that `pg_restore --list`
+would accept fails here. Every wait for a lock is bounded and names its holder.
+The fsync, the sha256 and the check of a SQLite copy run side by side (`_sync_and_verify`): the backup
 costs the copy plus the slowest of the three, not their sum (bench/backups.py measures it).
 Restore: the backup API into the live file, or `pg_restore --single-transaction --clean`.
 """
@@ -28,7 +30,6 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -38,12 +39,16 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from sqlalchemy import inspect, text
-from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.engine import URL, make_url
 
 from deployments.config import EnvironmentConfig
 from deployments.errors import BackupFailed
 from deployments.secrets import redact, resolve_app_environment
 from tasks import change_step
+from tasks import postgres_backups as postgres
+from tasks import run_log
+from tasks.lock_waits import session_name
+from tasks.database_state import DatabaseState
 from tasks.migrations import connect, read_only_uri
 
 TAG_FORMAT = "pre-deployment-%Y%m%d-%H%M%S"
@@ -66,16 +71,19 @@ class Manifest:
     row_counts: dict[str, int] = field(default_factory=dict)
     tool_versions: dict[str, str] = field(default_factory=dict)
     created_at: str = ""
-    seconds: dict[str, float] = field(default_factory=dict)
-    verified_by: str = ""  # the check the copy passed: quick_check, integrity_check, pg_restore
+    seconds: dict[str, float] = field(default_factory=dict)  # dump, verify, restore (a restore's measured time)...
+    verified_by: str = ""  # what proved the copy: quick_check or integrity_check, or a restore
+    fingerprint: str = ""  # the schema's, as tasks.database_state reads it; the copy's equals the source's
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     def describe(self) -> str:
         rows = sum(self.row_counts.values())
+        restore = f", restores in {self.seconds['restore']:.1f} s" if "restore" in self.seconds else ""
         return (f"{self.tag}: {self.kind}, revision {self.revision}, {rows} rows, {self.size_bytes} bytes, "
-                f"sha256 {self.sha256[:12]}, verified" + (f" by {self.verified_by}" if self.verified_by else ""))
+                f"sha256 {self.sha256[:12]}, verified" + (f" by {self.verified_by}" if self.verified_by else "")
+                + restore)
 
 
 def new_tag(now: datetime | None = None) -> str:
@@ -89,7 +97,7 @@ def public_url(url: str) -> str:
 
 def take_backup(url: str, directory: Path, tag: str, *, revision: str | None, git_sha: str | None,
                 run_id: str | None, pg_dump: str = "pg_dump", pg_restore: str = "pg_restore",
-                sqlite_check: str = "quick") -> Manifest:
+                sqlite_check: str = "quick", lock_timeout_ms: int = 5000, compression: int = 1) -> Manifest:
     """Write, verify and publish a backup of the database at `url`. BackupFailed leaves nothing behind."""
     parsed = make_url(url)
     kind = "sqlite" if parsed.get_backend_name() == "sqlite" else "postgresql"
@@ -106,15 +114,16 @@ def take_backup(url: str, directory: Path, tag: str, *, revision: str | None, gi
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir()
         target = partial / manifest.file
-        started = time.perf_counter()
         if kind == "sqlite":
-            _sqlite_backup(parsed, target, manifest)
+            started = time.perf_counter()
+            source = _sqlite_backup(parsed, target, manifest)
+            manifest.seconds["dump"] = round(time.perf_counter() - started, 3)
+            started = time.perf_counter()
+            _sync_and_verify(target, manifest, source, sqlite_check)
+            manifest.seconds["verify"] = round(time.perf_counter() - started, 3)
         else:
-            _postgres_backup(parsed, target, manifest, pg_dump)
-        manifest.seconds["dump"] = round(time.perf_counter() - started, 3)
-        started = time.perf_counter()
-        _sync_and_verify(target, manifest, pg_restore, sqlite_check)
-        manifest.seconds["verify"] = round(time.perf_counter() - started, 3)
+            tools = postgres.Tools(pg_dump, pg_restore, lock_timeout_ms, session_name(), compression)
+            _record_proof(manifest, postgres.dump_and_prove(parsed, target, tools, revision, run_log()))
         _write_json(partial / MANIFEST, manifest.to_json())
         _fsync_dir(partial)
         os.rename(partial, final)
@@ -139,6 +148,16 @@ def load_manifest(directory: Path, tag: str) -> Manifest:
                            "pick another backup with `ls` in the backup directory") from None
 
 
+def latest_manifest(directory: Path) -> Manifest | None:
+    """The newest published backup's manifest, if any can be read: what the last backup cost."""
+    for path in sorted(directory.glob("pre-deployment-*/" + MANIFEST), reverse=True):
+        try:
+            return Manifest(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            continue
+    return None
+
+
 def verify_file(directory: Path, manifest: Manifest) -> Path:
     """The backup's file, after checking it is the one the manifest describes."""
     path = directory / manifest.tag / manifest.file
@@ -148,7 +167,8 @@ def verify_file(directory: Path, manifest: Manifest) -> Path:
     return path
 
 
-def restore_backup(url: str, directory: Path, tag: str, pg_restore: str = "pg_restore") -> Manifest:
+def restore_backup(url: str, directory: Path, tag: str, pg_restore: str = "pg_restore",
+                   lock_timeout_ms: int = 5000) -> Manifest:
     """Put the database back exactly as the backup has it; checks revision and row counts after."""
     manifest = load_manifest(directory, tag)
     path = verify_file(directory, manifest)
@@ -156,7 +176,8 @@ def restore_backup(url: str, directory: Path, tag: str, pg_restore: str = "pg_re
     if manifest.kind == "sqlite":
         _sqlite_restore(path, parsed)
     else:
-        _postgres_restore(path, parsed, pg_restore, keep_tables=set(manifest.row_counts))
+        tools = postgres.Tools(pg_restore=pg_restore, lock_timeout_ms=lock_timeout_ms, session=session_name())
+        postgres.restore_archive(path, parsed, tools, set(manifest.row_counts), run_log())
     counts, revision = _live_counts(url)
     if revision != manifest.revision or counts != manifest.row_counts:
         raise BackupFailed("restore backup", f"after restoring {tag} the database is at {revision} with "
@@ -176,16 +197,25 @@ def prune(directory: Path, keep: int, protected: set[str]) -> list[str]:
     return removed
 
 
-def _sync_and_verify(target: Path, manifest: Manifest, pg_restore: str, sqlite_check: str) -> None:
-    """fsync, sha256 and the database's own check of the copy, side by side.
+def _record_proof(manifest: Manifest, proof: postgres.ProvenDump) -> None:
+    manifest.row_counts = proof.source.row_counts
+    manifest.fingerprint = proof.source.fingerprint
+    manifest.sha256 = proof.sha256
+    manifest.size_bytes = proof.size_bytes
+    manifest.seconds.update(dump=proof.dump_seconds, restore=proof.restore_seconds)
+    manifest.tool_versions.update(server=proof.server_version, pg_dump=proof.pg_dump_version)
+    manifest.verified_by = "a restore into a scratch database (same revision, schema and row counts)"
+
+
+def _sync_and_verify(target: Path, manifest: Manifest, source: DatabaseState, sqlite_check: str) -> None:
+    """fsync, sha256 and SQLite's own check of the copy, side by side.
 
     Each goes through the whole file, and they wait on different things: the fsync on the disk, the
-    hash and the check each on a core (hashlib, SQLite and pg_restore run without the GIL). One after
-    the other they cost more than the copy itself; side by side, as long as the slowest of them.
-    Nothing is published before all three have finished without error.
+    hash and the check each on a core (hashlib and SQLite run without the GIL). One after the other
+    they cost more than the copy itself; side by side, as long as the slowest of them. Nothing is
+    published before all three have finished without error.
     """
-    check = (functools.partial(_verify_sqlite, target, manifest, sqlite_check) if manifest.kind == "sqlite"
-             else functools.partial(_verify_postgres_archive, target, pg_restore))
+    check = functools.partial(_verify_sqlite, target, manifest, source, sqlite_check)
 
     def timed(name: str, work: Callable[[], Any]) -> Callable[[], Any]:
         def run() -> Any:
@@ -203,32 +233,47 @@ def _sync_and_verify(target: Path, manifest: Manifest, pg_restore: str, sqlite_c
     # All three have ended here. A failed fsync means the file may not be on disk: it is reported first.
     synced.result()
     checked.result()
-    if manifest.kind != "sqlite":
-        manifest.verified_by = "pg_restore"
     manifest.sha256 = digest.result()
     manifest.size_bytes = target.stat().st_size
 
 
-def _sqlite_backup(parsed: URL, target: Path, manifest: Manifest) -> None:
+def _sqlite_backup(parsed: URL, target: Path, manifest: Manifest) -> DatabaseState:
+    """Copy the database, and read the source's state in the read transaction the copy is taken in."""
     source_path = parsed.database or ""
     if not Path(source_path).exists():
         raise BackupFailed("backup database", f"the SQLite database {source_path} does not exist",
                            "check database.url")
-    source = sqlite3.connect(read_only_uri(source_path), uri=True)
+    source = sqlite3.connect(read_only_uri(source_path), uri=True, isolation_level=None, timeout=30)
     destination = sqlite3.connect(target)
     try:
         # A new file that is thrown away unless complete: no journal, and one fsync of the whole
         # file (while it is verified) instead of SQLite's at commit.
         destination.execute("PRAGMA journal_mode=OFF")
         destination.execute("PRAGMA synchronous=OFF")
+        source.execute("BEGIN")
+        state = sqlite_state(source)  # starts the read transaction: the backup reads the same snapshot
         source.backup(destination)
+        source.execute("COMMIT")
         manifest.tool_versions["sqlite"] = sqlite3.sqlite_version
     finally:
         destination.close()
         source.close()
+    if state.revision != manifest.revision:
+        raise BackupFailed("backup database", f"the database moved to revision {state.revision} "
+                           f"(expected {manifest.revision})", "something else is migrating; stop it")
+    return state
 
 
-def _verify_sqlite(target: Path, manifest: Manifest, check: str) -> None:
+def sqlite_state(conn: sqlite3.Connection) -> DatabaseState:
+    """Revision, schema fingerprint (every object's SQL in sqlite_master) and row counts of a SQLite file."""
+    counts, revision = _counts_sqlite(conn)
+    schema = conn.execute("SELECT type, name, tbl_name, coalesce(sql, '') FROM sqlite_master "
+                          "WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name").fetchall()
+    fingerprint = hashlib.sha256(json.dumps(schema).encode()).hexdigest()
+    return DatabaseState(revision, fingerprint, counts)
+
+
+def _verify_sqlite(target: Path, manifest: Manifest, source: DatabaseState, check: str) -> None:
     conn = sqlite3.connect(read_only_uri(target), uri=True)
     try:
         # Mapped, the check's many lookups (every index entry against its row) are memory reads
@@ -243,14 +288,16 @@ def _verify_sqlite(target: Path, manifest: Manifest, check: str) -> None:
         if result != "ok":
             raise BackupFailed("verify backup", f"{pragma} of the copy says {result!r}",
                                "the source database may be damaged; do not deploy")
-        manifest.verified_by = pragma
-        counts, revision = _counts_sqlite(conn)
+        copy = sqlite_state(conn)
     finally:
         conn.close()
-    if revision != manifest.revision:
-        raise BackupFailed("verify backup", f"the copy is at revision {revision}, the database was at "
-                           f"{manifest.revision}", "something migrated during the backup; run again")
-    manifest.row_counts = counts
+    problems = source.differences(copy)
+    if problems:
+        raise BackupFailed("verify backup", f"the copy does not match the database it was taken from: "
+                           f"{'; '.join(problems)}", "do not deploy; check the disk and run again")
+    manifest.verified_by = pragma
+    manifest.row_counts = copy.row_counts
+    manifest.fingerprint = copy.fingerprint
 
 
 def _counts_sqlite(conn: sqlite3.Connection) -> tuple[dict[str, int], str | None]:
@@ -265,7 +312,7 @@ def _counts_sqlite(conn: sqlite3.Connection) -> tuple[dict[str, int], str | None
 
 
 def _live_counts(url: str) -> tuple[dict[str, int], str | None]:
-    engine = connect(url, "deploy-backup-verify")
+    engine = connect(url, session_name("restore-verify"))
     try:
         with engine.connect() as conn:
             tables = sorted(t for t in inspect(conn).get_table_names())
@@ -287,123 +334,6 @@ def _sqlite_restore(path: Path, parsed: URL) -> None:
     finally:
         destination.close()
         source.close()
-
-
-@contextmanager
-def _passfile(parsed: URL) -> Iterator[dict[str, str]]:
-    """libpq connection settings: host, port, user, db in the environment; the password in a 0600 file."""
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PGCONNECT_TIMEOUT": "10"}
-    with tempfile.TemporaryDirectory(prefix="deploy-pg-") as tmp:
-        passfile = Path(tmp) / "pgpass"
-        fd = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            if parsed.password:
-                # Any database: the same credentials serve the rehearsal's scratch copy.
-                fields = [parsed.host or "localhost", str(parsed.port or 5432), "*",
-                          parsed.username or "*", str(parsed.password)]
-                handle.write(":".join(f.replace("\\", "\\\\").replace(":", "\\:") for f in fields) + "\n")
-        env["PGPASSFILE"] = str(passfile)
-        yield env
-
-
-def _pg_args(parsed: URL) -> list[str]:
-    args = ["--host", parsed.host or "localhost", "--port", str(parsed.port or 5432)]
-    if parsed.username:
-        args += ["--username", parsed.username]
-    return args + ["--no-password"]
-
-
-def _postgres_backup(parsed: URL, target: Path, manifest: Manifest, pg_dump: str) -> None:
-    url = parsed.render_as_string(hide_password=False)
-    engine = connect(url, "deploy-backup")
-    try:
-        with engine.connect() as conn:
-            conn.exec_driver_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            snapshot = conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one()
-            with _passfile(parsed) as env, tempfile.TemporaryFile() as stderr:
-                argv = [pg_dump, *_pg_args(parsed), "--format=custom", "--snapshot", snapshot,
-                        "--file", str(target), "--dbname", parsed.database or ""]
-                dump = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
-                try:
-                    # pg_dump reads the exported snapshot in a session of its own; the counts read it
-                    # here meanwhile (a full scan of each table, on the other core), so both describe
-                    # the same data.
-                    _read_snapshot(conn, manifest)
-                    returncode = dump.wait(timeout=6 * 3600)
-                finally:
-                    if dump.poll() is None:
-                        dump.kill()
-                        dump.wait()
-                stderr.seek(0)
-                errors = stderr.read().decode(errors="replace")
-                manifest.tool_versions["pg_dump"] = _tool_version(pg_dump)
-            conn.exec_driver_sql("COMMIT")
-    finally:
-        engine.dispose()
-    if returncode != 0:
-        raise BackupFailed("backup database", f"pg_dump failed: {redact(errors.strip()[-300:])}",
-                           "fix the cause (disk, permissions, connection); nothing was migrated")
-
-
-def _read_snapshot(conn: Connection, manifest: Manifest) -> None:
-    """Row counts, revision and server version, in the transaction that exported the snapshot."""
-    tables = sorted(inspect(conn).get_table_names())
-    manifest.row_counts = {t: conn.execute(text(f'SELECT count(*) FROM "{t}"')).scalar_one() for t in tables}
-    if "alembic_version" in tables:
-        revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-        if revision != manifest.revision:
-            raise BackupFailed("backup database", f"the database moved to revision {revision} "
-                               f"(expected {manifest.revision})", "something else is migrating; stop it")
-    manifest.tool_versions["server"] = str(conn.exec_driver_sql("SHOW server_version").scalar())
-
-
-def _verify_postgres_archive(target: Path, pg_restore: str) -> None:
-    result = subprocess.run([pg_restore, "--file", os.devnull, str(target)], capture_output=True, text=True,
-                            timeout=6 * 3600, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
-    if result.returncode != 0:
-        raise BackupFailed("verify backup", f"pg_restore cannot read the archive: {redact(result.stderr.strip()[-300:])}",
-                           "do not deploy; check pg_dump and the disk")
-
-
-def _postgres_restore(path: Path, parsed: URL, pg_restore: str, keep_tables: set[str]) -> None:
-    _end_other_sessions(parsed)
-    _drop_tables_not_in(parsed, keep_tables)
-    with _passfile(parsed) as env:
-        argv = [pg_restore, *_pg_args(parsed), "--single-transaction", "--clean", "--if-exists", "--no-owner",
-                "--exit-on-error", "--dbname", parsed.database or "", str(path)]
-        result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=6 * 3600)
-    if result.returncode != 0:
-        raise BackupFailed("restore backup", f"pg_restore failed: {redact(result.stderr.strip()[-300:])}",
-                           "the database is unchanged (single transaction); keep maintenance on and restore by hand")
-
-
-def _drop_tables_not_in(parsed: URL, keep_tables: set[str]) -> None:
-    """`--clean` drops only what the archive holds: a table a failed migration created would survive."""
-    engine = connect(parsed.render_as_string(hide_password=False), "deploy-restore")
-    try:
-        with engine.begin() as conn:
-            for table in inspect(conn).get_table_names():
-                if table not in keep_tables:
-                    conn.execute(text(f'DROP TABLE IF EXISTS "{table}" CASCADE'))
-    finally:
-        engine.dispose()
-
-
-def _end_other_sessions(parsed: URL) -> None:
-    """Sessions of the app would block --clean's DROPs until lock_timeout; the app is in maintenance."""
-    engine = connect(parsed.render_as_string(hide_password=False), "deploy-restore")
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                              "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
-            conn.commit()
-    finally:
-        engine.dispose()
-
-
-def _tool_version(tool: str) -> str:
-    result = subprocess.run([tool, "--version"], capture_output=True, text=True, timeout=30)
-    return result.stdout.strip()
 
 
 def _sha256(path: Path) -> str:
@@ -443,45 +373,32 @@ def _fsync_dir(path: Path) -> None:
 
 
 @contextmanager
-def scratch_copy(url: str, workdir: Path, pg_dump: str = "pg_dump", pg_restore: str = "pg_restore") -> Iterator[str]:
+def scratch_copy(url: str, workdir: Path, pg_dump: str = "pg_dump", pg_restore: str = "pg_restore",
+                 lock_timeout_ms: int = 5000, step: str = "test migrations") -> Iterator[str]:
     """A throwaway copy of the database at `url`, for rehearsing migrations on real data."""
     parsed = make_url(url)
     workdir.mkdir(parents=True, exist_ok=True)
-    if parsed.get_backend_name() == "sqlite":
-        copy = workdir / f"rehearsal-{os.getpid()}-{time.monotonic_ns()}.sqlite3"
-        source = sqlite3.connect(read_only_uri(str(parsed.database)), uri=True)
-        destination = sqlite3.connect(copy)
-        try:
-            source.backup(destination)
-        finally:
-            destination.close()
-            source.close()
-        try:
-            yield parsed.set(database=str(copy)).render_as_string(hide_password=False)
-        finally:
-            copy.unlink(missing_ok=True)
+    if parsed.get_backend_name() != "sqlite":
+        tools = postgres.Tools(pg_dump, pg_restore, lock_timeout_ms, session_name())
+        with postgres.scratch_copy(parsed, tools, run_log(), step) as copy:
+            yield copy.render_as_string(hide_password=False)
         return
-    scratch = f"{(parsed.database or 'db')[:40]}_rehearsal_{os.getpid()}_{time.monotonic_ns() % 10**8}"
-    admin = connect(parsed.render_as_string(hide_password=False), "deploy-rehearsal")
-    dump = workdir / f"{scratch}.dump"
+    copy_path = workdir / f"rehearsal-{os.getpid()}-{time.monotonic_ns()}.sqlite3"
+    source = sqlite3.connect(read_only_uri(str(parsed.database)), uri=True, timeout=lock_timeout_ms / 1000)
+    destination = sqlite3.connect(copy_path)
     try:
-        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(text(f'CREATE DATABASE "{scratch}"'))
-        with _passfile(parsed) as env:
-            for argv in (
-                [pg_dump, *_pg_args(parsed), "--format=custom", "--file", str(dump), "--dbname", parsed.database or ""],
-                [pg_restore, *_pg_args(parsed), "--no-owner", "--exit-on-error", "--dbname", scratch, str(dump)],
-            ):
-                result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=6 * 3600)
-                if result.returncode != 0:
-                    raise BackupFailed("test migrations", f"copying the database failed: "
-                                       f"{redact(result.stderr.strip()[-300:])}", "check the database and disk space")
-        yield parsed.set(database=scratch).render_as_string(hide_password=False)
+        source.backup(destination)
+    except sqlite3.OperationalError as exc:
+        copy_path.unlink(missing_ok=True)
+        raise BackupFailed(step, f"copying the database failed ({exc})",
+                           "another process holds the database locked; wait for it and run again") from None
     finally:
-        dump.unlink(missing_ok=True)
-        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)'))
-        admin.dispose()
+        destination.close()
+        source.close()
+    try:
+        yield parsed.set(database=str(copy_path)).render_as_string(hide_password=False)
+    finally:
+        copy_path.unlink(missing_ok=True)
 
 
 @change_step("backup-database")
@@ -492,7 +409,9 @@ def backup_database(config: EnvironmentConfig, revision: str | None, git_sha: st
     manifest = take_backup(app_env[config.database.app_variable], config.backups.directory, new_tag(),
                            revision=revision, git_sha=git_sha, run_id=run_id,
                            pg_dump=config.backups.pg_dump, pg_restore=config.backups.pg_restore,
-                           sqlite_check=config.backups.sqlite_check)
+                           sqlite_check=config.backups.sqlite_check,
+                           lock_timeout_ms=config.database.lock_timeout_ms,
+                           compression=config.backups.pg_dump_compression)
     prune(config.backups.directory, config.backups.keep, protected | {manifest.tag})
     return manifest
 
@@ -502,4 +421,4 @@ def restore_database(config: EnvironmentConfig, tag: str) -> Manifest:
     """Rollback, last line of defence: put the database back exactly as the verified backup has it."""
     app_env = resolve_app_environment(config)
     return restore_backup(app_env[config.database.app_variable], config.backups.directory, tag,
-                          pg_restore=config.backups.pg_restore)
+                          pg_restore=config.backups.pg_restore, lock_timeout_ms=config.database.lock_timeout_ms)

@@ -1,5 +1,10 @@
 """Health of the app: `/health` (liveness) and `/api/health` (services and the SHA it serves).
 
+After a reload, health must hold, not just appear (`hold`): good within the deadline, then good on
+`stable_checks` consecutive checks spanning at least `stable_seconds`. A release that answers 200 as
+it boots and 500 a few seconds later fails there, on a quiet machine or a loaded one, instead of
+being called a success and left to the watch.
+
 Redirects are never followed: a health endpoint that answers 3xx is misconfigured, so unhealthy.
 Every request has a total deadline, so an endpoint that accepts and never answers costs at most
 `timeout_seconds`.
@@ -10,13 +15,14 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 
 from deployments.config import EnvironmentConfig
 from deployments.errors import HealthCheckFailed
-from tasks import http, read_step
+from tasks import http, read_step, run_log
 
 
 @dataclass(frozen=True)
@@ -82,11 +88,14 @@ class HealthReport:
     liveness: Probe
     api: Probe
     version: str | None
+    checks: int = 1  # consecutive good checks behind this report
+    held_seconds: float = 0.0  # from the first of them to the last
 
     def describe(self) -> str:
+        held = f"; held for {self.checks} checks over {self.held_seconds:.1f} s" if self.checks > 1 else ""
         return (f"{self.liveness.url} HTTP {self.liveness.status_code}; {self.api.url} HTTP "
                 f"{self.api.status_code}, status {(self.api.body or {}).get('status')!r}, "
-                f"serves {(self.version or 'unknown')[:12]}")
+                f"serves {(self.version or 'unknown')[:12]}{held}")
 
 
 def assess(config: EnvironmentConfig, expected_sha: str | None, step: str, allow_maintenance: bool = False) -> HealthReport:
@@ -120,6 +129,48 @@ def assess(config: EnvironmentConfig, expected_sha: str | None, step: str, allow
     return HealthReport(liveness, api, version)
 
 
+def hold(config: EnvironmentConfig, expected_sha: str | None, step: str, log: Callable[[str], None],
+         allow_maintenance: bool = False, clock: Callable[[], float] = time.monotonic,
+         sleep: Callable[[float], None] = time.sleep) -> HealthReport:
+    """Health good within `deadline_seconds`, then good on `stable_checks` consecutive checks spanning
+    at least `stable_seconds`, checked once a second at most. Before the first good check a failure is
+    retried until the deadline (the app may still be starting); after it, one failure fails the step."""
+    settings = config.health
+    interval = min(1.0, settings.stable_seconds / (settings.stable_checks - 1)) if settings.stable_checks > 1 else 1.0
+    started = clock()
+    first_good: float | None = None
+    good = 0
+    said_waiting = False
+    while True:
+        try:
+            report = assess(config, expected_sha, step, allow_maintenance)
+        except HealthCheckFailed as exc:
+            now = clock()
+            if first_good is not None:
+                raise HealthCheckFailed(step, f"healthy at first, then {exc.cause} {now - first_good:.1f} s later "
+                                        f"(after {good} good checks)",
+                                        "the release does not hold its health; read the app's log") from None
+            if now - started >= settings.deadline_seconds:
+                raise HealthCheckFailed(step, f"{exc.cause} (not healthy within {settings.deadline_seconds:g} s)",
+                                        exc.action) from None
+            if not said_waiting:
+                log(f"{step}: not healthy yet ({exc.cause}); checking each second for up to "
+                    f"{settings.deadline_seconds:g} s")
+                said_waiting = True
+            sleep(1.0)
+            continue
+        now = clock()
+        if first_good is None:
+            first_good = now
+            if settings.stable_checks > 1:
+                log(f"{step}: healthy; it must stay so for {settings.stable_checks} checks over "
+                    f"{settings.stable_seconds:g} s")
+        good += 1
+        if good >= settings.stable_checks and now - first_good >= settings.stable_seconds:
+            return HealthReport(report.liveness, report.api, report.version, good, round(now - first_good, 1))
+        sleep(interval)
+
+
 @read_step("check-staging-health", retries=2)
 def check_staging_health(staging: EnvironmentConfig, expected_sha: str | None = None) -> HealthReport:
     """Runbook step 1: staging answers HTTP 200 and every service is operational."""
@@ -127,8 +178,13 @@ def check_staging_health(staging: EnvironmentConfig, expected_sha: str | None = 
 
 
 @read_step("check-health", retries=0)
-def check_health(config: EnvironmentConfig, expected_sha: str | None, allow_maintenance: bool = False) -> HealthReport:
-    """Runbook step 7: /health and /api/health healthy, serving the deployed SHA. Call it with
-    `.with_options(retries=...)` so a slow start is retried within the deadline, visibly.
+def check_health(config: EnvironmentConfig, expected_sha: str | None, allow_maintenance: bool = False,
+                 held: bool = True) -> HealthReport:
+    """Runbook step 7: /health and /api/health healthy, serving the deployed SHA, and holding so over
+    the stability window (`hold`). `held=False` takes the first good answer: the rollback, which
+    brings back a release that already held, calls it so with `.with_options(retries=...)`.
     During a rollback the app is in maintenance: its services and version still count."""
-    return assess(config, expected_sha, f"check health ({config.name})", allow_maintenance)
+    step = f"check health ({config.name})"
+    if not held:
+        return assess(config, expected_sha, step, allow_maintenance)
+    return hold(config, expected_sha, step, run_log().info, allow_maintenance)

@@ -165,6 +165,12 @@ class Ledger:
         with self._session() as session:
             return list(session.scalars(query.order_by(Release.id.desc()).limit(limit)))
 
+    def history(self, environment: str, limit: int = 10) -> list[Release]:
+        """Every run's row, deploys (dry runs too) and rollbacks alike, newest first."""
+        query = select(Release).where(Release.environment == environment).order_by(Release.id.desc()).limit(limit)
+        with self._session() as session:
+            return list(session.scalars(query))
+
     def last_succeeded(self, environment: str, before_id: int | None = None) -> Release | None:
         query = select(Release).where(Release.environment == environment, Release.outcome == "succeeded",
                                       Release.dry_run.is_(False), Release.rollback_of.is_(None))

@@ -6,7 +6,8 @@ So the mutating part of a deploy, approvals included, holds the slot of the glob
 that dies stops renewing, and its lease lapses within LEASE_SECONDS; a rollback of a crashed run
 does not wait for that: the ledger holds the dead run's lease id, and the rollback revokes it.
 
-A second deploy waits `wait_seconds` at most, then fails naming the run that holds the lock.
+A second deploy waits `wait_seconds` at most, then fails naming the run that holds the lock: its
+name, id and page in the Prefect UI.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+from prefect.utilities.urls import url_for
 
 from deployments.errors import LockHeld
 from tasks.ledger import Ledger, Release, utcnow
@@ -108,7 +110,22 @@ def _holder(ledger: Ledger, environment: str, release_id: int) -> str:
     if not holders:
         return (f"a run that is not in the ledger, or one that died: its lease lapses within {LEASE_SECONDS} s "
                 "of its death")
-    # A deploy's run name says its ref (and, once resolved, its SHA): the ref is not repeated then.
-    return ", ".join(f"run {r.flow_run_name or r.flow_run_id} ("
-                     + ("" if r.ref in str(r.flow_run_name) else f"{r.ref}, ")
-                     + f"since {r.lock_acquired_at:%Y-%m-%d %H:%M:%S} UTC, {r.phase})" for r in holders)
+    return ", ".join(describe_holder(r) for r in holders)
+
+
+def describe_holder(holder: Release) -> str:
+    """A holder by its run's name, id and page in the UI: two deploys of one ref share a run name (the
+    waiting one would read its own), never an id. A deploy's run name says its ref (and, once
+    resolved, its SHA): the ref is not repeated then."""
+    name = holder.flow_run_name or holder.ref
+    ref = "" if holder.ref in name else f"{holder.ref}, "
+    since = f"since {holder.lock_acquired_at:%Y-%m-%d %H:%M:%S} UTC, {holder.phase}"
+    if not holder.flow_run_id:
+        return f"run {name} ({ref}not a Prefect flow run; {since})"
+    url = run_url(holder.flow_run_id)
+    return f"run {name} ({ref}id {holder.flow_run_id}" + (f", {url}" if url else "") + f"; {since})"
+
+
+def run_url(flow_run_id: str) -> str | None:
+    """The run's page in the Prefect UI; None when no UI URL is known (no PREFECT_API_URL or PREFECT_UI_URL)."""
+    return url_for("flow-run", obj_id=flow_run_id)

@@ -23,10 +23,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from deployments.config import EnvironmentConfig
 from deployments.errors import MigrationFailed, PreflightError
 from deployments.secrets import redact, resolve_app_environment
-from tasks import change_step, read_step, service
+from tasks import change_step, read_step, run_log, service
+from tasks.lock_waits import LockWatch, session_name, watching_lock_waits
 
 
-def connect(url: str, application_name: str = "deployctl", lock_timeout_ms: int = 5000,
+def connect(url: str, application_name: str | None = None, lock_timeout_ms: int = 5000,
             statement_timeout_ms: int = 600_000, read_only: bool = False) -> Engine:
     """An engine whose PostgreSQL sessions can never wait forever and say who they are.
 
@@ -35,6 +36,7 @@ def connect(url: str, application_name: str = "deployctl", lock_timeout_ms: int 
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "postgresql":
+        application_name = application_name or session_name()
         options = f"-c lock_timeout={lock_timeout_ms} -c statement_timeout={statement_timeout_ms}"
         return create_engine(
             parsed.set(drivername="postgresql+psycopg"),
@@ -53,7 +55,7 @@ def read_only_uri(path: str | Path) -> str:
     return f"file:{quote(str(path))}?mode=ro"
 
 
-def database_revision(url: str, application_name: str = "deployctl") -> str | None:
+def database_revision(url: str, application_name: str | None = None) -> str | None:
     """The alembic revision the database is at; None for a database alembic never touched."""
     engine = connect(url, application_name, read_only=True)
     try:
@@ -109,32 +111,45 @@ def run_runner(
     cwd: Path,
     *args: str,
     step: str,
-    application_name: str = "deployctl",
+    application_name: str | None = None,
 ) -> dict[str, Any]:
     """Run the migration runner in the app's interpreter, in `cwd` (a workspace or worktree)."""
     env = service.app_process_env(app_env)
     # libpq reads these, so the app's own engine gets bounded waits and a name we can find it by.
     env["PGOPTIONS"] = (f"-c lock_timeout={config.database.lock_timeout_ms} "
                         f"-c statement_timeout={config.database.statement_timeout_ms}")
+    application_name = application_name or session_name("migrations")
     env["PGAPPNAME"] = application_name
     # Its source is passed with -c: run as a file, its directory (this package) would come first on
     # the app's sys.path and our `health` or `service` could shadow the app's modules of that name.
     argv = [str(config.service.python), "-c", RUNNER.read_text(), *args, "--config", config.database.alembic_config]
-    try:
-        result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True,
-                                timeout=config.database.statement_timeout_ms / 1000 + 60,
-                                preexec_fn=service.dies_with_us())
-    except subprocess.TimeoutExpired:
-        raise MigrationFailed(step, "alembic did not finish in time",
-                              "look for a blocking session in the database, then roll back or run again") from None
+    # The app's env.py may set its own lock_timeout (or none): the watch names any lock the runner
+    # waits for within a second, and cancels a wait the bound did not end.
+    url = app_env.get(config.database.app_variable, "sqlite://")
+    bound = config.database.lock_timeout_ms / 1000
+    with watching_lock_waits(url, application_name, step, bound, run_log()) as watch:
+        try:
+            result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True,
+                                    timeout=config.database.statement_timeout_ms / 1000 + 60,
+                                    preexec_fn=service.dies_with_us())
+        except subprocess.TimeoutExpired:
+            raise MigrationFailed(step, "alembic did not finish in time" + _waited(watch),
+                                  "look for a blocking session in the database, then roll back or run again") from None
     if result.returncode != 0:
         cause = redact(_error_line(result.stderr) or f"exit {result.returncode}")
         doing = re.findall(r"^migration-runner: (\w+)$", result.stderr, flags=re.M)  # which of a rehearsal's steps
+        if watch.seen is not None:
+            raise MigrationFailed(step, f"alembic {doing[-1] if doing else args[0]} gave up{_waited(watch)}",
+                                  "end that session or wait for it to finish, then run again")
         raise MigrationFailed(step, f"alembic {doing[-1] if doing else args[0]} failed: {cause}",
                               "the release's migration must be fixed; production is being rolled back")
     last = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else "{}"
     payload: dict[str, Any] = json.loads(last)
     return payload
+
+
+def _waited(watch: LockWatch) -> str:
+    return f" waiting for {watch.seen.describe()}" if watch.seen is not None else ""
 
 
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Failure|Warning)\b.*: \S")
@@ -218,13 +233,15 @@ def test_migrations(config: EnvironmentConfig, release_tree: Path, scratch_dir: 
     app_env = resolve_app_environment(config)
     url = app_env[config.database.app_variable]
     step = "test migrations"
-    with scratch_copy(url, scratch_dir, config.backups.pg_dump, config.backups.pg_restore) as copy:
+    with scratch_copy(url, scratch_dir, config.backups.pg_dump, config.backups.pg_restore,
+                      config.database.lock_timeout_ms, step) as copy:
         rehearsal_env = {**app_env, config.database.app_variable: copy}
+        name = session_name("rehearsal")
         try:
             if all(p.has_downgrade for p in status.pending):
-                rehearse(config, rehearsal_env, release_tree, status.current or "base", "deploy-rehearsal")
+                rehearse(config, rehearsal_env, release_tree, status.current or "base", name)
             else:
-                upgrade(config, rehearsal_env, release_tree, "deploy-rehearsal")
+                upgrade(config, rehearsal_env, release_tree, name)
         except MigrationFailed as exc:
             raise PreflightError(step, f"on a copy of {config.name}'s data, {exc.cause}",
                                  f"fix the migration in the release; {config.name} was not touched") from None

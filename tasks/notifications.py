@@ -8,39 +8,57 @@
     the watch           critical alerts, a blind watch (no metrics), and its end
 
 Messages go through the Prefect notification blocks named in the environment file
-(`notifications.blocks`: Slack, Microsoft Teams, a custom webhook, anything with `notify`); with none
-configured, to the run's log. Every message passes through `redact`. A notification that cannot be
-delivered is logged and never fails the deploy it reports on.
+(`notifications.blocks`: Slack, Microsoft Teams, a custom webhook, anything with `notify`). With
+none configured, and whenever a channel fails, the message goes to the run's log, where the Prefect
+UI and API show it: an alert (the caller says which messages are) at ERROR, the others at INFO.
+Every message passes through `redact`. A notification that cannot be delivered is logged and never
+fails the deploy it reports on.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from prefect.blocks.core import Block
 
 from deployments.config import EnvironmentConfig
 from deployments.secrets import redact
+from tasks import run_log
 
-logger = logging.getLogger("deploy.notifications")
+# Outside any flow or task run (a script, a test) there is no run log; this one takes the message then.
+OUTSIDE_A_RUN = "deploy.notifications"
 
 
-def notify(config: EnvironmentConfig, subject: str, body: str) -> bool:
-    """Send to every configured block; True when at least one delivery (or the log) took it."""
+def notify(config: EnvironmentConfig, subject: str, body: str, alert: bool = False,
+           run_logger: logging.Logger | logging.LoggerAdapter[Any] | None = None) -> bool:
+    """Send to every configured block; True when a configured channel took it (or, with none
+    configured, the run log did). A message that a channel failed to take is written to the run log
+    too, so nobody depends on the channel that broke.
+
+    `alert` marks a message someone must act on (a failure, a failed rollback, a critical watch
+    finding): it is logged at ERROR. A state hook, which has no run context, passes the logger of
+    its run (`flow_run_logger(flow_run, flow)`) as `run_logger`."""
     subject, body = redact(subject), redact(body)
-    if not config.notifications.blocks:
-        logger.info("%s\n%s", subject, body)
-        return True
-    delivered = False
+    log = run_logger or run_log(OUTSIDE_A_RUN)
+    delivered, failed = False, False
     for name in config.notifications.blocks:
         try:
-            block = Block.load(name)
-            block.notify(body=body, subject=subject)  # type: ignore[attr-defined]
+            send(name, subject, body)
             delivered = True
         except Exception as exc:  # noqa: BLE001 - a channel that fails must not fail the deploy
-            logger.warning("Notification %r through block %r failed: %s", subject, name,
-                           redact(f"{type(exc).__name__}: {exc}"))
-    return delivered
+            failed = True
+            log.warning("Notification %r through block %r failed (%s); the message follows in this log. "
+                        "Check the block in the Prefect UI (Blocks).", subject, name,
+                        redact(f"{type(exc).__name__}: {exc}"))
+    if failed or not delivered:
+        log.log(logging.ERROR if alert else logging.INFO, "%s\n%s", subject, body)
+    return delivered or not config.notifications.blocks
+
+
+def send(block_name: str, subject: str, body: str) -> None:
+    block = Block.load(block_name)
+    block.notify(body=body, subject=subject)  # type: ignore[attr-defined]
 
 
 def impact(step: str, state: str, next_step: str) -> str:

@@ -382,26 +382,40 @@ def restart_application(config: EnvironmentConfig) -> str:
 @read_step("watch-startup-logs", retries=0)
 def watch_startup_logs(config: EnvironmentConfig, offset: int) -> str:
     """Warning of step 4: no error pattern in the log for the grace time after the restart. The grace
-    counts from when the youngest process of the app started: the restart has already waited for
-    its workers to accept, and everything they logged since is read too."""
-    deadline = time.monotonic() + max(0.0, config.service.grace_seconds - serving_processes_age(config))
+    counts from the moment the new workers answer HTTP (any status): an app that takes 10 s to boot
+    is watched for its first `grace_seconds` of serving, not for the time it spent importing.
+    Everything logged since the restart began is read too."""
+    step = f"watch startup logs ({config.name})"
+    answered = _first_answer(config, offset, step)
+    deadline = answered + config.service.grace_seconds
     while True:
-        matches = scan_startup_log(config, offset)
-        if matches:
-            raise ServiceError(f"watch startup logs ({config.name})", f"{len(matches)} error line(s) after the "
-                               f"restart, first: {redact(matches[0])[:300]}", f"read {config.service.startup_log}")
+        _raise_on_errors(config, offset, step)
         if time.monotonic() >= deadline:
             return (f"no error pattern in {config.service.startup_log} for {config.service.grace_seconds:g} s "
-                    "after the restart")
+                    "after the new workers first answered")
         time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
 
-def serving_processes_age(config: EnvironmentConfig) -> float:
-    """Seconds since the youngest process of the running app (its master or a worker) started; 0 if none runs."""
-    master = running_pid(config)
-    if master is None:
-        return 0.0
-    return min(_age(pid) for pid in [master, *children(master)])
+def _first_answer(config: EnvironmentConfig, offset: int, step: str) -> float:
+    """When the app first answers its liveness URL, watching the log meanwhile; bounded by the health
+    deadline (the health check that follows says why an app that never answers is down)."""
+    from tasks.health import probe
+
+    url = config.service.base_url + config.health.path
+    deadline = time.monotonic() + config.health.deadline_seconds
+    while True:
+        _raise_on_errors(config, offset, step)
+        answer = probe(url, min(config.health.timeout_seconds, 2.0))
+        if answer.status_code is not None or time.monotonic() >= deadline:
+            return time.monotonic()
+        time.sleep(0.2)
+
+
+def _raise_on_errors(config: EnvironmentConfig, offset: int, step: str) -> None:
+    matches = scan_startup_log(config, offset)
+    if matches:
+        raise ServiceError(step, f"{len(matches)} error line(s) after the restart, first: {redact(matches[0])[:300]}",
+                           f"read {config.service.startup_log}")
 
 
 def started_before(config: EnvironmentConfig, moment: float) -> bool:

@@ -11,6 +11,8 @@ Author and committer are fixed; the date is this process's start, after the sand
     EMAIL_BROKEN             one reversible migration; POST /api/email answers 500 in production only
                              (the code reads a relay variable nobody configured): health stays ok
     EMAIL_BROKEN_HOTFIX_A/B  two harmless commits on top of EMAIL_BROKEN, for two deploys at once
+    HEALTH_FLAPS             no migration; in production each worker's /api/health answers 200 as it
+                             boots and 503 from 3 s after it booted (the scraper's source "expires")
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ MIGRATION_FAILS_MIDWAY = "faults/migration-fails-midway"
 EMAIL_BROKEN = "faults/email-broken"
 EMAIL_BROKEN_HOTFIX_A = "faults/email-broken-hotfix-a"
 EMAIL_BROKEN_HOTFIX_B = "faults/email-broken-hotfix-b"
+HEALTH_FLAPS = "faults/health-flaps"
 
 DATE = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -99,6 +102,8 @@ def add_fault_releases(origin: Path) -> dict[str, str]:
             EMAIL_BROKEN: _release(work, EMAIL_BROKEN, "v2", _break_email,
                                    "Outbox priorities; production mail through the relay"),
         }
+        shas[HEALTH_FLAPS] = _release(work, HEALTH_FLAPS, "v2", _flap_health,
+                                      "Scraper: refresh the source cache in the background")
         for name, line in ((EMAIL_BROKEN_HOTFIX_A, "hotfix a"), (EMAIL_BROKEN_HOTFIX_B, "hotfix b")):
             shas[name] = _release(work, name, EMAIL_BROKEN, _append_readme(line), f"README: {line}")
         _git(work, "checkout", "--quiet", "main")
@@ -130,6 +135,23 @@ def _break_email(work: Path) -> None:
     text = text.replace("from __future__ import annotations\n", "from __future__ import annotations\n\nimport os\n", 1)
     text = text.replace("    message = OutboxMessage(", "    _relay()\n    message = OutboxMessage(", 1)
     mailer.write_text(text + RELAY_LOOKUP)
+
+
+FLAP = '''
+    # The source cache expires 3 s after this worker booted; in production nothing refreshes it.
+    if os.environ.get("JOBAPP_ENV") == "production" and time.monotonic() - _BOOTED > 3:
+        services["scraper"] = ServiceStatus("error", "RuntimeError: source cache expired", 0.0)
+'''
+
+
+def _flap_health(work: Path) -> None:
+    health = work / "jobapp" / "health.py"
+    text = health.read_text()
+    anchor = "    services = {name: probe(checks[name]) for name in SERVICES}\n"
+    assert anchor in text, "jobapp/health.py changed: update the HEALTH_FLAPS release"
+    text = text.replace("import time\n", "import os\nimport time\n", 1)
+    text = text.replace("SERVICES = (", "_BOOTED = time.monotonic()\nSERVICES = (", 1)
+    health.write_text(text.replace(anchor, anchor + FLAP, 1))
 
 
 def _append_readme(line: str):  # type: ignore[no-untyped-def]

@@ -58,6 +58,7 @@ from tests.faults.releases import (
     EMAIL_BROKEN,
     EMAIL_BROKEN_HOTFIX_A,
     EMAIL_BROKEN_HOTFIX_B,
+    HEALTH_FLAPS,
     MIGRATION_FAILS_MIDWAY,
     add_fault_releases,
 )
@@ -534,6 +535,42 @@ def test_07_a_critical_path_failing_after_the_migrations_is_undone_by_downgrade_
                      "check-health", "resume-traffic", "renew-application", "check-health", "run-critical-path-tests"]
 
 
+# --- health that appears and does not hold --------------------------------------------------------------
+
+
+def without_canary(text_: str) -> str:
+    """No [service.canary] (the release meets production's traffic unchecked, as many teams run), and
+    the committed file's stability window rather than the tests' short one."""
+    start = text_.index("[service.canary]")
+    text_ = text_[:start] + text_[text_.index("\n[", start + 1) + 1:]
+    return text_.replace("stable_seconds = 2", "stable_seconds = 6")
+
+
+def test_a_release_whose_health_does_not_hold_fails_phase_3_and_is_rolled_back(sq: Sandbox) -> None:
+    """200 as its workers boot, 503 three seconds after their first answer: phase 3 does not call it
+    healthy on its first good answer; the stability window sees it relapse, and it is rolled back."""
+    bring(sq, "production", "v2")
+    bring(sq, "staging", HEALTH_FLAPS)  # staging has no source cache to expire
+    before = snapshot(sq, "production")
+    with edited(sq, "production", without_canary), pytest.raises(HealthCheckFailed) as caught:
+        deploy("production", HEALTH_FLAPS)
+    message = str(caught.value)
+    base = sq.config("production").service.base_url
+    assert_one_line(message, "check health (production)",
+                    f"healthy at first, then {base}/api/health answered HTTP 503; unhealthy services: scraper: "
+                    "RuntimeError: source cache expired",
+                    "the release does not hold its health")
+    release = last_release(sq, "production")
+    assert release.outcome == "rolled_back" and release.failed_step == "check health (production)"
+    after = snapshot(sq, "production")
+    assert after.pop("backups") == [*before.pop("backups"), release.backup_tag]
+    assert after == before
+    assert_healthy_on(sq, "production", sq.sha("v2"))
+    assert_lock_free("production", ledger_of(sq, "production"))
+    undo, _ = rollback_of(sq, "production", release)
+    assert undo.outcome == "succeeded"
+
+
 # --- #8 the backup fails ---------------------------------------------------------------------------------
 
 
@@ -612,7 +649,12 @@ def test_12_of_two_deploys_at_once_one_proceeds_and_the_other_names_it(sq: Sandb
     assert_one_line(str(error), "acquire deploy lock (staging)", f"staging is held by run staging: {winner} (",
                     "wait for it to finish, or cancel it in the Prefect UI; nothing was changed")
     # The winner's run is renamed with its SHA once its ref is resolved, maybe before the loser looks.
-    assert re.search(rf"held by run staging: {re.escape(winner)} (\({sq.sha(winner)[:12]}\) )?\(since ", str(error))
+    # Named by its run id and page too: two deploys of one ref would otherwise read the same name.
+    rows = {r.ref: r for r in ledger_of(sq, "staging").releases("staging", limit=5)}
+    holder_id = re.escape(str(rows[winner].flow_run_id))
+    assert re.search(rf"held by run staging: {re.escape(winner)} (\({sq.sha(winner)[:12]}\) )?\(id {holder_id}, "
+                     rf"http://127\.0\.0\.1:\d+/runs/flow-run/{holder_id}; since ", str(error)), str(error)
+    assert str(rows[loser].flow_run_id) not in str(error)
     assert waited < outcomes[winner][1] and waited < 20, "the second deploy did not fail fast"
     assert live_sha(sq, "staging") == sq.sha(winner) and state(sq, "staging")["revision"] == "m001"
     assert_healthy_on(sq, "staging", sq.sha(winner))

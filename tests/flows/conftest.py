@@ -43,8 +43,9 @@ class Sandbox:
 
 
 def fast(text: str) -> str:
-    """Environment file tuned for tests: short grace time, the release's tests skipped (tested apart)."""
-    text = text.replace("grace_seconds = 5", "grace_seconds = 1")
+    """Environment file tuned for tests: short grace time and stability window, the release's tests
+    skipped (tested apart)."""
+    text = text.replace("grace_seconds = 5", "grace_seconds = 1").replace("stable_seconds = 6", "stable_seconds = 2")
     return re.sub(r"^test_command = .*$", "test_command = []", text, flags=re.M)
 
 

@@ -189,7 +189,8 @@ def test_second_deploy_fails_fast_naming_the_holder(box: Sandbox) -> None:
     before = snapshot(box, "staging")
     try:
         with deploy_lock("staging", book, holder.id):
-            with pytest.raises(LockHeld, match=r"staging is held by run staging: v3 \(holder\)"):
+            with pytest.raises(LockHeld, match=r"staging is held by run staging: v3 \(holder\) \(id f{36}, "
+                                               r"http://127\.0\.0\.1:\d+/runs/flow-run/f{36}; since "):
                 deploy("staging", "v3")
     finally:
         book.finish(holder.id, "aborted")

@@ -78,6 +78,23 @@ def test_production_has_the_legacy_rows_staging_lacks(built) -> None:  # type: i
     assert counts["production"][0] > 0 and counts["production"][1] > 0
 
 
+def test_sqlite_databases_run_in_wal_mode(built) -> None:  # type: ignore[no-untyped-def]
+    """As production SQLite usually does: a backup must then see writes still in the WAL file."""
+    import sqlite3
+    from contextlib import closing
+
+    from deployments.secrets import resolve_app_environment
+    from sqlalchemy.engine import make_url
+
+    root, configs, db = built
+    if db != "sqlite":
+        pytest.skip("SQLite only")
+    for env, config in configs.items():
+        path = make_url(resolve_app_environment(config)["JOBAPP_DATABASE_URL"]).database
+        with closing(sqlite3.connect(str(path))) as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal", env
+
+
 def test_deployctl_check_passes_on_a_live_sandbox(built, monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
     root, configs, db = built

@@ -186,3 +186,16 @@ def test_many_commits_are_cut_after_eight() -> None:
 
 def test_commits_git_could_not_list_leave_a_gap_not_a_failed_deploy() -> None:
     assert "The commits since the live release could not be listed" in brief(commits=None).markdown()
+
+
+def test_the_brief_says_how_a_postgresql_backup_is_proven_and_what_a_restore_takes() -> None:
+    from tasks.backups import Manifest
+
+    last = Manifest(tag="pre-deployment-20261201-101500", kind="postgresql", source="postgresql://app@db/app",
+                    revision="0001", git_sha=None, run_id=None, file="database.dump",
+                    row_counts={"alembic_version": 1, "jobs": 821}, seconds={"dump": 1.9, "restore": 2.34})
+    text = brief(database="postgresql", last_backup=last).markdown()
+    assert "proven by restoring it into a scratch database that must hold the same revision, schema and row counts" in text
+    assert "The last backup (`pre-deployment-20261201-101500`, 822 rows) took 2.3 s to restore." in text
+    assert "took" not in brief().markdown().split("**Backup first**")[1].split("\n\n")[0], \
+        "no figure is shown that no backup measured"

@@ -168,7 +168,7 @@ def test_password_never_reaches_manifest_or_argv(tmp_path: Path, postgres_admin_
     with admin.connect() as conn:
         conn.execute(text("DROP DATABASE IF EXISTS deploy_secret_test WITH (FORCE)"))
         conn.execute(text("DROP ROLE IF EXISTS deploy_secret_role"))
-        conn.execute(text("CREATE ROLE deploy_secret_role LOGIN PASSWORD 'Xq-9-very-secret'"))
+        conn.execute(text("CREATE ROLE deploy_secret_role LOGIN CREATEDB PASSWORD 'Xq-9-very-secret'"))
         conn.execute(text("CREATE DATABASE deploy_secret_test OWNER deploy_secret_role"))
     url = "postgresql+psycopg://deploy_secret_role:Xq-9-very-secret@127.0.0.1:5432/deploy_secret_test"
     # A pg_dump wrapper that records its argv and environment, then runs the real one.

@@ -17,7 +17,7 @@ import pytest
 
 from deployments.config import EnvironmentConfig, load_environment_file
 from deployments.errors import HealthCheckFailed
-from tasks.health import HealthReport, assess, check_health, check_staging_health, probe
+from tasks.health import HealthReport, assess, check_health, check_staging_health, hold, probe
 from tests.conftest import free_ports
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -28,9 +28,13 @@ SERVICES = ("database", "scraper", "ai", "documents", "email")
 Answer = tuple[int, Any, dict[str, str]]
 
 
-def environment(tmp_path: Path, base_url: str, timeout: float = 1.0, check_version: bool = True) -> EnvironmentConfig:
+def environment(tmp_path: Path, base_url: str, timeout: float = 1.0, check_version: bool = True,
+                stable: tuple[int, float] = (3, 6), deadline: float = 30) -> EnvironmentConfig:
     """The committed production file, pointed at `base_url`, with a short timeout."""
     text = (PROJECT / "deployments" / "production.toml").read_text()
+    text = text.replace("stable_checks = 3", f"stable_checks = {stable[0]}")
+    text = text.replace("stable_seconds = 6", f"stable_seconds = {stable[1]}")
+    text = text.replace("deadline_seconds = 30", f"deadline_seconds = {deadline}")
     text = text.replace("../.sandbox", str(tmp_path)).replace('"http://127.0.0.1:8102"', f'"{base_url}"')
     text = text.replace("timeout_seconds = 5", f"timeout_seconds = {timeout}")
     text = text.replace("check_version = true", f"check_version = {str(check_version).lower()}")
@@ -173,8 +177,8 @@ def failure(config: EnvironmentConfig, expected: str | None = SHA, allow_mainten
 
 
 def test_a_healthy_app_serving_the_expected_sha(app: App, tmp_path: Path) -> None:
-    config = environment(tmp_path, app.base_url)
-    report = check_health.fn(config, SHA)
+    config = environment(tmp_path, app.base_url, stable=(2, 0.5))
+    report = check_health.fn(config, SHA, held=False)
     assert isinstance(report, HealthReport)
     assert report.version == SHA
     assert report.liveness.ok and report.api.ok
@@ -184,6 +188,8 @@ def test_a_healthy_app_serving_the_expected_sha(app: App, tmp_path: Path) -> Non
     assert check_staging_health.fn(config, SHA).version == SHA
     assert check_staging_health.fn(config).version == SHA  # no expected SHA: any version will do
     assert app.hits["/health"] == 3 and app.hits["/api/health"] == 3
+    held = check_health.fn(config, SHA)
+    assert held.checks >= 2 and held.held_seconds >= 0.5 and held.describe().startswith(report.describe() + "; held")
 
 
 def test_probe_never_caches_and_reports_headers(app: App) -> None:
@@ -324,10 +330,70 @@ def test_a_slow_start_passes_on_a_later_attempt(app: App, tmp_path: Path) -> Non
     report = None
     for _attempt in range(6):
         try:
-            report = check_health.fn(config, SHA)
+            report = check_health.fn(config, SHA, held=False)
             break
         except HealthCheckFailed as exc:
             failures.append(exc.cause)
     assert report is not None and report.version == SHA
     assert len(failures) == 3 and all("answered HTTP 503" in cause for cause in failures)
     assert app.hits["/api/health"] == 4
+
+
+# --- health must hold after a reload -------------------------------------------------------------------------
+
+STARTING: Answer = (503, {"status": "starting", "services": {}}, {})
+DEGRADED: Answer = (503, api_body("degraded", scraper=("error", "RuntimeError: source cache expired")), {})
+
+
+def holding(config: EnvironmentConfig) -> tuple[HealthReport | HealthCheckFailed, list[str], float]:
+    said: list[str] = []
+    started = time.monotonic()
+    try:
+        outcome: HealthReport | HealthCheckFailed = hold(config, SHA, "check health (production)", said.append)
+    except HealthCheckFailed as exc:
+        outcome = exc
+    return outcome, said, time.monotonic() - started
+
+
+def test_health_must_hold_over_the_window_after_a_slow_start(app: App, tmp_path: Path) -> None:
+    app.answer("/api/health", STARTING, STARTING, HEALTHY)
+    report, said, took = holding(environment(tmp_path, app.base_url, stable=(3, 1.5)))
+    assert isinstance(report, HealthReport), report
+    assert report.checks >= 3 and report.held_seconds >= 1.5 and took >= 1.5
+    assert report.describe().endswith(f"held for {report.checks} checks over {report.held_seconds:.1f} s")
+    assert said[0].startswith("check health (production): not healthy yet (") and "answered HTTP 503" in said[0]
+    assert said[1] == "check health (production): healthy; it must stay so for 3 checks over 1.5 s"
+    assert len(said) == 2, "a slow start is said once, not at every check"
+
+
+def test_a_release_that_turns_unhealthy_after_it_answered_fails_at_once(app: App, tmp_path: Path) -> None:
+    """200 as it boots, 503 seconds later: not a success, and no retry until the deadline either."""
+    app.answer("/api/health", HEALTHY, HEALTHY, DEGRADED)
+    error, _, took = holding(environment(tmp_path, app.base_url, stable=(3, 4)))
+    assert isinstance(error, HealthCheckFailed)
+    assert error.cause.startswith(f"healthy at first, then {app.base_url}/api/health answered HTTP 503; unhealthy "
+                                  "services: scraper: RuntimeError: source cache expired "), error.cause
+    assert error.cause.endswith("s later (after 2 good checks)")
+    assert error.action == "the release does not hold its health; read the app's log"
+    assert took < 10, "a relapse fails the step at once"
+
+
+def test_a_release_that_stops_serving_the_deployed_sha_fails_too(app: App, tmp_path: Path) -> None:
+    app.answer("/api/health", HEALTHY, (200, api_body(version=OTHER_SHA), {}))
+    error, _, _ = holding(environment(tmp_path, app.base_url, stable=(3, 2)))
+    assert isinstance(error, HealthCheckFailed)
+    assert f"serves {OTHER_SHA[:12]}, expected {SHA[:12]}" in error.cause and "(after 1 good checks)" in error.cause
+
+
+def test_an_app_that_never_becomes_healthy_fails_at_the_deadline(app: App, tmp_path: Path) -> None:
+    app.answer("/api/health", STARTING)
+    error, said, took = holding(environment(tmp_path, app.base_url, stable=(3, 1), deadline=2))
+    assert isinstance(error, HealthCheckFailed)
+    assert error.cause.endswith("answered HTTP 503 (not healthy within 2 s)") and 2 <= took < 10, error.cause
+    assert len(said) == 1
+
+
+def test_one_check_and_no_window_take_the_first_good_answer(app: App, tmp_path: Path) -> None:
+    app.answer("/api/health", HEALTHY, DEGRADED)
+    report, said, _ = holding(environment(tmp_path, app.base_url, stable=(1, 0)))
+    assert isinstance(report, HealthReport) and report.checks == 1 and said == []

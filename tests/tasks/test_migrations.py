@@ -388,3 +388,42 @@ def test_the_apps_sessions_carry_the_name_and_the_bounded_waits(tmp_path: Path, 
     with engine.connect() as conn:
         seen = conn.execute(text("SELECT app, lock_timeout, statement_timeout FROM seen")).one()
     assert tuple(seen) == ("deploy-0f3a9c1e", "1234ms", "45s")
+
+
+@pytest.mark.parametrize("app_timeout", ["", "op.execute('SET lock_timeout = 0'); "],
+                         ids=["bounded-by-lock-timeout", "app-turns-its-timeout-off"])
+def test_a_migration_waiting_on_a_lock_ends_within_the_bound_naming_the_holder(
+        tmp_path: Path, postgres_database: str, app_timeout: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Another session holds a lock on the table the migration alters: the wait is said in the log at
+    once with the holder, and ends at the bound (the app's own `SET lock_timeout = 0` included)."""
+    import logging
+    import time
+
+    engine = create_engine(postgres_database, poolclass=NullPool)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE accounts (id INTEGER PRIMARY KEY)"))
+    tree = alembic_tree(tmp_path / "app", {
+        "0001": (None, app_timeout + 'op.execute("ALTER TABLE accounts ADD COLUMN note TEXT")',
+                 'def downgrade():\n    op.execute("ALTER TABLE accounts DROP COLUMN note")\n')})
+    config = environment(tmp_path, postgres_database, tree, database_settings="\nlock_timeout_ms = 1500")
+    caplog.set_level(logging.WARNING, logger="deploy")
+    holder_engine = create_engine(postgres_database, poolclass=NullPool,
+                                  connect_args={"application_name": "nightly-report"})
+    with holder_engine.connect() as holder:
+        holder.execute(text("SELECT count(*) FROM accounts"))  # ACCESS SHARE, held until the transaction ends
+        holder_pid = holder.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        started = time.monotonic()
+        with pytest.raises(MigrationFailed) as caught:
+            upgrade(config, resolve_app_environment(config), tree, "deploy-0f3a9c1e")
+        waited = time.monotonic() - started
+        holder.rollback()
+    holder_engine.dispose()
+    cause = caught.value.cause
+    assert cause.startswith("alembic upgrade gave up waiting for a lock on accounts held by session "
+                            f"{holder_pid} (nightly-report"), cause
+    assert caught.value.action == "end that session or wait for it to finish, then run again"
+    assert waited < 30, f"bound 1.5 s, waited {waited:.0f} s"
+    said = [r.getMessage() for r in caplog.records if "is waiting for" in r.getMessage()]
+    assert said and f"session {holder_pid} (nightly-report" in said[0]
+    assert database_revision(postgres_database) is None, "the migration changed nothing"
+    engine.dispose()

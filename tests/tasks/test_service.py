@@ -20,7 +20,6 @@ from deployments.config import EnvironmentConfig, load_environment_file
 from deployments.errors import ServiceError
 from tasks.service import (
     _accepts,
-    _age,
     _epoll_watched_inodes,
     _socket_inodes,
     children,
@@ -30,7 +29,6 @@ from tasks.service import (
     reload,
     running_pid,
     serving,
-    serving_processes_age,
     start,
     stop,
     wait_for_pid_file,
@@ -439,21 +437,27 @@ def test_starting_a_release_that_cannot_boot_fails_the_reload(app: App) -> None:
         app.reload(timeout=10)
 
 
-def test_serving_processes_age_is_that_of_the_youngest_process(app: App) -> None:
-    """Right after a reload, the app's age is that of its youngest process, which started during
-    the reload; with nothing running it is 0."""
-    assert serving_processes_age(app.config) == 0.0
-    app.start()
-    app.ship("v2")
+def test_the_startup_grace_counts_from_the_first_answer(app: App) -> None:
+    """An app that answers only some time after the restart (a slow boot) is watched for the whole
+    grace time after its first answer, not for what is left of it after the boot."""
+    import http.server
+    import threading
+
+    port = int(app.config.service.base_url.rsplit(":", 1)[1].split("/")[0])
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), http.server.SimpleHTTPRequestHandler)
+    boot = threading.Timer(1.5, server.serve_forever)
+    offset = log_offset(app.config)
     began = time.monotonic()
-    new = app.reload()
-    age = serving_processes_age(app.config)
-    took = time.monotonic() - began
-    youngest = min(_age(pid) for pid in [new, *children(new)])
-    # /proc counts start times in clock ticks and uptime in hundredths: allow a little either way.
-    slack = 2 / os.sysconf("SC_CLK_TCK") + 0.02
-    assert youngest - slack <= age <= youngest + slack, f"age {age}, youngest process {youngest}"
-    assert age <= took + slack, f"age {age}, but the reload began {took} s ago"
+    boot.start()
+    try:
+        summary = watch_startup_logs.fn(app.config, offset)
+        took = time.monotonic() - began
+    finally:
+        server.shutdown()
+        server.server_close()
+    grace = app.config.service.grace_seconds
+    assert took >= 1.5 + grace, f"the watch ended {took:.1f} s after the restart; the app answered after 1.5 s"
+    assert summary.endswith("after the new workers first answered"), summary
 
 
 def test_watch_startup_logs_fails_on_an_error_line_after_the_offset(app: App) -> None:
