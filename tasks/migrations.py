@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from deployments.config import EnvironmentConfig
-from deployments.errors import MigrationFailed, PreflightError
+from deployments.errors import BackupFailed, MigrationFailed, PreflightError
 from deployments.secrets import redact, resolve_app_environment
 from tasks import change_step, read_step, run_log, service
 from tasks.lock_waits import LockWatch, session_name, watching_lock_waits
@@ -233,18 +233,27 @@ def test_migrations(config: EnvironmentConfig, release_tree: Path, scratch_dir: 
     app_env = resolve_app_environment(config)
     url = app_env[config.database.app_variable]
     step = "test migrations"
-    with scratch_copy(url, scratch_dir, config.backups.pg_dump, config.backups.pg_restore,
-                      config.database.lock_timeout_ms, step) as copy:
-        rehearsal_env = {**app_env, config.database.app_variable: copy}
-        name = session_name("rehearsal")
-        try:
-            if all(p.has_downgrade for p in status.pending):
-                rehearse(config, rehearsal_env, release_tree, status.current or "base", name)
-            else:
-                upgrade(config, rehearsal_env, release_tree, name)
-        except MigrationFailed as exc:
-            raise PreflightError(step, f"on a copy of {config.name}'s data, {exc.cause}",
-                                 f"fix the migration in the release; {config.name} was not touched") from None
+    try:
+        with scratch_copy(url, scratch_dir, config.backups.pg_dump, config.backups.pg_restore,
+                          config.database.lock_timeout_ms, step) as copy:
+            return _rehearse_on(config, release_tree, status, app_env, copy, step)
+    except BackupFailed as exc:  # the copy could not be made: a prerequisite not met, nothing changed
+        raise PreflightError(step, exc.cause, exc.action) from None
+
+
+def _rehearse_on(config: EnvironmentConfig, release_tree: Path, status: MigrationStatus, app_env: Mapping[str, str],
+                 copy: str, step: str) -> str:
+    """The rehearsal proper, with the app pointed at the copy."""
+    rehearsal_env = {**app_env, config.database.app_variable: copy}
+    name = session_name("rehearsal")
+    try:
+        if all(p.has_downgrade for p in status.pending):
+            rehearse(config, rehearsal_env, release_tree, status.current or "base", name)
+        else:
+            upgrade(config, rehearsal_env, release_tree, name)
+    except MigrationFailed as exc:
+        raise PreflightError(step, f"on a copy of {config.name}'s data, {exc.cause}",
+                             f"fix the migration in the release; {config.name} was not touched") from None
     round_trip = "upgrade, downgrade, upgrade" if all(p.has_downgrade for p in status.pending) else (
         "upgrade (no downgrade in " + ", ".join(p.revision for p in status.pending if not p.has_downgrade) + ")")
     return f"{round_trip} passed on a copy of {config.name}'s database: {status.describe()}"

@@ -6,10 +6,12 @@
     #1   staging answers 503; also staging going down while approving   abort before any production change
     #6   migration 2 of 3 fails                                         backup restored, code reverted
     #7   a critical path fails after the migrations                     downgrade, then code revert
+         health 200 at boot and 503 3 s later (no canary)                 phase 3 fails, rolled back
     #8   the backup directory cannot be created                         abort before migrating
     #12  two deploys to staging at once                                 one proceeds, the other names it
     PostgreSQL, production's URL carrying a password throughout
     #8   pg_dump fails on a full disk; also writes an unreadable archive  abort, no partial backup left
+         a table locked by another session when the deploy starts        abort within the bound, holder named
     #15  a succeeded deploy (and the failures around it)                the password appears nowhere
     #5   migration 2 of 3 fails                                         nothing committed, code reverted
 
@@ -670,28 +672,26 @@ def test_12_of_two_deploys_at_once_one_proceeds_and_the_other_names_it(sq: Sandb
 
 
 PG_DUMP_WRAPPER = """#!/bin/sh
-# pg_dump, failing when it writes into the backup directory: the rehearsal's copies elsewhere still work.
-out=; prev=
+# pg_dump, failing when it dumps for the backup (the one that reads an exported snapshot): the
+# rehearsal's copy still works.
 for arg in "$@"; do
-  [ "$prev" = "--file" ] && out="$arg"
-  prev="$arg"
+  case "$arg" in
+    --snapshot)
+      echo "backup dump started" > {marker}
+      {failure};;
+  esac
 done
-case "$out" in
-  {backups}/*)
-    echo "$out" > {marker}
-    {failure};;
-esac
 exec {real} "$@"
 """
 
 PG_DUMP_FAULTS = {
-    "disk full": ("""printf 'PGDMP half a dump' > "$out"
-    echo "pg_dump: error: could not write to output file: No space left on device" >&2
-    exit 1""", "backup database", "pg_dump failed: pg_dump: error: could not write to output file: No space left "
-               "on device", "nothing was migrated"),
-    # Neighbour: the tool says it succeeded, and the archive is not one; the verification catches it.
-    "unreadable archive": ("""printf 'PGDMP but not an archive' > "$out"
-    exit 0""", "verify backup", "pg_restore cannot read the archive", "do not deploy"),
+    "disk full": ("""printf 'PGDMP half a dump'
+      echo "pg_dump: error: could not write to output file: No space left on device" >&2
+      exit 1""", "backup database", "pg_dump failed: pg_dump: error: could not write to output file: No space left "
+                 "on device", "nothing was migrated"),
+    # Neighbour: the tool says it succeeded, and the archive is not one; the restore that proves it fails.
+    "unreadable archive": ("""printf 'PGDMP but not an archive'
+      exit 0""", "verify backup", "the archive could not be restored: pg_restore: error:", "do not deploy"),
 }
 
 
@@ -712,9 +712,46 @@ def test_08_a_failed_pg_dump_aborts_before_migrating_and_leaves_no_partial_backu
     with edited(pg, "production", lambda t: t.replace("[backups]\n", f'[backups]\npg_dump = "{tool}"\n', 1)):
         with pytest.raises(BackupFailed) as caught:
             deploy("production", "v2")
-    assert marker.read_text().strip().endswith(".partial/database.dump"), "pg_dump never wrote into the backup"
+    assert marker.read_text().strip() == "backup dump started", "pg_dump never dumped for the backup"
     assert_backup_failure_changed_nothing(pg, before, caught.value, step, cause, action)
     assert_secret_nowhere(pg, production_secret, capfd, caplog)
+
+
+def test_a_table_lock_fails_the_postgres_deploy_within_the_bound_naming_the_holder(pg: Sandbox) -> None:
+    """Another session holds `LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE` in an open transaction when a
+    deploy starts: the rehearsal's copy waits for it, says so, and the deploy stops within the lock
+    bound with one line naming the holder; nothing changed, the deploy lock is free, and no session of
+    ours is left in the database."""
+    bring(pg, "staging", "v2")
+    assert live_sha(pg, "production") == pg.sha("v1"), "this story starts with production on v1"
+    before = snapshot(pg, "production")
+    config = pg.config("production")
+    url = resolve_app_environment(config)[config.database.app_variable]
+    holder = create_engine(url, connect_args={"application_name": "reporting-job"})
+    with holder.connect() as conn:
+        conn.execute(text("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE"))
+        pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        started = time.monotonic()
+        with pytest.raises(PreflightError) as caught:
+            deploy("production", "v2", approvals=[])  # it stops before anyone is asked
+        waited = time.monotonic() - started
+        conn.rollback()
+    holder.dispose()
+    assert_one_line(str(caught.value), "test migrations",
+                    f"a lock on jobs held by session {pid} (reporting-job, user ",
+                    "end that session or wait for it to finish, then run again; nothing was changed")
+    assert waited < 120, f"the deploy waited {waited:.0f} s on a lock bounded at {config.database.lock_timeout_ms} ms"
+    assert snapshot(pg, "production") == before
+    assert_healthy_on(pg, "production", pg.sha("v1"))
+    ledger = ledger_of(pg, "production")
+    assert_lock_free("production", ledger)
+    assert_aborted(pg, "production", last_release(pg, "production"), "test migrations")
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        left = conn.execute(text("SELECT application_name FROM pg_stat_activity "
+                                 "WHERE application_name LIKE 'deploy-%'")).scalars().all()
+    engine.dispose()
+    assert left == [], f"sessions of the deploy left behind: {left}"
 
 
 def test_15_production_database_password_appears_nowhere(
