@@ -105,6 +105,7 @@ def run_baseline(root: Path, environment: str, scratch: Path) -> tuple[float, di
         "LOG": str(config.service.startup_log),
         "DB": app_env[config.database.app_variable].removeprefix("sqlite:///"),
         "BACKUPS": str(config.backups.directory), "GRACE": f"{config.service.grace_seconds:g}",
+        "STABLE_CHECKS": str(config.health.stable_checks), "STABLE_SECONDS": f"{config.health.stable_seconds:g}",
         "STATE": str(scratch), "APP_ENV": str(env_file), "STAGING_URL": staging,
         "ERRORS": "|".join(config.service.error_patterns),
         "CANARY_PORT": str(free_ports(1)[0]) if config.service.canary is not None else "",

@@ -25,6 +25,7 @@ import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
+from uuid import UUID
 
 from deployments.errors import DeployError
 
@@ -195,19 +196,23 @@ def _stop() -> int:
     return 0
 
 
-def _approve(args: argparse.Namespace) -> int:
-    from uuid import UUID
+def _flow_run(text: str, command: str) -> UUID | None:
+    """A flow run id as typed, and a server to ask about it; None once the error is said."""
+    try:
+        run_id = UUID(text)
+    except ValueError:
+        print(f"error: {command}: {text!r} is not a flow run id. Copy it from the run's page or log", file=sys.stderr)
+        return None
+    return run_id if _prefect_api(command) else None
 
+
+def _approve(args: argparse.Namespace) -> int:
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
     from prefect.flow_runs import resume_flow_run
 
-    try:
-        run_id = UUID(args.run_id)
-    except ValueError:
-        print(f"error: approve: {args.run_id!r} is not a flow run id. Copy it from the run's page or log", file=sys.stderr)
-        return 2
-    if not _prefect_api("approve"):
+    run_id = _flow_run(args.run_id, "approve")
+    if run_id is None:
         return 2
     with get_client(sync_client=True) as client:
         try:
@@ -227,18 +232,12 @@ def _approve(args: argparse.Namespace) -> int:
 
 
 def _follow(args: argparse.Namespace) -> int:
-    from uuid import UUID
-
     from prefect.exceptions import ObjectNotFound
 
     from deployctl.follow import follow
 
-    try:
-        run_id = UUID(args.run_id)
-    except ValueError:
-        print(f"error: follow: {args.run_id!r} is not a flow run id. Copy it from the run's page or log", file=sys.stderr)
-        return 2
-    if not _prefect_api("follow"):
+    run_id = _flow_run(args.run_id, "follow")
+    if run_id is None:
         return 2
     try:
         run = follow(run_id, timeout=args.timeout)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from deployments.errors import BackupFailed
 from tasks.backups import new_tag, restore_backup, scratch_copy, take_backup
@@ -34,20 +35,23 @@ def corrupting_pg_dump(tmp_path: Path, python: str) -> Path:
     return script
 
 
-def scratch_databases(admin_url: str) -> list[str]:
+def scratch_databases(admin_url: str, of: str) -> list[str]:
+    """The scratch databases made from the database at URL `of` (tests beside this one make theirs)."""
+    source = make_url(of).database or ""
     engine = create_engine(admin_url)
     with engine.connect() as conn:
-        names = list(conn.execute(text("SELECT datname FROM pg_database WHERE datname LIKE '%\\_verify\\_%' "
-                                       "OR datname LIKE '%\\_rehearsal\\_%'")).scalars())
+        names = [name for name in conn.execute(text("SELECT datname FROM pg_database")).scalars()
+                 if name.startswith(source[:30] + "_verify_") or name.startswith(source[:30] + "_rehearsal_")]
     engine.dispose()
     return names
 
 
-def our_sessions(admin_url: str) -> list[str]:
+def our_sessions(admin_url: str, of: str) -> list[str]:
+    """Sessions named deploy-... still connected to the database at URL `of`."""
     engine = create_engine(admin_url)
     with engine.connect() as conn:
-        names = list(conn.execute(text("SELECT application_name FROM pg_stat_activity "
-                                       "WHERE application_name LIKE 'deploy-%'")).scalars())
+        names = list(conn.execute(text("SELECT application_name FROM pg_stat_activity WHERE datname = :db "
+                                       "AND application_name LIKE 'deploy-%'"), {"db": make_url(of).database}).scalars())
     engine.dispose()
     return names
 
@@ -76,7 +80,7 @@ def test_a_damaged_table_of_contents_is_never_published(tmp_path: Path, postgres
     message = str(caught.value)
     assert message.startswith("verify backup:") and "do not deploy" in message, message
     assert list((tmp_path / "b").iterdir()) == [], "a backup that cannot be restored is never published"
-    assert scratch_databases(postgres_admin_url) == []
+    assert scratch_databases(postgres_admin_url, postgres_database) == []
 
 
 def test_damaged_data_is_never_published(tmp_path: Path, postgres_database: str, postgres_admin_url: str) -> None:
@@ -88,7 +92,7 @@ def test_damaged_data_is_never_published(tmp_path: Path, postgres_database: str,
                     pg_dump=str(tool))
     assert str(caught.value).startswith("verify backup:"), caught.value
     assert list((tmp_path / "b").iterdir()) == []
-    assert scratch_databases(postgres_admin_url) == []
+    assert scratch_databases(postgres_admin_url, postgres_database) == []
 
 
 def test_the_manifest_says_a_restore_proved_it(tmp_path: Path, postgres_database: str) -> None:
@@ -117,7 +121,7 @@ def test_a_table_lock_fails_the_backup_within_the_bound_naming_the_holder(
     said = [r.getMessage() for r in caplog.records if "is waiting for" in r.getMessage()]
     assert said and f"session {holder}" in said[0], "the wait is in the log while it lasts"
     assert list((tmp_path / "b").iterdir()) == []
-    assert scratch_databases(postgres_admin_url) == [] and our_sessions(postgres_admin_url) == []
+    assert scratch_databases(postgres_admin_url, postgres_database) == [] and our_sessions(postgres_admin_url, postgres_database) == []
 
 
 def test_a_table_lock_fails_the_rehearsal_copy_naming_the_holder(tmp_path: Path, postgres_database: str,
@@ -128,7 +132,7 @@ def test_a_table_lock_fails_the_rehearsal_copy_naming_the_holder(tmp_path: Path,
             pytest.fail("the copy cannot be complete while the table is locked")
     message = str(caught.value)
     assert message.startswith("test migrations:") and f"session {holder} (reporting-job" in message, message
-    assert scratch_databases(postgres_admin_url) == [] and our_sessions(postgres_admin_url) == []
+    assert scratch_databases(postgres_admin_url, postgres_database) == [] and our_sessions(postgres_admin_url, postgres_database) == []
 
 
 def test_the_rehearsal_copy_is_named_and_complete(tmp_path: Path, postgres_database: str,
@@ -139,7 +143,7 @@ def test_the_rehearsal_copy_is_named_and_complete(tmp_path: Path, postgres_datab
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM jobs")).scalar_one() == 50
         engine.dispose()
-    assert scratch_databases(postgres_admin_url) == []
+    assert scratch_databases(postgres_admin_url, postgres_database) == []
 
 
 def test_a_restore_ends_the_sessions_in_its_way(tmp_path: Path, postgres_database: str) -> None:

@@ -748,8 +748,8 @@ def test_a_table_lock_fails_the_postgres_deploy_within_the_bound_naming_the_hold
     assert_aborted(pg, "production", last_release(pg, "production"), "test migrations")
     engine = create_engine(url)
     with engine.connect() as conn:
-        left = conn.execute(text("SELECT application_name FROM pg_stat_activity "
-                                 "WHERE application_name LIKE 'deploy-%'")).scalars().all()
+        left = conn.execute(text("SELECT application_name FROM pg_stat_activity WHERE datname = current_database() "
+                                 "AND application_name LIKE 'deploy-%' AND pid <> pg_backend_pid()")).scalars().all()
     engine.dispose()
     assert left == [], f"sessions of the deploy left behind: {left}"
 
