@@ -38,7 +38,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from sqlalchemy import inspect, text
 from sqlalchemy.engine import URL, make_url
 
 from deployments.config import EnvironmentConfig
@@ -48,7 +47,7 @@ from tasks import change_step
 from tasks import postgres_backups as postgres
 from tasks import run_log
 from tasks.lock_waits import session_name
-from tasks.database_state import DatabaseState
+from tasks.database_state import DatabaseState, read_state
 from tasks.migrations import connect, read_only_uri
 
 TAG_FORMAT = "pre-deployment-%Y%m%d-%H%M%S"
@@ -169,7 +168,8 @@ def verify_file(directory: Path, manifest: Manifest) -> Path:
 
 def restore_backup(url: str, directory: Path, tag: str, pg_restore: str = "pg_restore",
                    lock_timeout_ms: int = 5000) -> Manifest:
-    """Put the database back exactly as the backup has it; checks revision and row counts after."""
+    """Put the database back exactly as the backup has it; its revision, row counts and (for a backup
+    that recorded one) schema fingerprint are checked against the manifest after."""
     manifest = load_manifest(directory, tag)
     path = verify_file(directory, manifest)
     parsed = make_url(url)
@@ -178,11 +178,12 @@ def restore_backup(url: str, directory: Path, tag: str, pg_restore: str = "pg_re
     else:
         tools = postgres.Tools(pg_restore=pg_restore, lock_timeout_ms=lock_timeout_ms, session=session_name())
         postgres.restore_archive(path, parsed, tools, set(manifest.row_counts), run_log())
-    counts, revision = _live_counts(url)
-    if revision != manifest.revision or counts != manifest.row_counts:
-        raise BackupFailed("restore backup", f"after restoring {tag} the database is at {revision} with "
-                           f"{sum(counts.values())} rows, the backup says {manifest.revision} with "
-                           f"{sum(manifest.row_counts.values())}", "keep the app in maintenance and restore by hand")
+    live = _live_state(parsed, manifest.kind)
+    recorded = DatabaseState(manifest.revision, manifest.fingerprint or live.fingerprint, manifest.row_counts)
+    problems = recorded.differences(live)
+    if problems:
+        raise BackupFailed("restore backup", f"after restoring {tag} the database differs from the backup: "
+                           f"{'; '.join(problems)}", "keep the app in maintenance and restore by hand")
     return manifest
 
 
@@ -311,17 +312,21 @@ def _counts_sqlite(conn: sqlite3.Connection) -> tuple[dict[str, int], str | None
     return counts, revision
 
 
-def _live_counts(url: str) -> tuple[dict[str, int], str | None]:
-    engine = connect(url, session_name("restore-verify"))
+def _live_state(parsed: URL, kind: str) -> DatabaseState:
+    """The restored database, read the way its backup was: SQLite by its own catalogue, PostgreSQL
+    through the inspector."""
+    if kind == "sqlite":
+        conn = sqlite3.connect(read_only_uri(parsed.database or ""), uri=True)
+        try:
+            return sqlite_state(conn)
+        finally:
+            conn.close()
+    engine = connect(parsed.render_as_string(hide_password=False), session_name("restore-verify"))
     try:
         with engine.connect() as conn:
-            tables = sorted(t for t in inspect(conn).get_table_names())
-            counts = {t: conn.execute(text(f'SELECT count(*) FROM "{t}"')).scalar_one() for t in tables}
-            revision = (conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-                        if "alembic_version" in tables else None)
+            return read_state(conn)
     finally:
         engine.dispose()
-    return counts, revision
 
 
 def _sqlite_restore(path: Path, parsed: URL) -> None:

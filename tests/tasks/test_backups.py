@@ -198,3 +198,18 @@ def test_prune_keeps_protected(tmp_path: Path) -> None:
     removed = prune(tmp_path, keep=2, protected={"pre-deployment-20260101-000000"})
     assert removed == [f"pre-deployment-20260101-00000{s}" for s in (1, 2, 3)]
     assert sorted(p.name for p in tmp_path.iterdir())[:1] == ["pre-deployment-20260101-000000"]
+
+
+def test_a_restore_is_checked_against_the_schema_the_backup_recorded(database: str, tmp_path: Path) -> None:
+    """The restored database must hold the revision, row counts and schema fingerprint the manifest
+    recorded when the backup was proven; one that differs (here: a manifest from another schema) fails."""
+    manifest = take_backup(database, tmp_path / "b", new_tag(), revision="0002", git_sha=None, run_id=None)
+    assert len(manifest.fingerprint) == 64
+    path = tmp_path / "b" / manifest.tag / "manifest.json"
+    recorded = json.loads(path.read_text())
+    path.write_text(json.dumps({**recorded, "fingerprint": "0" * 64}))
+    with pytest.raises(BackupFailed) as caught:
+        restore_backup(database, tmp_path / "b", manifest.tag)
+    assert f"schema fingerprint {manifest.fingerprint[:12]}, expected 000000000000" in str(caught.value)
+    path.write_text(json.dumps(recorded))
+    assert restore_backup(database, tmp_path / "b", manifest.tag).fingerprint == manifest.fingerprint
