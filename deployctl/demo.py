@@ -96,7 +96,7 @@ def deploy(environment: str, ref: str, reason: str, approve: bool) -> Any:
     print(f"    run {run.name} ({run.id})")
     follower = Follower(run.id)
     approvers = list(APPROVERS) if approve else []
-    answered = False  # the pause just answered has not yet turned into a run again
+    answered = None  # the pause last answered, by its state's id: the run may pause again within a poll
     deadline = time.monotonic() + 900
     with get_client(sync_client=True) as client:
         while time.monotonic() < deadline:
@@ -105,15 +105,13 @@ def deploy(environment: str, ref: str, reason: str, approve: bool) -> Any:
                 print(f"    {environment}: {current.state.name}")
                 return current
             paused = current.state.is_paused()
-            if paused and approvers and not answered:
+            if paused and approvers and current.state.id != answered:
                 name, role = approvers.pop(0)
                 print(f"    answering the approval form as {name} ({role})")
                 with contextlib.redirect_stdout(io.StringIO()) as said:
                     deployctl(["approve", str(run.id), "--as", name, "--role", role, "--comment", "demo: looks good"])
                 print(f"    $ deployctl approve ... → {said.getvalue().strip()}")
-                answered = True
-            elif not paused:
-                answered = False
+                answered = current.state.id
             time.sleep(0.5)
     raise TimeoutError(f"the deploy {run.name} did not end within 900 s")
 

@@ -32,7 +32,7 @@ class Follower:
     started: set[UUID] = field(default_factory=set)
     ended: set[UUID] = field(default_factory=set)
     retries: dict[UUID, int] = field(default_factory=dict)
-    paused: bool = False
+    paused: UUID | None = None  # the pause last said, by its state's id: a run can pause again within a poll
     name: str = ""
     flow: str = ""  # the run's own flow: the phase of steps that run in no subflow (a rollback's)
 
@@ -82,12 +82,12 @@ class Follower:
         return run
 
     def _pause(self, run: Any) -> None:
-        paused = run.state is not None and run.state.is_paused()
-        if paused and not self.paused:
+        paused = run.state.id if run.state is not None and run.state.is_paused() else None
+        if self.paused is not None and paused != self.paused:
+            self.out(f"  {_clock()}  {'':<29} resumed")
+        if paused is not None and paused != self.paused:
             self.out(f"  {_clock()}  {'':<29} paused for approval (answer in the UI: Resume, or with "
                      f"`deployctl approve {self.run_id} ...`)")
-        elif self.paused and not paused:
-            self.out(f"  {_clock()}  {'':<29} resumed")
         self.paused = paused
 
     def _step(self, task: Any) -> None:
