@@ -13,7 +13,7 @@
 
 The data is jobapp's schema (revision 0001: jobs with text descriptions and the source URL index,
 applications, documents, outbox, user_sessions), generated inside the database. Each round runs both
-sides, alternating which goes first, each after a `sync` so that no side pays for the other's
+sides, alternating which goes first, each after a `sync` (and on PostgreSQL a `CHECKPOINT`) so that no side pays for the other's
 write-back; the figures are the medians of the rounds. Targets: backup with verification ≤ 1.5× the
 bare `.backup` on SQLite and, proven by a restore, ≤ 1.5× the bare `pg_dump -Fc` on PostgreSQL;
 restores are reported.
@@ -166,9 +166,11 @@ def measure(runner: Bench, rounds: int) -> tuple[tuple[Side, Side, Side, Side], 
         # Alternate the order: whichever side runs second finds a warmer page cache.
         pairs = [(runner.our_backup, ours_backup), (runner.baseline_backup, base_backup)]
         for step, side in pairs if number % 2 == 0 else pairs[::-1]:
+            runner.settle()
             side.seconds.append(timed(step, side))
         pairs = [(runner.our_restore, ours_restore), (runner.baseline_restore, base_restore)]
         for step, side in pairs if number % 2 == 0 else pairs[::-1]:
+            runner.settle()
             side.seconds.append(timed(step, side))
         if full_check is not None and ours_full is not None:
             ours_full.seconds.append(timed(full_check, ours_full))
@@ -264,6 +266,9 @@ class Bench:
     def new_tag(self) -> str:
         self.tag_number += 1
         return f"pre-deployment-20260101-{self.tag_number:06d}"
+
+    def settle(self) -> None:
+        """Before each timed side: nothing the previous side wrote is still being written back."""
 
     def clear(self) -> None:
         """Removes the previous round's copies: every backup is written to a fresh file."""
@@ -422,6 +427,13 @@ class PostgresBench(Bench):
         finally:
             engine.dispose()
         return f"{size / GiB:.2f} GiB (pg_database_size), {rows:,} rows"
+
+    def settle(self) -> None:
+        """A restore leaves a gigabyte of dirty pages and WAL that the server's checkpointer writes
+        back over the next minutes, during whichever side runs next: a CHECKPOINT first, as the
+        `sync` before each side does for files."""
+        with self.admin.connect() as conn:
+            conn.execute(text("CHECKPOINT"))
 
     def baseline_backup(self) -> None:
         run(["pg_dump", *self.args, "--format=custom", "--file", str(self.copy), "--dbname", self.name])
