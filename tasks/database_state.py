@@ -1,17 +1,17 @@
 """What a database holds, in three figures that say whether two databases agree: the alembic revision,
 a fingerprint of the schema, and each table's row count.
 
-A backup is proven by restoring it and comparing these with the database it was taken from; the
-rehearsal, the release's tests and the canary are proven not to have touched the live database by
-its revision and fingerprint before and after. Read through SQLAlchemy's inspector, so SQLite and
-PostgreSQL answer alike; inside the caller's transaction, so all three describe one snapshot.
+A PostgreSQL backup is proven by restoring it and comparing these with the database it was taken
+from, and a restore by comparing them with what its manifest recorded. Read through SQLAlchemy's
+inspector, inside the caller's transaction, so all three describe one snapshot. (SQLite copies are
+compared by `tasks.backups.sqlite_state`, from SQLite's own catalogue.)
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import inspect, text
@@ -24,27 +24,24 @@ class DatabaseState:
     fingerprint: str
     row_counts: dict[str, int] = field(default_factory=dict)
 
-    def differences(self, other: DatabaseState, rows: bool = True) -> list[str]:
-        """What differs, in words (empty when they agree); `rows=False` compares the schema only."""
+    def differences(self, other: DatabaseState) -> list[str]:
+        """What differs, in words (empty when they agree)."""
         found = []
         if self.revision != other.revision:
             found.append(f"revision {other.revision}, expected {self.revision}")
         if self.fingerprint != other.fingerprint:
             found.append(f"schema fingerprint {other.fingerprint[:12]}, expected {self.fingerprint[:12]}")
-        if rows and self.row_counts != other.row_counts:
+        if self.row_counts != other.row_counts:
             tables = sorted(set(self.row_counts) | set(other.row_counts))
             changed = [f"{t} {other.row_counts.get(t, 'missing')} (expected {self.row_counts.get(t, 'none')})"
                        for t in tables if self.row_counts.get(t) != other.row_counts.get(t)]
             found.append("rows: " + ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else ""))
         return found
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
-
-def read_state(conn: Connection, counts: bool = True) -> DatabaseState:
+def read_state(conn: Connection) -> DatabaseState:
     tables = sorted(inspect(conn).get_table_names())
-    row_counts = {t: int(conn.execute(text(f'SELECT count(*) FROM "{t}"')).scalar_one()) for t in tables} if counts else {}
+    row_counts = {t: int(conn.execute(text(f'SELECT count(*) FROM "{t}"')).scalar_one()) for t in tables}
     revision = None
     if "alembic_version" in tables:
         revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()

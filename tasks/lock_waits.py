@@ -66,13 +66,12 @@ class LockWait:
 
 @dataclass
 class LockWatch:
-    """What the watch saw: the longest wait, and whether it ended one by cancelling it."""
+    """What the watch saw: the last wait, and whether it ended one by cancelling it."""
 
     waits: dict[int, float] = field(default_factory=dict)  # our waiting pid -> when first seen
     said: set[tuple[str, tuple[int, ...]]] = field(default_factory=set)  # (relation, holders) logged
     seen: LockWait | None = None
     cancelled: LockWait | None = None
-    waited_seconds: float = 0.0
 
 
 _WAITING = text("""
@@ -135,7 +134,6 @@ def _look(conn, watch: LockWatch, application_name: str, step: str, bound_second
         since = watch.waits.setdefault(row.pid, now)
         wait = LockWait(row.pid, row.relation, _holders(conn, list(row.blockers or [])))
         watch.seen = wait
-        watch.waited_seconds = max(watch.waited_seconds, now - since)
         said = (wait.relation, tuple(sorted(h.pid for h in wait.holders)))
         if first and said not in watch.said:
             watch.said.add(said)

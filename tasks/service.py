@@ -20,7 +20,7 @@ from typing import Callable, Mapping, Sequence
 from deployments.config import EnvironmentConfig
 from deployments.errors import ServiceError
 from deployments.secrets import redact, resolve_app_environment
-from tasks import change_step, read_step
+from tasks import change_step, read_step, run_log
 
 PASSED_THROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
 
@@ -403,11 +403,16 @@ def _first_answer(config: EnvironmentConfig, offset: int, step: str) -> float:
 
     url = config.service.base_url + config.health.path
     deadline = time.monotonic() + config.health.deadline_seconds
+    said = False
     while True:
         _raise_on_errors(config, offset, step)
         answer = probe(url, min(config.health.timeout_seconds, 2.0))
         if answer.status_code is not None or time.monotonic() >= deadline:
             return time.monotonic()
+        if not said:
+            run_log().info("%s: waiting for the new workers to answer %s (up to %g s)", step, url,
+                           config.health.deadline_seconds)
+            said = True
         time.sleep(0.2)
 
 
