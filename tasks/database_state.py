@@ -39,9 +39,10 @@ class DatabaseState:
         return found
 
 
-def read_state(conn: Connection) -> DatabaseState:
+def read_state(conn: Connection, counts: bool = True) -> DatabaseState:
+    """All three figures; `counts=False` leaves the row counts out (a schema restored without its rows)."""
     tables = sorted(inspect(conn).get_table_names())
-    row_counts = {t: int(conn.execute(text(f'SELECT count(*) FROM "{t}"')).scalar_one()) for t in tables}
+    row_counts = {t: int(conn.execute(text(f'SELECT count(*) FROM "{t}"')).scalar_one()) for t in tables} if counts else {}
     revision = None
     if "alembic_version" in tables:
         revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()

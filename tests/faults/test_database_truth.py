@@ -27,9 +27,11 @@ pytestmark = pytest.mark.postgres
 
 
 def corrupting_pg_dump(tmp_path: Path, python: str) -> Path:
-    """A pg_dump that runs the real one and changes its archive on the way out with `python`."""
+    """A pg_dump that runs the real one and changes the archive on the way out with `python` (the
+    schema-only dump the scratch copy's tables are made from is left whole: the archive is damaged)."""
     script = tmp_path / "pg_dump"
-    script.write_text("#!/bin/sh\nset -e\npg_dump \"$@\" | python3 -c '\nimport sys\n"
+    script.write_text("#!/bin/sh\nset -e\ncase \"$*\" in *--section=pre-data*) exec pg_dump \"$@\";; esac\n"
+                      "pg_dump \"$@\" | python3 -c '\nimport sys\n"
                       "data = bytearray(sys.stdin.buffer.read())\n" + python + "\nsys.stdout.buffer.write(data)'\n")
     script.chmod(0o755)
     return script
@@ -102,6 +104,68 @@ def test_the_manifest_says_a_restore_proved_it(tmp_path: Path, postgres_database
     assert manifest.seconds["restore"] > 0 and len(manifest.fingerprint) == 64
     assert manifest.row_counts == {"alembic_version": 1, "jobs": 50}
     assert "restores in" in manifest.describe()
+
+
+SHAPES = """
+CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY);
+INSERT INTO alembic_version VALUES ('0007');
+CREATE TABLE accounts (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, email text UNIQUE NOT NULL);
+CREATE TABLE events (id bigint, at date NOT NULL, account_id int REFERENCES accounts (id),
+                     CHECK (id > 0)) PARTITION BY RANGE (at);
+CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+CREATE TABLE notes (body text);
+CREATE TABLE pinned_notes (rank int) INHERITS (notes);
+CREATE SCHEMA audit;
+CREATE TABLE audit.trail (id serial PRIMARY KEY, what text);
+CREATE INDEX ix_events_at ON events (at);
+CREATE VIEW recent AS SELECT a.email, e.at FROM events e JOIN accounts a ON a.id = e.account_id;
+INSERT INTO accounts (email) SELECT 'u' || i || '@example.org' FROM generate_series(1, 300) i;
+INSERT INTO events SELECT i, DATE '2026-01-01' + mod(i, 300), 1 + mod(i, 300) FROM generate_series(1, 2000) i;
+INSERT INTO notes VALUES ('a'), ('b');
+INSERT INTO pinned_notes VALUES ('c', 1);
+INSERT INTO audit.trail (what) SELECT 'x' FROM generate_series(1, 40);
+"""
+
+
+def test_tables_of_every_kind_are_proven_and_restored(tmp_path: Path, postgres_database: str,
+                                                      postgres_admin_url: str) -> None:
+    """Partitions, inheritance, identity columns, foreign keys, a second schema, a view: the scratch
+    copy's tables are set unlogged (a partitioned parent cannot be, its partitions can), the archive
+    is proven, and restoring it brings the rows back."""
+    engine = create_engine(postgres_database)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(SHAPES)
+    manifest = take_backup(postgres_database, tmp_path / "b", new_tag(), revision="0007", git_sha=None, run_id=None)
+    assert manifest.row_counts["accounts"] == 300 and manifest.row_counts["events"] == 2000
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM events; DELETE FROM audit.trail; DROP VIEW recent")
+    engine.dispose()
+    restore_backup(postgres_database, tmp_path / "b", manifest.tag)
+    engine = create_engine(postgres_database)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM recent")).scalar_one() == 2000
+        assert conn.execute(text("SELECT count(*) FROM audit.trail")).scalar_one() == 40
+        assert conn.execute(text("SELECT count(*) FROM notes")).scalar_one() == 3
+        assert conn.execute(text("SELECT relpersistence FROM pg_class WHERE relname = 'events_2026'")).scalar_one() == "p"
+    engine.dispose()
+    assert scratch_databases(postgres_admin_url, postgres_database) == []
+
+
+def test_a_table_definition_damaged_in_the_archive_alone_fails_the_proof(
+        tmp_path: Path, postgres_database: str, postgres_admin_url: str) -> None:
+    """A column's type changed in the archive's table of contents only: the data still loads into the
+    scratch copy's tables (made from the live schema), so the archive's schema restored alone must
+    say so."""
+    make_schema(postgres_database)
+    tool = corrupting_pg_dump(tmp_path, 'i = data.index(b"title character varying(")\n'
+                                        'data[i:i + 24] = b"title character(        "')
+    with pytest.raises(BackupFailed) as caught:
+        take_backup(postgres_database, tmp_path / "b", new_tag(), revision="0002", git_sha=None, run_id=None,
+                    pg_dump=str(tool))
+    message = str(caught.value)
+    assert message.startswith("verify backup:") and "its schema restored alone" in message, message
+    assert list((tmp_path / "b").iterdir()) == []
+    assert scratch_databases(postgres_admin_url, postgres_database) == []
 
 
 def test_a_table_lock_fails_the_backup_within_the_bound_naming_the_holder(
