@@ -4,7 +4,7 @@ a fingerprint of the schema, and each table's row count.
 A PostgreSQL backup is proven by restoring it and comparing these with the database it was taken
 from, and a restore by comparing them with what its manifest recorded. Read through SQLAlchemy's
 inspector, inside the caller's transaction, so all three describe one snapshot. (SQLite copies are
-compared by `tasks.backups.sqlite_state`, from SQLite's own catalogue.)
+compared by `tasks.sqlite_backups.sqlite_state`, from SQLite's own catalogue.)
 """
 
 from __future__ import annotations

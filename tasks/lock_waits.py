@@ -1,7 +1,7 @@
 """Waits on PostgreSQL locks: bounded, said in the run log within seconds, and named when they fail.
 
 Every session the orchestrator opens and every PostgreSQL tool it starts carries
-`application_name=deploy-<run>` (`session_name()`), so its sessions can be found. While a step talks to
+`application_name=deploy-<run>` (`tasks.databases.session_name`), so its sessions can be found. While a step talks to
 PostgreSQL, `watching_lock_waits` looks every second for one of those sessions waiting on a lock; the
 first time it sees one it logs who holds the lock (pid, application, user, since when, what it runs).
 A wait longer than the bound is ended by cancelling the waiting statement, even for a tool that
@@ -24,16 +24,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from tasks.databases import connect
+
 POLL_SECONDS = 1.0
-
-
-def session_name(suffix: str = "") -> str:
-    """`deploy-<first 8 of the flow run id>` inside a run, `deploy-cli` outside one; the orphan sweep
-    and the lock watch find our sessions by this prefix."""
-    from prefect.runtime import flow_run
-
-    run = flow_run.id
-    return f"deploy-{str(run)[:8] if run else 'cli'}" + (f"-{suffix}" if suffix else "")
 
 
 @dataclass(frozen=True)
@@ -99,7 +92,6 @@ def watching_lock_waits(url: str, application_name: str, step: str, bound_second
     if make_url(url).get_backend_name() != "postgresql":
         yield watch
         return
-    from tasks.migrations import connect
 
     stop = threading.Event()
     engine = connect(url, application_name="deploy-lock-watch", lock_timeout_ms=1000, statement_timeout_ms=5000)

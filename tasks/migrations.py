@@ -8,51 +8,23 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import quote
 
-from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from deployments.config import EnvironmentConfig
 from deployments.errors import BackupFailed, MigrationFailed, PreflightError
 from deployments.secrets import redact, resolve_app_environment
 from tasks import change_step, read_step, run_log, service
-from tasks.lock_waits import LockWatch, session_name, watching_lock_waits
-
-
-def connect(url: str, application_name: str | None = None, lock_timeout_ms: int = 5000,
-            statement_timeout_ms: int = 600_000, read_only: bool = False) -> Engine:
-    """An engine whose PostgreSQL sessions can never wait forever and say who they are.
-
-    `read_only` opens SQLite with mode=ro, so reading a database that does not exist fails
-    instead of creating an empty file.
-    """
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "postgresql":
-        application_name = application_name or session_name()
-        options = f"-c lock_timeout={lock_timeout_ms} -c statement_timeout={statement_timeout_ms}"
-        return create_engine(
-            parsed.set(drivername="postgresql+psycopg"),
-            connect_args={"application_name": application_name, "options": options, "connect_timeout": 10},
-        )
-    if read_only and parsed.database and parsed.database != ":memory:":
-        # Past SQLAlchemy's URL parser, which would unquote the path again.
-        uri = read_only_uri(parsed.database)
-        return create_engine("sqlite+pysqlite://", creator=lambda: sqlite3.connect(uri, uri=True))
-    return create_engine(parsed)
-
-
-def read_only_uri(path: str | Path) -> str:
-    """A SQLite URI opening `path` read-only. Quoted: a '#' or '?' in the path would otherwise end the
-    URI early and drop mode=ro, creating and reading another, empty file."""
-    return f"file:{quote(str(path))}?mode=ro"
+from tasks.backups import scratch_copy
+from tasks.databases import connect, session_name
+from tasks.lock_waits import LockWatch, watching_lock_waits
 
 
 def database_revision(url: str, application_name: str | None = None) -> str | None:
@@ -226,8 +198,6 @@ def test_migrations(config: EnvironmentConfig, release_tree: Path, scratch_dir: 
     """Prerequisite: upgrade, downgrade, upgrade on a scratch copy of the live database, so a
     migration that fails on production's data fails here, before anything changes. `status` is
     check-migrations' answer for the same tree (one head, what is pending), taken just before."""
-    from tasks.backups import scratch_copy
-
     if not status.pending:
         return "No pending migrations; nothing to rehearse"
     app_env = resolve_app_environment(config)

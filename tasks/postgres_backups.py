@@ -44,7 +44,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from deployments.errors import BackupFailed
 from deployments.secrets import redact
 from tasks.database_state import DatabaseState, read_state
+from tasks.databases import connect
 from tasks.lock_waits import LockWatch, watching_lock_waits
+from tasks.service import dies_with_us
 
 Logger = Union[logging.Logger, "logging.LoggerAdapter[logging.Logger]"]
 
@@ -108,8 +110,6 @@ def dump_and_prove(parsed: URL, target: Path, tools: Tools, expected_revision: s
                    logger: Logger) -> ProvenDump:
     """Write the archive of `parsed`'s database to `target`, restoring it into a scratch database as it
     is written; raise BackupFailed unless the restored copy agrees with the dumped snapshot."""
-    from tasks.migrations import connect
-
     url = parsed.render_as_string(hide_password=False)
     step = "backup database"
     source = connect(url, f"{tools.session}-backup", lock_timeout_ms=tools.lock_timeout_ms)
@@ -167,8 +167,6 @@ def _make_tables(source: Connection, parsed: URL, tools: Tools, snapshot: str, s
     them writes no WAL. A partitioned table cannot be, and a permanent table may reference only
     permanent ones, so those stay logged (`_stay_logged`); if PostgreSQL refuses any other, they all
     do (slower, as sound)."""
-    from tasks.migrations import connect
-
     stream = _Stream(logger, "backup database", "nothing was migrated")
     stream.start(_dump_argv(parsed, tools, snapshot, SCHEMA), _restore_argv(parsed, tools, scratch),
                  passfile(parsed, f"{tools.session}-backup"), None)
@@ -218,7 +216,7 @@ def _restore_schema(archive: Path, parsed: URL, tools: Tools, database: str) -> 
     started = time.perf_counter()
     with passfile(parsed, f"{tools.session}-backup-restore") as env, tempfile.TemporaryFile() as errors:
         code = _wait(subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=errors,
-                                      preexec_fn=_dies_with_us()))
+                                      preexec_fn=dies_with_us()))
         if code != 0:
             raise BackupFailed("verify backup", f"the archive's schema could not be restored: {_last_words(errors)}",
                                "do not deploy: the backup could not be restored; check pg_dump, pg_restore and the disk")
@@ -229,8 +227,6 @@ def _restore_schema(archive: Path, parsed: URL, tools: Tools, database: str) -> 
 def scratch_copy(parsed: URL, tools: Tools, logger: Logger, step: str) -> Iterator[URL]:
     """A throwaway copy of the database, streamed (`pg_dump | pg_restore`, no file) into a database of
     its own that is dropped after the block; every wait for a lock bounded and named."""
-    from tasks.migrations import connect
-
     url = parsed.render_as_string(hide_password=False)
     admin = connect(url, f"{tools.session}-copy", lock_timeout_ms=tools.lock_timeout_ms)
     try:
@@ -253,8 +249,6 @@ def restore_archive(path: Path, parsed: URL, tools: Tools, keep_tables: set[str]
     """Put the live database back as the archive has it, in one transaction: the app's sessions are
     ended (it is in maintenance), tables the archive lacks dropped, the rest replaced. A lock that
     another session holds past the bound fails the restore, unchanged, naming that session."""
-    from tasks.migrations import connect
-
     step = "restore backup"
     url = parsed.render_as_string(hide_password=False)
     engine = connect(url, f"{tools.session}-restore", lock_timeout_ms=tools.lock_timeout_ms)
@@ -269,7 +263,7 @@ def restore_archive(path: Path, parsed: URL, tools: Tools, keep_tables: set[str]
                     "--no-owner", "--exit-on-error", "--dbname", parsed.database or "", str(path)]
             with passfile(parsed, f"{tools.session}-restore") as env, tempfile.TemporaryFile() as errors:
                 restore = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=errors,
-                                           preexec_fn=_dies_with_us())
+                                           preexec_fn=dies_with_us())
                 code = _wait(restore)
                 if code != 0:
                     raise _named(BackupFailed(step, f"pg_restore failed: {_last_words(errors)}",
@@ -403,9 +397,9 @@ class _Stream:
         with tempfile.TemporaryFile() as dump_errors, tempfile.TemporaryFile() as restore_errors, \
                 (open(target, "wb") if target else nullcontext()) as archive:
             dump = subprocess.Popen(dump_argv, env=env, stdout=subprocess.PIPE, stderr=dump_errors,
-                                    preexec_fn=_dies_with_us())
+                                    preexec_fn=dies_with_us())
             restore = subprocess.Popen(restore_argv, env=restore_env, stdin=subprocess.PIPE,
-                                       stdout=subprocess.DEVNULL, stderr=restore_errors, preexec_fn=_dies_with_us())
+                                       stdout=subprocess.DEVNULL, stderr=restore_errors, preexec_fn=dies_with_us())
             self.processes += [dump, restore]
             started = time.perf_counter()
             assert dump.stdout is not None and restore.stdin is not None
@@ -448,20 +442,12 @@ class _Stream:
 
 
 def _state_of(parsed: URL, tools: Tools, counts: bool = True) -> DatabaseState:
-    from tasks.migrations import connect
-
     engine = connect(parsed.render_as_string(hide_password=False), f"{tools.session}-backup-verify")
     try:
         with engine.connect() as conn:
             return read_state(conn, counts=counts)
     finally:
         engine.dispose()
-
-
-def _dies_with_us():  # type: ignore[no-untyped-def]
-    from tasks.service import dies_with_us
-
-    return dies_with_us()
 
 
 def _wait(process: subprocess.Popen[Any]) -> int:

@@ -130,22 +130,23 @@ def test_tampered_backup_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize("check", ["quick", "integrity"])
 def test_a_damaged_copy_is_never_published(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, check: str) -> None:
     """The copy is checked itself: a page the disk mangled while it was written fails the check."""
-    import tasks.backups
+    import tasks.sqlite_backups
 
     url = f"sqlite:///{tmp_path / 'app.db'}"
     make_schema(url, rows=2000)
-    copy = tasks.backups._sqlite_backup
+    copy = tasks.sqlite_backups._copy
 
-    def copy_then_damage(parsed, target, manifest):  # type: ignore[no-untyped-def]
-        copy(parsed, target, manifest)
+    def copy_then_damage(parsed, target, expected_revision):  # type: ignore[no-untyped-def]
+        state = copy(parsed, target, expected_revision)
         with sqlite3.connect(target) as conn:
             page_size = conn.execute("PRAGMA page_size").fetchone()[0]
             root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'jobs'").fetchone()[0]
         with open(target, "r+b") as handle:  # the b-tree page type byte of the table's root page
             handle.seek((root - 1) * page_size)
             handle.write(b"\xff")
+        return state
 
-    monkeypatch.setattr(tasks.backups, "_sqlite_backup", copy_then_damage)
+    monkeypatch.setattr(tasks.sqlite_backups, "_copy", copy_then_damage)
     pragma = f"{check}_check"
     with pytest.raises(BackupFailed, match=f"verify backup: {pragma} of the copy says"):
         take_backup(url, tmp_path / "b", new_tag(), revision="0002", git_sha=None, run_id=None, sqlite_check=check)
