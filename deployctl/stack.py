@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from tasks.service import dies_with_us
+from tasks.processes import dies_with_us
 from tasks.service import is_alive as _alive
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent

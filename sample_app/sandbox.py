@@ -43,6 +43,7 @@ from deployments.errors import DeployError
 from deployments.secrets import resolve_app_environment
 from tasks import service
 from tasks.health import probe
+from tasks.processes import child_env
 from tasks.migrations import database_revision
 
 ENVIRONMENTS = ("staging", "production")
@@ -336,7 +337,7 @@ def _run_app(config: EnvironmentConfig, app_env: dict[str, str], argv: list[str]
     result = subprocess.run(
         argv,
         cwd=config.source.workspace,
-        env=service.app_process_env(app_env),
+        env=child_env(app_env),
         capture_output=True,
         text=True,
         timeout=300,

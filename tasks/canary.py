@@ -30,7 +30,8 @@ from deployments.errors import DeployError, ServiceError
 from deployments.secrets import redact, resolve_app_environment
 from tasks import read_step
 from tasks.health import assess, probe
-from tasks.service import app_process_env, dies_with_us, expand_argv, scan_log
+from tasks.processes import Advice, Command, child_env, spawn
+from tasks.service import expand_argv, scan_log
 from tasks.smoke import run_critical_path_tests
 
 
@@ -83,15 +84,11 @@ def canary(config: EnvironmentConfig) -> Iterator[tuple[str, Path]]:
     process = None
     try:
         with open(log, "ab") as out:
-            try:
-                # A killed deploy takes its canary with it: SIGTERM, so the master stops its workers.
-                process = subprocess.Popen(argv, cwd=config.source.workspace, env=app_process_env(env),
-                                           stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                           start_new_session=True,
-                                           preexec_fn=dies_with_us(signal.SIGTERM))
-            except OSError as exc:
-                raise ServiceError(step, f"cannot run {argv[0]!r}: {exc.strerror}",
-                                   "check service.start_command and [service.canary]") from None
+            # A killed deploy takes its canary with it: SIGTERM, so the master stops its workers.
+            process = spawn(Command.of(argv, cwd=config.source.workspace, env=child_env(env)), step=step,
+                            error=ServiceError, advice=Advice(start="check service.start_command and [service.canary]",
+                                                              slow="check [service.canary] timeout_seconds"),
+                            stdout=out, stderr=subprocess.STDOUT, new_session=True, die_signal=signal.SIGTERM)
         _wait_until_answering(process, url + config.health.path, settings.timeout_seconds,
                               config.health.timeout_seconds, log, step)
         yield url, log

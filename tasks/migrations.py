@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +20,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from deployments.config import EnvironmentConfig
 from deployments.errors import BackupFailed, MigrationFailed, PreflightError
 from deployments.secrets import redact, resolve_app_environment
-from tasks import change_step, read_step, run_log, service
+from tasks import change_step, read_step, run_log
 from tasks.backups import scratch_copy
 from tasks.databases import connect, session_name
+from tasks.processes import Advice, Command, child_env, run
 from tasks.lock_waits import LockWatch, watching_lock_waits
 
 
@@ -86,7 +86,7 @@ def run_runner(
     application_name: str | None = None,
 ) -> dict[str, Any]:
     """Run the migration runner in the app's interpreter, in `cwd` (a workspace or worktree)."""
-    env = service.app_process_env(app_env)
+    env = child_env(app_env)
     # libpq reads these, so the app's own engine gets bounded waits and a name we can find it by.
     env["PGOPTIONS"] = (f"-c lock_timeout={config.database.lock_timeout_ms} "
                         f"-c statement_timeout={config.database.statement_timeout_ms}")
@@ -101,12 +101,14 @@ def run_runner(
     bound = config.database.lock_timeout_ms / 1000
     with watching_lock_waits(url, application_name, step, bound, run_log()) as watch:
         try:
-            result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True,
-                                    timeout=config.database.statement_timeout_ms / 1000 + 60,
-                                    preexec_fn=service.dies_with_us())
-        except subprocess.TimeoutExpired:
-            raise MigrationFailed(step, "alembic did not finish in time" + _waited(watch),
-                                  "look for a blocking session in the database, then roll back or run again") from None
+            result = run(Command.of(argv, cwd=cwd, env=env, timeout=config.database.statement_timeout_ms / 1000 + 60,
+                                    name="alembic"), step=step, error=MigrationFailed, advice=Advice(
+                start=f"check service.python ({config.service.python}) in the environment file",
+                slow="look for a blocking session in the database, then roll back or run again"))
+        except MigrationFailed as exc:
+            if watch.seen is None:
+                raise
+            raise MigrationFailed(step, exc.cause + _waited(watch), exc.action) from None
     if result.returncode != 0:
         cause = redact(_error_line(result.stderr) or f"exit {result.returncode}")
         doing = re.findall(r"^migration-runner: (\w+)$", result.stderr, flags=re.M)  # which of a rehearsal's steps

@@ -46,13 +46,15 @@ from deployments.secrets import redact
 from tasks.database_state import DatabaseState, read_state
 from tasks.databases import connect
 from tasks.lock_waits import LockWatch, watching_lock_waits
-from tasks.service import dies_with_us
+from tasks.processes import Advice, Command, run, spawn, wait
 
 Logger = Union[logging.Logger, "logging.LoggerAdapter[logging.Logger]"]
 
 CHUNK = 1 << 20
 SCRATCH_SORT_MEMORY = "256MB"
 PROGRESS_SECONDS = 30.0
+TOOL_ADVICE = Advice(start="install PostgreSQL's client tools or set [backups] pg_dump and pg_restore; nothing was migrated",
+                     slow="check the database server and the disk; nothing was migrated")
 
 
 @dataclass(frozen=True)
@@ -215,8 +217,7 @@ def _restore_schema(archive: Path, parsed: URL, tools: Tools, database: str) -> 
     argv = _restore_argv(parsed, tools, database, ("pre-data", "post-data")) + [str(archive)]
     started = time.perf_counter()
     with passfile(parsed, f"{tools.session}-backup-restore") as env, tempfile.TemporaryFile() as errors:
-        code = _wait(subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=errors,
-                                      preexec_fn=dies_with_us()))
+        code = _wait(_spawn(argv, env, "verify backup", stdout=subprocess.DEVNULL, stderr=errors))
         if code != 0:
             raise BackupFailed("verify backup", f"the archive's schema could not be restored: {_last_words(errors)}",
                                "do not deploy: the backup could not be restored; check pg_dump, pg_restore and the disk")
@@ -262,9 +263,7 @@ def restore_archive(path: Path, parsed: URL, tools: Tools, keep_tables: set[str]
             argv = [tools.pg_restore, *connection_args(parsed), "--single-transaction", "--clean", "--if-exists",
                     "--no-owner", "--exit-on-error", "--dbname", parsed.database or "", str(path)]
             with passfile(parsed, f"{tools.session}-restore") as env, tempfile.TemporaryFile() as errors:
-                restore = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=errors,
-                                           preexec_fn=dies_with_us())
-                code = _wait(restore)
+                code = _wait(_spawn(argv, env, step, stdout=subprocess.DEVNULL, stderr=errors))
                 if code != 0:
                     raise _named(BackupFailed(step, f"pg_restore failed: {_last_words(errors)}",
                                               "the database is unchanged (single transaction); keep maintenance "
@@ -396,11 +395,11 @@ class _Stream:
                        "PGOPTIONS": f"-c synchronous_commit=off -c maintenance_work_mem={SCRATCH_SORT_MEMORY}"}
         with tempfile.TemporaryFile() as dump_errors, tempfile.TemporaryFile() as restore_errors, \
                 (open(target, "wb") if target else nullcontext()) as archive:
-            dump = subprocess.Popen(dump_argv, env=env, stdout=subprocess.PIPE, stderr=dump_errors,
-                                    preexec_fn=dies_with_us())
-            restore = subprocess.Popen(restore_argv, env=restore_env, stdin=subprocess.PIPE,
-                                       stdout=subprocess.DEVNULL, stderr=restore_errors, preexec_fn=dies_with_us())
-            self.processes += [dump, restore]
+            dump = _spawn(dump_argv, env, self.step, stdout=subprocess.PIPE, stderr=dump_errors)
+            self.processes.append(dump)
+            restore = _spawn(restore_argv, restore_env, self.step, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                             stderr=restore_errors)
+            self.processes.append(restore)
             started = time.perf_counter()
             assert dump.stdout is not None and restore.stdin is not None
             restore_open = True
@@ -450,13 +449,13 @@ def _state_of(parsed: URL, tools: Tools, counts: bool = True) -> DatabaseState:
         engine.dispose()
 
 
+def _spawn(argv: list[str], env: dict[str, str], step: str, **streams: Any) -> subprocess.Popen[bytes]:
+    return spawn(Command.of(argv, env=env), step=step, error=BackupFailed, advice=TOOL_ADVICE, **streams)
+
+
 def _wait(process: subprocess.Popen[Any]) -> int:
     """A tool's exit: it ends when its input ends or its lock wait is cancelled; a day is a bound, not a plan."""
-    try:
-        return process.wait(timeout=24 * 3600)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        return process.wait()
+    return wait(process, 24 * 3600)
 
 
 def _last_words(stream: IO[bytes]) -> str:
@@ -466,5 +465,5 @@ def _last_words(stream: IO[bytes]) -> str:
 
 
 def _tool_version(tool: str) -> str:
-    result = subprocess.run([tool, "--version"], capture_output=True, text=True, timeout=30)
-    return result.stdout.strip()
+    return run(Command.of([tool, "--version"], timeout=30), step="backup database", error=BackupFailed,
+               advice=TOOL_ADVICE).stdout.strip()

@@ -6,17 +6,19 @@ Neither gets the app's secrets: a release's test suite has no business with prod
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from deployments.config import EnvironmentConfig
 from deployments.errors import PreflightError
+from deployments.secrets import redact
 from tasks import read_step
-from tasks.service import app_process_env, expand_argv
+from tasks.processes import Advice, Command, child_env, run
+from tasks.service import expand_argv
 
 TEST_TIMEOUT = 1800
+SCAN_TIMEOUT = 1800
 
 
 @dataclass(frozen=True)
@@ -30,24 +32,24 @@ class ScanReport:
         return f"high {self.high}, medium {self.medium}, low {self.low}"
 
 
+def bandit_argv(tree: Path) -> list[str]:
+    """The built-in scan: bandit over the release, its tests, migrations and .git left out."""
+    excluded = ",".join(str(p) for p in (tree / "tests", tree / "migrations", tree / ".git") if p.exists())
+    return [sys.executable, "-m", "bandit", "-r", str(tree), "-f", "json", "-q", *(["-x", excluded] if excluded else [])]
+
+
 @read_step("run-release-tests", retries=0)
 def run_release_tests(config: EnvironmentConfig, tree: Path) -> str:
     """Prerequisite: all automated tests of the release pass."""
     if not config.prerequisites.test_command:
         return "no test_command configured: skipped"
-    argv = expand_argv(config.prerequisites.test_command, config, tree)
-    try:
-        result = subprocess.run(argv, cwd=tree, env=app_process_env({"CI": "1"}), capture_output=True, text=True,
-                                timeout=TEST_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        raise PreflightError("run release tests", f"the tests ran longer than {TEST_TIMEOUT} s",
-                             "make them faster or raise the limit; nothing was changed") from None
-    except OSError as exc:
-        raise PreflightError("run release tests", f"cannot start {argv[0]} ({exc.strerror})",
-                             "fix prerequisites.test_command; nothing was changed") from None
-    output = (result.stdout + result.stderr).strip().splitlines()
-    summary = output[-1] if output else f"exit {result.returncode}"
-    if result.returncode != 0:
+    command = Command.of(expand_argv(config.prerequisites.test_command, config, tree), cwd=tree,
+                         env=child_env({"CI": "1"}), timeout=TEST_TIMEOUT, name="the tests")
+    result = run(command, step="run release tests", error=PreflightError, advice=Advice(
+        start="fix prerequisites.test_command; nothing was changed",
+        slow="make them faster or raise the limit; nothing was changed"))
+    summary = result.last_line()
+    if not result.ok:
         raise PreflightError("run release tests", f"the release's tests failed ({summary})",
                              "fix the release and push it again; nothing was changed")
     return summary
@@ -59,25 +61,18 @@ def run_security_scan(config: EnvironmentConfig, tree: Path) -> ScanReport | str
     step = "run security scan"
     if config.prerequisites.scan_command is not None:
         argv = expand_argv(config.prerequisites.scan_command, config, tree)
-        try:
-            result = subprocess.run(argv, cwd=tree, env=app_process_env({}), capture_output=True, text=True,
-                                    timeout=1800)
-        except OSError as exc:
-            raise PreflightError(step, f"cannot start {argv[0]} ({exc.strerror})", "install the scanner or "
-                                 "fix prerequisites.scan_command; nothing was changed") from None
-        except subprocess.TimeoutExpired:
-            raise PreflightError(step, f"{argv[0]} ran longer than 1800 s",
-                                 "make the scan faster or scan less; nothing was changed") from None
-        if result.returncode != 0:
-            tail = (result.stdout + result.stderr).strip().splitlines()[-3:]
+        result = run(Command.of(argv, cwd=tree, env=child_env({}), timeout=SCAN_TIMEOUT), step=step,
+                     error=PreflightError, advice=Advice(
+                         start="install the scanner or fix prerequisites.scan_command; nothing was changed",
+                         slow="make the scan faster or scan less; nothing was changed"))
+        if not result.ok:
+            tail = redact((result.stdout + result.stderr).strip()).splitlines()[-3:]
             raise PreflightError(step, f"{argv[0]} reported problems: {' / '.join(tail)}",
                                  "fix the findings or adjust the scanner's baseline; nothing was changed")
         return f"{argv[0]} passed"
-    excluded = ",".join(str(p) for p in (tree / "tests", tree / "migrations", tree / ".git") if p.exists())
-    argv = [sys.executable, "-m", "bandit", "-r", str(tree), "-f", "json", "-q"]
-    if excluded:
-        argv += ["-x", excluded]
-    result = subprocess.run(argv, cwd=tree, env=app_process_env({}), capture_output=True, text=True, timeout=1800)
+    result = run(Command.of(bandit_argv(tree), cwd=tree, env=child_env({}), timeout=SCAN_TIMEOUT), step=step,
+                 error=PreflightError, advice=Advice(start="reinstall the orchestrator's environment (make install)",
+                                                     slow="scan less, or set prerequisites.scan_command"))
     try:
         report = json.loads(result.stdout)
     except ValueError:

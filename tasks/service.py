@@ -8,50 +8,28 @@ variables, never the orchestrator's (which may hold API keys).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import re
 import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from deployments.config import EnvironmentConfig
 from deployments.errors import ServiceError
 from deployments.secrets import redact, resolve_app_environment
 from tasks import change_step, read_step, run_log
+from tasks.processes import Advice, Command, child_env, run, spawn
 
-PASSED_THROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
-
+START_ADVICE = Advice(start="check service.start_command and service.python in the environment file",
+                      slow="check service.start_command")
 
 def expand_argv(argv: Sequence[str], config: EnvironmentConfig, workspace: Path | None = None) -> list[str]:
     """`argv` with the placeholders filled in; `workspace` stands in for a scratch tree of the release."""
     values = {"python": str(config.service.python), "bin": str(config.service.python.parent),
               "workspace": str(workspace or config.source.workspace)}
     return [part.format_map(values) if "{" in part else part for part in argv]
-
-
-def app_process_env(app_env: Mapping[str, str]) -> dict[str, str]:
-    base = {name: os.environ[name] for name in PASSED_THROUGH if name in os.environ}
-    return {**base, **app_env}
-
-
-def dies_with_us(sig: int = signal.SIGKILL) -> Callable[[], None]:
-    """A `preexec_fn` for a child that must not outlive a killed deploy (a migration, a checkout):
-    Linux sends it `sig` when the thread that started it dies, so a crash never leaves one running
-    behind the rollback's back. A server that must take its workers with it asks for SIGTERM (see
-    tasks/canary). A parent killed between the fork and the prctl would never send the signal, so
-    the child checks it still has the parent it was forked from, and goes if not."""
-    parent = os.getpid()
-
-    def in_child() -> None:
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
-        if os.getppid() != parent:
-            os.kill(os.getpid(), sig)
-
-    return in_child
 
 
 def read_pid(pid_file: Path) -> int | None:
@@ -92,22 +70,9 @@ def start(config: EnvironmentConfig, app_env: Mapping[str, str]) -> subprocess.P
     config.service.startup_log.parent.mkdir(parents=True, exist_ok=True)
     config.service.pid_file.parent.mkdir(parents=True, exist_ok=True)
     with open(config.service.startup_log, "ab") as log:
-        try:
-            return subprocess.Popen(
-                argv,
-                cwd=config.source.workspace,
-                env=app_process_env(app_env),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            raise ServiceError(
-                f"start application ({config.name})",
-                f"cannot run {argv[0]!r}: {exc.strerror}",
-                "check service.start_command and service.python in the environment file",
-            ) from exc
+        return spawn(Command.of(argv, cwd=config.source.workspace, env=child_env(app_env)),
+                         step=f"start application ({config.name})", error=ServiceError, advice=START_ADVICE,
+                         stdout=log, stderr=subprocess.STDOUT, new_session=True, die_signal=None)
 
 
 def wait_for_pid_file(config: EnvironmentConfig, timeout: float, not_pid: int | None = None) -> int:
@@ -192,7 +157,9 @@ def reload(config: EnvironmentConfig, app_env: Mapping[str, str], workers: int, 
         return pid
     if config.service.reload == "command":
         argv = expand_argv(config.service.reload_command or [], config)
-        subprocess.run(argv, cwd=config.source.workspace, env=app_process_env(app_env), check=True, timeout=timeout)
+        run(Command.of(argv, cwd=config.source.workspace, env=child_env(app_env), timeout=timeout), step=step,
+            error=ServiceError, advice=Advice(start="check service.reload_command", slow="check service.reload_command",
+                                              failed="the running release was not touched; check service.reload_command"))
         return wait_for_pid_file(config, timeout)
     if config.service.reload == "hup":
         before = set(children(old))
@@ -369,11 +336,11 @@ def restart_application(config: EnvironmentConfig) -> str:
     step = f"restart application ({config.name})"
     if config.service.preflight_command:
         argv = expand_argv(config.service.preflight_command, config)
-        result = subprocess.run(argv, cwd=config.source.workspace, env=app_process_env(app_env),
-                                capture_output=True, text=True, timeout=120)
-        if result.returncode != 0:
-            last = (result.stderr.strip().splitlines() or ["exit " + str(result.returncode)])[-1]
-            raise ServiceError(step, f"the release fails its preflight ({redact(last)})",
+        result = run(Command.of(argv, cwd=config.source.workspace, env=child_env(app_env), timeout=120), step=step,
+                     error=ServiceError, advice=Advice(start="check service.preflight_command",
+                                                       slow="the running release was not touched; fix the release"))
+        if not result.ok:
+            raise ServiceError(step, f"the release fails its preflight ({result.error_line()})",
                                "the running release was not touched; fix the release")
     pid = reload(config, app_env, config.service.workers)
     return f"serving from master pid {pid} ({config.service.reload})"
@@ -435,15 +402,10 @@ def started_before(config: EnvironmentConfig, moment: float) -> bool:
 
 def _run_app_command(config: EnvironmentConfig, argv: list[str], step: str) -> None:
     app_env = resolve_app_environment(config)
-    command = expand_argv(argv, config)
-    try:
-        result = subprocess.run(command, cwd=config.source.workspace, env=app_process_env(app_env),
-                                capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ServiceError(step, f"cannot run {command[0]} ({exc})", "check the command in [service]") from None
-    if result.returncode != 0:
-        last = (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[-1]
-        raise ServiceError(step, f"{command[0]} failed: {redact(last)}", "check the command in [service]")
+    command = Command.of(expand_argv(argv, config), cwd=config.source.workspace, env=child_env(app_env), timeout=60)
+    run(command, step=step, error=ServiceError, advice=Advice(start="check the command in [service]",
+                                                              slow="check the command in [service]",
+                                                              failed="check the command in [service]"))
 
 
 @change_step("stop-traffic")

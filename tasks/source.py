@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 from deployments.config import EnvironmentConfig
 from deployments.errors import DeployError, InvalidInput, PreflightError
 from tasks import change_step, read_step
-from tasks.service import dies_with_us
+from tasks.processes import Advice, Command, Finished, run
 
 REF_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
 SHA_PATTERN = re.compile(r"^[0-9a-f]{40}$")
@@ -52,23 +51,18 @@ def validate_ref(ref: str) -> str:
     return ref
 
 
-def _git(cwd: Path, *args: str, step: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    argv = ["git", "-c", "advice.detachedHead=false", *args]
-    try:
-        result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=GIT_TIMEOUT,
-                                env={"GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/local/bin:/usr/bin:/bin",
-                                     "HOME": str(cwd), "LC_ALL": "C"}, preexec_fn=dies_with_us())
-    except FileNotFoundError as exc:
-        raise GitError(step, f"cannot run git in {cwd} ({exc.strerror})",
-                       "check source.workspace in the environment file") from exc
-    except subprocess.TimeoutExpired:
-        raise GitError(step, f"git {args[0]} took longer than {GIT_TIMEOUT} s",
-                       "check that the repository is reachable, then run again") from None
-    if check and result.returncode != 0:
-        detail = (result.stderr or result.stdout).strip().splitlines()
-        raise GitError(step, f"git {args[0]} failed: {detail[-1] if detail else 'exit ' + str(result.returncode)}",
-                       "check source.repository and source.workspace, then run again")
-    return result
+def git_command(cwd: Path, *args: str) -> Command:
+    """git in `cwd`, never prompting, with nothing of our environment but PATH."""
+    return Command.of(["git", "-c", "advice.detachedHead=false", *args], cwd=cwd, timeout=GIT_TIMEOUT,
+                      name=f"git {args[0]}", env={"GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/local/bin:/usr/bin:/bin",
+                                                  "HOME": str(cwd), "LC_ALL": "C"})
+
+
+def _git(cwd: Path, *args: str, step: str, check: bool = True) -> Finished:
+    return run(git_command(cwd, *args), step=step, error=GitError, advice=Advice(
+        start="check source.workspace in the environment file",
+        slow="check that the repository is reachable, then run again",
+        failed="check source.repository and source.workspace, then run again" if check else None))
 
 
 def fetch(config: EnvironmentConfig) -> None:

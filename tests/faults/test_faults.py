@@ -56,6 +56,7 @@ from deployments.secrets import resolve_app_environment
 from sample_app.sandbox import postgres_database_name
 from tasks import service
 from tasks.ledger import Ledger, Release
+from tasks.processes import child_env
 from tests.faults.releases import (
     EMAIL_BROKEN,
     EMAIL_BROKEN_HOTFIX_A,
@@ -289,7 +290,7 @@ def maintenance(box: Sandbox, env: str) -> Iterator[None]:
 def run_app_command(box: Sandbox, env: str, argv: list[str]) -> None:
     config = box.config(env)
     subprocess.run(service.expand_argv(argv, config), cwd=config.source.workspace, check=True, timeout=60,
-                   env=service.app_process_env(resolve_app_environment(config)), capture_output=True)
+                   env=child_env(resolve_app_environment(config)), capture_output=True)
 
 
 # --- invariants -------------------------------------------------------------------------------------------
