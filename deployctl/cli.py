@@ -159,7 +159,7 @@ def _sandbox(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from deployments.checks import check_environment
+    from deployctl.checks import check_environment
     from deployments.config import load_environment
 
     config = load_environment(args.environment)

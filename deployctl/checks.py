@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from sqlalchemy.engine import make_url
@@ -16,6 +16,8 @@ from deployments.secrets import resolve_app_environment
 from tasks import service
 from tasks.health import probe
 from tasks.migrations import database_revision
+from tasks.processes import Advice, run
+from tasks.source import git_command
 
 
 @dataclass(frozen=True)
@@ -105,10 +107,11 @@ class _Fail(Exception):
     pass
 
 
-def _git(cwd: os.PathLike[str], *args: str) -> str:
-    if not os.path.isdir(cwd):
+def _git(cwd: Path, *args: str) -> str:
+    if not cwd.is_dir():
         raise _Fail(f"{cwd} does not exist")
-    result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30)
-    if result.returncode != 0:
-        raise _Fail(f"git {args[0]}: {result.stderr.strip() or 'failed'}")
+    result = run(git_command(cwd, *args), step="check", error=DeployError,
+                 advice=Advice(start="install git", slow="check that the repository is reachable"))
+    if not result.ok:
+        raise _Fail(f"git {args[0]}: {result.error_line()}")
     return result.stdout.strip()
