@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import subprocess
 import sys
 import textwrap
 import threading
@@ -29,7 +28,8 @@ from typing import Any
 from uuid import UUID
 
 from deployctl.follow import FINAL, Follower
-from deployctl.stack import PROJECT_DIR, Stack
+from deployctl.stack import PROJECT_DIR, Stack, StackError
+from tasks.processes import Advice, Command, run
 from deployments.config import load_environment
 
 APPROVERS = (("Dana Whitfield", "team-lead"), ("Sam Okafor", "product-owner"))
@@ -43,7 +43,11 @@ def demo(log=print) -> int:  # type: ignore[no-untyped-def]
     environments = sandbox.DEFAULT_ROOT / "environments"
     stack = Stack(environments_dir=environments)
     stack.up(log=log)
-    result = subprocess.run([sys.executable, "-m", "deployctl.demo"], env=stack.env(), cwd=PROJECT_DIR)
+    # The story prints to this terminal as it goes; an hour is a bound, not a plan (it takes minutes).
+    result = run(Command.of([sys.executable, "-m", "deployctl.demo"], cwd=PROJECT_DIR, env=stack.env(), timeout=3600),
+                 step="demo", error=lambda step, cause, action: StackError(f"{step}: {cause}; {action}"), advice=Advice(start="run `make install` again",
+                                                         slow="the demo stopped after an hour; `make stop` ends it"),
+                 capture=False)
     log(f"\nThe demo took {time.monotonic() - started:.0f} s.")
     log(f"Prefect UI: {stack.ui_url}  (runs, artifacts and logs of every deploy)")
     log("Stop everything: make stop")

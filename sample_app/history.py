@@ -55,13 +55,14 @@ import email.utils
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+
+from tasks.processes import Advice, Command, run
 
 # Named in messages and help, where __name__ would be "__main__" under `python -m`.
 MODULE = "sample_app.history"
@@ -512,10 +513,10 @@ def _git(
         "GIT_COMMITTER_DATE": stamp,
         **(env or {}),
     }
-    result = subprocess.run(
-        ["git", *args], cwd=cwd, env=clean, input=stdin, capture_output=True, encoding="utf-8", check=False
-    )
-    if result.returncode != 0:
+    result = run(Command.of(["git", *args], cwd=cwd, env=clean, timeout=300), step=f"git {args[0]}",
+                 error=lambda step, cause, action: HistoryError(f"{step}: {cause}; {action}"),
+                 advice=Advice(start="install git", slow="git did not finish in 300 s"), input=stdin)
+    if not result.ok:
         # git's hints are about resuming in place; a failed build leaves nothing to resume in.
         lines = (result.stderr or result.stdout).strip().splitlines()
         output = "\n".join(line for line in lines if not line.startswith("hint: "))

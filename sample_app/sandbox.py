@@ -26,7 +26,6 @@ import os
 import shutil
 import sqlite3
 import string
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -43,7 +42,7 @@ from deployments.errors import DeployError
 from deployments.secrets import resolve_app_environment
 from tasks import service
 from tasks.health import probe
-from tasks.processes import child_env
+from tasks.processes import Advice, Command, child_env, run
 from tasks.migrations import database_revision
 
 ENVIRONMENTS = ("staging", "production")
@@ -56,6 +55,14 @@ GENERATED = "generated.json"
 
 class SandboxError(RuntimeError):
     pass
+
+
+def _error(step: str, cause: str, action: str) -> SandboxError:
+    return SandboxError(f"{step}: {cause}; {action}")
+
+
+TOOL_ADVICE = Advice(start="install it (the sandbox needs git and the app's interpreter)",
+                     slow="the machine may be overloaded; run `deployctl sandbox up` again")
 
 
 @dataclass(frozen=True)
@@ -334,15 +341,9 @@ def drop_postgres_databases(root: Path) -> None:
 
 
 def _run_app(config: EnvironmentConfig, app_env: dict[str, str], argv: list[str], what: str) -> None:
-    result = subprocess.run(
-        argv,
-        cwd=config.source.workspace,
-        env=child_env(app_env),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if result.returncode != 0:
+    command = Command.of(argv, cwd=config.source.workspace, env=child_env(app_env), timeout=300, name=what)
+    result = run(command, step=f"{what} of {config.name}", error=_error, advice=TOOL_ADVICE)
+    if not result.ok:
         raise SandboxError(f"{what} of {config.name} failed (exit {result.returncode}):\n{result.stderr[-2000:]}")
 
 
@@ -360,7 +361,8 @@ def _wait_healthy(config: EnvironmentConfig, timeout: float) -> None:
 
 
 def _git(cwd: Path, *args: str) -> str:
-    result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
-    if result.returncode != 0:
+    result = run(Command.of(["git", *args], cwd=cwd, timeout=60), step=f"git {args[0]}", error=_error,
+                 advice=TOOL_ADVICE)
+    if not result.ok:
         raise SandboxError(f"git {args[0]} failed in {cwd}: {result.stderr.strip()}")
     return result.stdout.strip()

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable
 
-from deployments.errors import DeployError
 from deployments.secrets import redact
 
 # What a child of ours may inherit from the orchestrator's environment; the rest (API keys, the
@@ -87,25 +86,30 @@ class Finished:
         return _last(self.stderr) or _last(self.stdout) or f"exit {self.returncode}"
 
 
-def run(command: Command, *, step: str, error: type[DeployError], advice: Advice,
-        input: str | None = None, die_signal: int = signal.SIGKILL) -> Finished:
-    """Run `command` to its end (text in and out); see the module's docstring for its failures."""
+# A DeployError subclass, or anything built the same way: (step, cause, action).
+ErrorFactory = Callable[[str, str, str], Exception]
+
+
+def run(command: Command, *, step: str, error: ErrorFactory, advice: Advice, input: str | None = None,
+        die_signal: int = signal.SIGKILL, capture: bool = True) -> Finished:
+    """Run `command` to its end (UTF-8 text in and out, undecodable bytes replaced); see the module's docstring for its failures.
+    `capture=False` lets it print to our terminal (what it printed is then not in the result)."""
     started = time.perf_counter()
     try:
         result = subprocess.run(list(command.argv), cwd=command.cwd, env=_env(command), input=input,
-                                capture_output=True, text=True, timeout=command.timeout,
+                                capture_output=capture, encoding="utf-8", errors="replace", timeout=command.timeout,
                                 preexec_fn=dies_with_us(die_signal))
     except OSError as exc:
         raise error(step, f"cannot start {command.argv[0]} ({exc.strerror or exc})", advice.start) from None
     except subprocess.TimeoutExpired:
         raise error(step, f"{command.called} ran longer than {command.timeout:g} s", advice.slow) from None
-    finished = Finished(result.returncode, result.stdout, result.stderr, time.perf_counter() - started)
+    finished = Finished(result.returncode, result.stdout or "", result.stderr or "", time.perf_counter() - started)
     if advice.failed is not None and not finished.ok:
         raise error(step, f"{command.called} failed: {finished.error_line()}", advice.failed)
     return finished
 
 
-def spawn(command: Command, *, step: str, error: type[DeployError], advice: Advice,
+def spawn(command: Command, *, step: str, error: ErrorFactory, advice: Advice,
           stdin: int | IO[Any] | None = subprocess.DEVNULL, stdout: int | IO[Any] | None = None,
           stderr: int | IO[Any] | None = None, new_session: bool = False,
           die_signal: int | None = signal.SIGKILL) -> subprocess.Popen[bytes]:
