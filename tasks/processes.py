@@ -92,8 +92,8 @@ ErrorFactory = Callable[[str, str, str], Exception]
 
 def run(command: Command, *, step: str, error: ErrorFactory, advice: Advice, input: str | None = None,
         die_signal: int = signal.SIGKILL, capture: bool = True) -> Finished:
-    """Run `command` to its end (UTF-8 text in and out, undecodable bytes replaced); see the module's docstring for its failures.
-    `capture=False` lets it print to our terminal (what it printed is then not in the result)."""
+    """Run `command` to its end, UTF-8 text in and out (undecodable bytes replaced); its failures are
+    the module docstring's. `capture=False` lets it print to our terminal (then not in the result)."""
     started = time.perf_counter()
     try:
         result = subprocess.run(list(command.argv), cwd=command.cwd, env=_env(command), input=input,

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
 
@@ -89,9 +90,15 @@ def drop_run_databases(shared: Path, postgres_admin_url: str) -> None:
 
 def drain_prefect_queues() -> None:
     """Send the events and logs this process still has queued while their server is up: at exit,
-    Prefect would retry sending them to a stopped server for over a minute."""
+    Prefect would retry sending them to a stopped server for over a minute. From a thread of its own:
+    called where an event loop runs, `drain_all` only hands back a coroutine and drains nothing."""
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
 
-    for queue in (APILogWorker, EventsWorker):
-        queue.drain_all(timeout=30)
+    def drain() -> None:
+        for queue in (APILogWorker, EventsWorker):
+            queue.drain_all(timeout=30)
+
+    thread = threading.Thread(target=drain, name="drain-prefect-queues", daemon=True)
+    thread.start()
+    thread.join(timeout=75)

@@ -11,8 +11,8 @@ Author and committer are fixed; the date is this process's start, after the sand
     EMAIL_BROKEN             one reversible migration; POST /api/email answers 500 in production only
                              (the code reads a relay variable nobody configured): health stays ok
     EMAIL_BROKEN_HOTFIX_A/B  two harmless commits on top of EMAIL_BROKEN, for two deploys at once
-    HEALTH_FLAPS             no migration; in production each worker's /api/health answers 200 as it
-                             boots and 503 from 3 s after it booted (the scraper's source "expires")
+    HEALTH_FLAPS             no migration; in production /api/health answers 200 four times, then 503
+                             (the scraper's source "expires"), whatever the machine's speed
 """
 
 from __future__ import annotations
@@ -138,9 +138,22 @@ def _break_email(work: Path) -> None:
 
 
 FLAP = '''
-    # The source cache expires 3 s after this worker booted; in production nothing refreshes it.
-    if os.environ.get("JOBAPP_ENV") == "production" and time.monotonic() - _BOOTED > 3:
+    # The source cache expires after this release's fourth health answer (counted across the workers
+    # of one master); in production nothing refreshes it.
+    if os.environ.get("JOBAPP_ENV") == "production" and _answers() > 4:
         services["scraper"] = ServiceStatus("error", "RuntimeError: source cache expired", 0.0)
+'''
+
+ANSWERS = '''
+
+def _answers() -> int:
+    """How many health answers this master's workers have given, this one included."""
+    path = os.path.join(os.environ.get("JOBAPP_DATA_DIR", "."), f"health-answers-{os.getppid()}")
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.write("x")
+        handle.flush()
+        return os.path.getsize(path)
 '''
 
 
@@ -149,9 +162,9 @@ def _flap_health(work: Path) -> None:
     text = health.read_text()
     anchor = "    services = {name: probe(checks[name]) for name in SERVICES}\n"
     assert anchor in text, "jobapp/health.py changed: update the HEALTH_FLAPS release"
-    text = text.replace("import time\n", "import os\nimport time\n", 1)
-    text = text.replace("SERVICES = (", "_BOOTED = time.monotonic()\nSERVICES = (", 1)
-    health.write_text(text.replace(anchor, anchor + FLAP, 1))
+    text = text.replace("import time\n", "import fcntl\nimport os\nimport time\n", 1)
+    text = text.replace(anchor, anchor + FLAP, 1)
+    health.write_text(text.rstrip("\n") + "\n" + ANSWERS)
 
 
 def _append_readme(line: str):  # type: ignore[no-untyped-def]
