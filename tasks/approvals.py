@@ -191,7 +191,7 @@ class ReleaseBrief:
         last = self.last_backup
         if last is not None and "restore" in last.seconds:
             line += (f" The last backup (`{last.tag}`, {sum(last.row_counts.values())} rows) took "
-                     f"{last.seconds['restore']:.1f} s to restore.")
+                     f"{last.seconds['restore']:.1f} s to restore into a scratch copy.")
         return line
 
     def _commits(self) -> str:

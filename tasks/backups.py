@@ -70,7 +70,7 @@ class Manifest:
 
     def describe(self) -> str:
         rows = sum(self.row_counts.values())
-        restore = f", restores in {self.seconds['restore']:.1f} s" if "restore" in self.seconds else ""
+        restore = f", restored into a scratch copy in {self.seconds['restore']:.1f} s" if "restore" in self.seconds else ""
         return (f"{self.tag}: {self.kind}, revision {self.revision}, {rows} rows, {self.size_bytes} bytes, "
                 f"sha256 {self.sha256[:12]}, verified" + (f" by {self.verified_by}" if self.verified_by else "")
                 + restore)

@@ -167,7 +167,7 @@ def dump_and_prove(parsed: URL, target: Path, tools: Tools, expected_revision: s
 def _make_tables(source: Connection, parsed: URL, tools: Tools, snapshot: str, scratch: str, logger: Logger) -> None:
     """The scratch copy's tables, from the snapshot's own schema, set UNLOGGED: what is restored into
     them writes no WAL. A partitioned table cannot be, and a permanent table may reference only
-    permanent ones, so those stay logged (`_stay_logged`); if PostgreSQL refuses any other, they all
+    permanent ones, so those stay logged (`_unloggable`); if PostgreSQL refuses any other, they all
     do (slower, as sound)."""
     stream = _Stream(logger, "backup database", "nothing was migrated")
     stream.start(_dump_argv(parsed, tools, snapshot, SCHEMA), _restore_argv(parsed, tools, scratch),

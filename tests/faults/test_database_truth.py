@@ -103,7 +103,7 @@ def test_the_manifest_says_a_restore_proved_it(tmp_path: Path, postgres_database
     assert "restore into a scratch database" in manifest.verified_by
     assert manifest.seconds["restore"] > 0 and len(manifest.fingerprint) == 64
     assert manifest.row_counts == {"alembic_version": 1, "jobs": 50}
-    assert "restores in" in manifest.describe()
+    assert "restored into a scratch copy in" in manifest.describe()
 
 
 SHAPES = """

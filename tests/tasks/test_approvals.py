@@ -196,6 +196,6 @@ def test_the_brief_says_how_a_postgresql_backup_is_proven_and_what_a_restore_tak
                     row_counts={"alembic_version": 1, "jobs": 821}, seconds={"dump": 1.9, "restore": 2.34})
     text = brief(database="postgresql", last_backup=last).markdown()
     assert "proven by restoring it into a scratch database that must hold the same revision, schema and row counts" in text
-    assert "The last backup (`pre-deployment-20261201-101500`, 822 rows) took 2.3 s to restore." in text
+    assert "The last backup (`pre-deployment-20261201-101500`, 822 rows) took 2.3 s to restore into a scratch copy." in text
     assert "took" not in brief().markdown().split("**Backup first**")[1].split("\n\n")[0], \
         "no figure is shown that no backup measured"
