@@ -29,7 +29,7 @@ from uuid import UUID
 
 from deployctl.follow import FINAL, Follower
 from deployctl.stack import PROJECT_DIR, Stack, StackError
-from tasks.processes import Advice, Command, run
+from tasks.processes import Advice, Command, one_line, run
 from deployments.config import load_environment
 
 APPROVERS = (("Dana Whitfield", "team-lead"), ("Sam Okafor", "product-owner"))
@@ -45,9 +45,8 @@ def demo(log=print) -> int:  # type: ignore[no-untyped-def]
     stack.up(log=log)
     # The story prints to this terminal as it goes; an hour is a bound, not a plan (it takes minutes).
     result = run(Command.of([sys.executable, "-m", "deployctl.demo"], cwd=PROJECT_DIR, env=stack.env(), timeout=3600),
-                 step="demo", error=lambda step, cause, action: StackError(f"{step}: {cause}; {action}"), advice=Advice(start="run `make install` again",
-                                                         slow="the demo stopped after an hour; `make stop` ends it"),
-                 capture=False)
+                 step="demo", error=one_line(StackError), capture=False,
+                 advice=Advice(start="run `make install` again", slow="the demo stopped after an hour; `make stop` ends it"))
     log(f"\nThe demo took {time.monotonic() - started:.0f} s.")
     log(f"Prefect UI: {stack.ui_url}  (runs, artifacts and logs of every deploy)")
     log("Stop everything: make stop")

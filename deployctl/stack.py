@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from tasks.processes import Advice, Command, run, spawn
+from tasks.processes import Advice, Command, one_line, run, spawn
 from tasks.service import is_alive as _alive
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -26,10 +26,6 @@ POOL = "deploy-pool"
 
 class StackError(RuntimeError):
     pass
-
-
-def _error(step: str, cause: str, action: str) -> StackError:
-    return StackError(f"{step}: {cause}; {action}")
 
 
 TOOL_ADVICE = Advice(start="run `make install` again", slow="the machine may be overloaded; run it again")
@@ -123,14 +119,14 @@ class Stack:
 
     def run(self, argv: list[str], cwd: Path | None = None, timeout: float = 300) -> str:
         result = run(Command.of(argv, cwd=cwd, env=self.env(), timeout=timeout), step=" ".join(argv[2:5]),
-                     error=_error, advice=TOOL_ADVICE)
+                     error=one_line(StackError), advice=TOOL_ADVICE)
         if not result.ok:
             raise StackError(f"{' '.join(argv[2:5])} failed:\n{result.stdout[-1500:]}\n{result.stderr[-1500:]}")
         return result.stdout
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = open(self.home / f"{name}.log", "ab")
-        process = spawn(Command.of(argv, cwd=PROJECT_DIR, env=self.env()), step=f"start {name}", error=_error,
+        process = spawn(Command.of(argv, cwd=PROJECT_DIR, env=self.env()), step=f"start {name}", error=one_line(StackError),
                         advice=TOOL_ADVICE, stdout=log, stderr=subprocess.STDOUT, new_session=True,
                         die_signal=signal.SIGTERM if self.tied_to_caller else None)
         (self.home / f"{name}.pid").write_text(str(process.pid))

@@ -62,7 +62,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from tasks.processes import Advice, Command, run
+from tasks.processes import Advice, Command, one_line, run
 
 # Named in messages and help, where __name__ would be "__main__" under `python -m`.
 MODULE = "sample_app.history"
@@ -514,7 +514,7 @@ def _git(
         **(env or {}),
     }
     result = run(Command.of(["git", *args], cwd=cwd, env=clean, timeout=300), step=f"git {args[0]}",
-                 error=lambda step, cause, action: HistoryError(f"{step}: {cause}; {action}"),
+                 error=one_line(HistoryError),
                  advice=Advice(start="install git", slow="git did not finish in 300 s"), input=stdin)
     if not result.ok:
         # git's hints are about resuming in place; a failed build leaves nothing to resume in.

@@ -42,7 +42,7 @@ from deployments.errors import DeployError
 from deployments.secrets import resolve_app_environment
 from tasks import service
 from tasks.health import probe
-from tasks.processes import Advice, Command, child_env, run
+from tasks.processes import Advice, Command, child_env, one_line, run
 from tasks.migrations import database_revision
 
 ENVIRONMENTS = ("staging", "production")
@@ -55,10 +55,6 @@ GENERATED = "generated.json"
 
 class SandboxError(RuntimeError):
     pass
-
-
-def _error(step: str, cause: str, action: str) -> SandboxError:
-    return SandboxError(f"{step}: {cause}; {action}")
 
 
 TOOL_ADVICE = Advice(start="install it (the sandbox needs git and the app's interpreter)",
@@ -342,7 +338,7 @@ def drop_postgres_databases(root: Path) -> None:
 
 def _run_app(config: EnvironmentConfig, app_env: dict[str, str], argv: list[str], what: str) -> None:
     command = Command.of(argv, cwd=config.source.workspace, env=child_env(app_env), timeout=300, name=what)
-    result = run(command, step=f"{what} of {config.name}", error=_error, advice=TOOL_ADVICE)
+    result = run(command, step=f"{what} of {config.name}", error=one_line(SandboxError), advice=TOOL_ADVICE)
     if not result.ok:
         raise SandboxError(f"{what} of {config.name} failed (exit {result.returncode}):\n{result.stderr[-2000:]}")
 
@@ -361,7 +357,7 @@ def _wait_healthy(config: EnvironmentConfig, timeout: float) -> None:
 
 
 def _git(cwd: Path, *args: str) -> str:
-    result = run(Command.of(["git", *args], cwd=cwd, timeout=60), step=f"git {args[0]}", error=_error,
+    result = run(Command.of(["git", *args], cwd=cwd, timeout=60), step=f"git {args[0]}", error=one_line(SandboxError),
                  advice=TOOL_ADVICE)
     if not result.ok:
         raise SandboxError(f"git {args[0]} failed in {cwd}: {result.stderr.strip()}")

@@ -90,6 +90,11 @@ class Finished:
 ErrorFactory = Callable[[str, str, str], Exception]
 
 
+def one_line(kind: Callable[[str], Exception]) -> ErrorFactory:
+    """For tools whose errors take one message (the sandbox, the stack): "step: cause; action"."""
+    return lambda step, cause, action: kind(f"{step}: {cause}; {action}")
+
+
 def run(command: Command, *, step: str, error: ErrorFactory, advice: Advice, input: str | None = None,
         die_signal: int = signal.SIGKILL, capture: bool = True) -> Finished:
     """Run `command` to its end, UTF-8 text in and out (undecodable bytes replaced); its failures are

@@ -70,31 +70,33 @@ def table_locked(url: str, table: str = "jobs") -> Iterator[int]:
     engine.dispose()
 
 
+def refused_backup(tmp_path: Path, database: str, admin_url: str, damage: str) -> str:
+    """A backup through a pg_dump that damages its archive with `damage`: refused, nothing published,
+    no scratch database left; the error's text."""
+    tool = corrupting_pg_dump(tmp_path, damage)
+    with pytest.raises(BackupFailed) as caught:
+        take_backup(database, tmp_path / "b", new_tag(), revision="0002", git_sha=None, run_id=None,
+                    pg_dump=str(tool))
+    assert list((tmp_path / "b").iterdir()) == [], "a backup that cannot be restored is never published"
+    assert scratch_databases(admin_url, database) == []
+    return str(caught.value)
+
+
 def test_a_damaged_table_of_contents_is_never_published(tmp_path: Path, postgres_database: str,
                                                          postgres_admin_url: str) -> None:
     """`pg_restore -f /dev/null` accepts this archive; restoring it creates the wrong table."""
     make_schema(postgres_database)
-    tool = corrupting_pg_dump(tmp_path, 'i = data.index(b"CREATE TABLE public.jobs")\n'
-                                        'data[i + len("CREATE TABLE public.")] = ord("k")')
-    with pytest.raises(BackupFailed) as caught:
-        take_backup(postgres_database, tmp_path / "b", new_tag(), revision="0002", git_sha=None, run_id=None,
-                    pg_dump=str(tool))
-    message = str(caught.value)
+    message = refused_backup(tmp_path, postgres_database, postgres_admin_url,
+                             'i = data.index(b"CREATE TABLE public.jobs")\n'
+                             'data[i + len("CREATE TABLE public.")] = ord("k")')
     assert message.startswith("verify backup:") and "do not deploy" in message, message
-    assert list((tmp_path / "b").iterdir()) == [], "a backup that cannot be restored is never published"
-    assert scratch_databases(postgres_admin_url, postgres_database) == []
 
 
 def test_damaged_data_is_never_published(tmp_path: Path, postgres_database: str, postgres_admin_url: str) -> None:
     """The table of contents is whole, a byte of the compressed table data is not."""
     make_schema(postgres_database, rows=3000)
-    tool = corrupting_pg_dump(tmp_path, "i = len(data) * 3 // 4\ndata[i] ^= 0xFF")
-    with pytest.raises(BackupFailed) as caught:
-        take_backup(postgres_database, tmp_path / "b", new_tag(), revision="0002", git_sha=None, run_id=None,
-                    pg_dump=str(tool))
-    assert str(caught.value).startswith("verify backup:"), caught.value
-    assert list((tmp_path / "b").iterdir()) == []
-    assert scratch_databases(postgres_admin_url, postgres_database) == []
+    message = refused_backup(tmp_path, postgres_database, postgres_admin_url, "i = len(data) * 3 // 4\ndata[i] ^= 0xFF")
+    assert message.startswith("verify backup:"), message
 
 
 def test_the_manifest_says_a_restore_proved_it(tmp_path: Path, postgres_database: str) -> None:
@@ -157,15 +159,10 @@ def test_a_table_definition_damaged_in_the_archive_alone_fails_the_proof(
     scratch copy's tables (made from the live schema), so the archive's schema restored alone must
     say so."""
     make_schema(postgres_database)
-    tool = corrupting_pg_dump(tmp_path, 'i = data.index(b"title character varying(")\n'
-                                        'data[i:i + 24] = b"title character(        "')
-    with pytest.raises(BackupFailed) as caught:
-        take_backup(postgres_database, tmp_path / "b", new_tag(), revision="0002", git_sha=None, run_id=None,
-                    pg_dump=str(tool))
-    message = str(caught.value)
+    message = refused_backup(tmp_path, postgres_database, postgres_admin_url,
+                             'i = data.index(b"title character varying(")\n'
+                             'data[i:i + 24] = b"title character(        "')
     assert message.startswith("verify backup:") and "its schema restored alone" in message, message
-    assert list((tmp_path / "b").iterdir()) == []
-    assert scratch_databases(postgres_admin_url, postgres_database) == []
 
 
 def test_a_table_lock_fails_the_backup_within_the_bound_naming_the_holder(
