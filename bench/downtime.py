@@ -183,7 +183,7 @@ def step_times(ledger: Any, release_id: int) -> list[tuple[str, float, float | N
     from sqlalchemy import select
     from sqlalchemy.orm import Session
 
-    from tasks.ledger import Step
+    from records.ledger import Step
 
     with Session(ledger.engine) as session:
         rows = session.scalars(select(Step).where(Step.release_id == release_id).order_by(Step.id))
@@ -252,7 +252,7 @@ def main() -> int:
 
     from deployments.config import load_environment
     from sample_app import sandbox
-    from tasks.ledger import Ledger
+    from records.ledger import Ledger
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-downtime-"))
     root = bench_sandbox(scratch / "sandbox")

@@ -131,7 +131,7 @@ def flow_record(root: Path) -> tuple[Any, list[tuple[str, float, float]]]:
     from sqlalchemy import select
     from sqlalchemy.orm import Session
 
-    from tasks.ledger import Ledger, Step
+    from records.ledger import Ledger, Step
 
     def epoch(moment: Any) -> float:
         return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()

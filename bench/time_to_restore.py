@@ -38,7 +38,7 @@ def main() -> int:
     from deployments.errors import DeployError
     from flows.production_deployment import production_deployment
     from sample_app import sandbox
-    from tasks.ledger import Ledger
+    from records.ledger import Ledger
 
     def edit(text: str) -> str:
         text = text.replace("deadline_seconds = 30", "deadline_seconds = 5")
@@ -110,7 +110,7 @@ def _step_end(ledger, release_id: int, name: str, first: bool = False) -> float:
     from sqlalchemy import select
     from sqlalchemy.orm import Session
 
-    from tasks.ledger import Step
+    from records.ledger import Step
 
     with Session(ledger.engine) as session:
         step = session.scalars(select(Step).where(Step.release_id == release_id, Step.name == name)

@@ -30,7 +30,7 @@ from uuid import UUID
 from deployments.errors import DeployError
 
 if TYPE_CHECKING:  # imported where used: `deployctl --help` need not load SQLAlchemy
-    from tasks.ledger import Ledger
+    from records.ledger import Ledger
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -255,7 +255,7 @@ def _status(args: argparse.Namespace) -> int:
     from deployments.config import load_environment
     from deployments.secrets import resolve_app_environment
     from tasks.health import probe
-    from tasks.ledger import Ledger
+    from records.ledger import Ledger
     from tasks.migrations import database_revision
     from tasks.source import current_sha
 
@@ -280,7 +280,7 @@ def _history(ledger: Ledger, environment: str, limit: int) -> list[str]:
     """The last runs that wrote to the ledger, deploys and rollbacks alike, newest first. A rollback
     says which release it undoes and, if it failed, the step where it did: that is where an operator
     picks up."""
-    from tasks.dora import is_rollback_run
+    from records.dora import is_rollback_run
 
     lines = [f"\n{'ID':<5} {'STARTED (UTC)':<20} {'KIND':<16} {'REF':<14} {'SHA':<13} {'OUTCOME':<16} "
              f"{'PHASE / STEP':<34} {'WATCH':<13} RUN"]
@@ -308,8 +308,8 @@ def _dora(args: argparse.Namespace) -> int:
     import json
 
     from deployments.config import load_environment
-    from tasks.dora import artifact_key, dora_figures, publish_dora_artifact, render_table
-    from tasks.ledger import Ledger
+    from records.dora import artifact_key, dora_figures, publish_dora_artifact, render_table
+    from records.ledger import Ledger
 
     config = load_environment(args.environment)
     if args.artifact and not _prefect_api("dora --artifact"):

@@ -59,3 +59,15 @@ def install_log_filters() -> None:
         for handler in logger.handlers:
             if _FILTER not in handler.filters:
                 handler.addFilter(_FILTER)
+
+
+def run_log(outside: str = "deploy") -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """The log of the flow or task run this is called from, which reaches the Prefect API and UI; the
+    plain logger `outside` (whose records never reach it) only outside any run: a script, a test."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(outside)

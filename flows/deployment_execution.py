@@ -20,7 +20,7 @@ from prefect import flow
 from deployments.config import load_environment
 from deployments.secrets import resolve_app_environment
 from tasks.canary import check_canary
-from tasks.ledger import Ledger
+from records.ledger import Ledger
 from tasks.migrations import database_revision, run_migrations
 from tasks.service import log_offset, restart_application, verify_environment, watch_startup_logs
 from tasks.source import pull_release

@@ -40,10 +40,10 @@ from deployments.logs import install_log_filters
 from deployments.secrets import redact
 from flows.rollback import launch_rollback
 from tasks.health import assess
-from tasks.ledger import Ledger, Release
-from tasks.metrics import publish_metrics
+from records.ledger import Ledger, Release
+from records.metrics import publish_metrics
 from tasks.monitoring import Baseline, MetricsUnavailable, Window, judge, metrics_source
-from tasks.notifications import impact, notify
+from records.notifications import impact, notify
 
 
 def run_name() -> str:

@@ -17,7 +17,7 @@ from deployments.secrets import resolve_app_environment
 from flows.verify_prerequisites import release_tree
 from tasks.backups import Manifest, backup_database
 from tasks.health import check_staging_health
-from tasks.ledger import Ledger
+from records.ledger import Ledger
 from tasks.migrations import MigrationStatus, check_migrations, database_revision
 from tasks.monitoring import Baseline, record_baseline
 

@@ -38,13 +38,13 @@ from flows.post_deployment_verification import post_deployment_verification
 from flows.pre_deployment_verification import pre_deployment_verification
 from flows.rollback import launch_rollback
 from flows.verify_prerequisites import Prerequisites, release_tree, verify_prerequisites
-from tasks import recording
+from tasks.steps import recording
 from tasks.approvals import obtain_approvals, release_brief
-from tasks.ledger import Ledger
+from records.ledger import Ledger
 from tasks.locks import deploy_lock
-from tasks.metrics import publish_metrics
-from tasks.notifications import impact, notify
-from tasks.reporting import Progress, publish, rename_run, success_criteria, summary_text
+from records.metrics import publish_metrics
+from records.notifications import impact, notify
+from records.reporting import Progress, publish, rename_run, success_criteria, summary_text
 from tasks.source import remove_worktree, validate_ref
 
 

@@ -37,15 +37,15 @@ from deployments.config import EnvironmentConfig, load_environment
 from deployments.errors import DeployError, InvalidInput, LockHeld, MigrationFailed, RollbackFailed
 from deployments.logs import install_log_filters
 from deployments.secrets import resolve_app_environment
-from tasks import recording
+from tasks.steps import recording
 from tasks.backups import restore_database
 from tasks.health import check_health
-from tasks.ledger import Ledger, Release
+from records.ledger import Ledger, Release
 from tasks.locks import deploy_lock, release_dead_holder
-from tasks.metrics import publish_metrics
+from records.metrics import publish_metrics
 from tasks.migrations import downgrade_database, end_orphaned_sessions, verify_database_revision
-from tasks.notifications import impact, notify
-from tasks.reporting import publish_rollback, rename_run
+from records.notifications import impact, notify
+from records.reporting import publish_rollback, rename_run
 from tasks.rollback_plan import RollbackPlan, choose_rollback_plan
 from tasks.service import restart_application, resume_traffic, started_before, stop_traffic
 from tasks.smoke import run_critical_path_tests

@@ -34,7 +34,7 @@ from deployments.errors import ApprovalRejected, DeployError
 from deployments.secrets import redact, resolve_app_environment
 from tasks.backups import Manifest, latest_manifest
 from tasks.health import assess
-from tasks.ledger import StepRecord
+from records.ledger import StepRecord
 from tasks.migrations import MigrationStatus, PendingRevision
 from tasks.source import Commit, ResolvedRelease, commits_between
 

@@ -33,10 +33,10 @@ from sqlalchemy.engine import URL, make_url
 from deployments.config import EnvironmentConfig
 from deployments.errors import BackupFailed
 from deployments.secrets import redact, resolve_app_environment
-from tasks import change_step
+from tasks.steps import change_step
 from tasks import postgres_backups as postgres
 from tasks import sqlite_backups as sqlite
-from tasks import run_log
+from deployments.logs import run_log
 from tasks.database_state import DatabaseState, read_state
 from tasks.databases import connect, session_name
 from tasks.files import fsync_dir, sha256_of, write_json

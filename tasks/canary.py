@@ -28,7 +28,7 @@ from typing import Iterator
 from deployments.config import EnvironmentConfig
 from deployments.errors import DeployError, ServiceError
 from deployments.secrets import redact, resolve_app_environment
-from tasks import read_step
+from tasks.steps import read_step
 from tasks.health import assess, probe
 from tasks.processes import Advice, Command, child_env, spawn
 from tasks.service import expand_argv, scan_log

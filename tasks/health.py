@@ -22,7 +22,9 @@ import httpx
 
 from deployments.config import EnvironmentConfig
 from deployments.errors import HealthCheckFailed
-from tasks import http, read_step, run_log
+from deployments.logs import run_log
+from tasks import http
+from tasks.steps import read_step
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.utilities.urls import url_for
 
 from deployments.errors import LockHeld
-from tasks.ledger import Ledger, Release, utcnow
+from records.ledger import Ledger, Release, utcnow
 
 LEASE_SECONDS = 60  # the shortest lease Prefect accepts: a dead holder's slot frees within a minute
 LOCKED = 423

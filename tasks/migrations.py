@@ -20,7 +20,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from deployments.config import EnvironmentConfig
 from deployments.errors import BackupFailed, MigrationFailed, PreflightError
 from deployments.secrets import redact, resolve_app_environment
-from tasks import change_step, read_step, run_log
+from deployments.logs import run_log
+from tasks.steps import change_step, read_step
 from tasks.backups import scratch_copy
 from tasks.databases import connect, session_name
 from tasks.processes import Advice, Command, child_env, run

@@ -17,7 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from deployments.config import EnvironmentConfig, MonitoringConfig
 from deployments.errors import HealthCheckFailed
-from tasks import http, read_step
+from tasks import http
+from tasks.steps import read_step
 
 
 class MetricsUnavailable(RuntimeError):

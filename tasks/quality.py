@@ -13,7 +13,7 @@ from pathlib import Path
 from deployments.config import EnvironmentConfig
 from deployments.errors import PreflightError
 from deployments.secrets import redact
-from tasks import read_step
+from tasks.steps import read_step
 from tasks.processes import Advice, Command, child_env, run
 from tasks.service import expand_argv
 

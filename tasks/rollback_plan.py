@@ -22,8 +22,8 @@ from sqlalchemy.engine import make_url
 from deployments.config import EnvironmentConfig
 from deployments.errors import RollbackFailed
 from deployments.secrets import resolve_app_environment
-from tasks import read_step
-from tasks.ledger import Ledger, Release, StepRecord
+from tasks.steps import read_step
+from records.ledger import Ledger, Release, StepRecord
 from tasks.migrations import database_revision
 
 DONE = ("rolled_back", "rollback_failed", "aborted", "noop")

@@ -19,7 +19,8 @@ from typing import Mapping, Sequence
 from deployments.config import EnvironmentConfig
 from deployments.errors import ServiceError
 from deployments.secrets import redact, resolve_app_environment
-from tasks import change_step, read_step, run_log
+from deployments.logs import run_log
+from tasks.steps import change_step, read_step
 from tasks.processes import Advice, Command, child_env, run, spawn
 
 START_ADVICE = Advice(start="check service.start_command and service.python in the environment file",

@@ -15,7 +15,7 @@ import httpx
 
 from deployments.config import CriticalPathCheck, EnvironmentConfig
 from deployments.errors import HealthCheckFailed
-from tasks import read_step
+from tasks.steps import read_step
 
 REFERENCE = re.compile(r"^\{\{\s*([a-z0-9-]+)\.([A-Za-z0-9_.]+)\s*\}\}$")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from deployments.config import EnvironmentConfig
 from deployments.errors import DeployError, InvalidInput, PreflightError
-from tasks import change_step, read_step
+from tasks.steps import change_step, read_step
 from tasks.processes import Advice, Command, Finished, run
 
 REF_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")

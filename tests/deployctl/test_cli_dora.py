@@ -10,7 +10,7 @@ import pytest
 
 from deployctl.cli import main as deployctl
 from deployments.config import load_environment_file
-from tasks.ledger import Ledger
+from records.ledger import Ledger
 from tests.tasks.release_history import environment_file, write_history
 
 

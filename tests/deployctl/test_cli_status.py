@@ -13,7 +13,7 @@ import pytest
 
 from deployctl.cli import main as deployctl
 from deployments.config import load_environment_file
-from tasks.ledger import Ledger
+from records.ledger import Ledger
 from tests.tasks.release_history import environment_file
 
 V1, V2 = "04b09fd813f40c99a88f79813c1070a399b59706", "688dd2f0a0d11be9d3a4510f05b307fe2db2e07c"

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from deployctl.stack import Stack
-from tasks.ledger import Ledger
+from records.ledger import Ledger
 from tests.conftest import scratch_database
 from tests.e2e.operator import FINAL, deployctl, flow_runs, run_of, stack_with_sandbox, trigger, wait_for
 from tests.flows.conftest import Sandbox

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from deployctl.stack import Stack
-from tasks.ledger import Ledger
+from records.ledger import Ledger
 from tests.e2e.operator import (
     FINAL,
     flow_runs,

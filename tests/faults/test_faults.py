@@ -55,7 +55,7 @@ from deployments.errors import (
 from deployments.secrets import resolve_app_environment
 from sample_app.sandbox import postgres_database_name
 from tasks import service
-from tasks.ledger import Ledger, Release
+from records.ledger import Ledger, Release
 from tasks.processes import child_env
 from tests.faults.releases import (
     EMAIL_BROKEN,

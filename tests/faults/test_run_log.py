@@ -29,7 +29,7 @@ import pytest
 
 from deployments.config import EnvironmentConfig, load_environment
 from deployments.errors import InvalidInput, LockHeld
-from tasks.ledger import Ledger
+from records.ledger import Ledger
 from tests.tasks.release_history import environment_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
@@ -92,7 +92,7 @@ def lines_with(log: list[tuple[int, str]], text: str) -> list[tuple[int, str]]:
 def test_without_a_channel_every_message_is_in_the_run_log_and_alerts_are_errors(config: EnvironmentConfig) -> None:
     from prefect import flow
 
-    from tasks.notifications import notify
+    from records.notifications import notify
 
     @flow(name="communication-plan")
     def communicate() -> list[bool]:
@@ -116,7 +116,7 @@ def test_a_failing_channel_falls_back_to_the_run_log_naming_the_block_and_the_ca
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
     from deployments.secrets import register_secret
-    from tasks.notifications import notify
+    from records.notifications import notify
     from tests.conftest import free_ports
 
     (closed,) = free_ports(1)
@@ -149,7 +149,7 @@ def test_a_message_from_a_state_hook_is_in_the_log_of_the_run_it_reports_on(conf
     from prefect.logging.loggers import flow_run_logger
     from prefect.states import State
 
-    from tasks.notifications import notify
+    from records.notifications import notify
 
     def on_failure(flow_: Flow[..., Any], flow_run: FlowRun, state: State) -> None:
         notify(config, f"ALERT: {flow_run.name} failed", str(state.message), alert=True,
@@ -262,7 +262,7 @@ def test_10_refused_input_is_one_line_without_traceback_and_touches_nothing(
 def test_the_holder_of_the_lock_is_named_by_run_name_id_and_page() -> None:
     from datetime import datetime, timezone
 
-    from tasks.ledger import Release
+    from records.ledger import Release
     from tasks.locks import describe_holder
 
     run_id = str(UUID("6c1d2a4e-0b7f-4e8e-9d8a-2f3b4c5d6e7f"))

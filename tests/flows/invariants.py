@@ -11,7 +11,7 @@ import httpx
 from sqlalchemy import create_engine, inspect, text
 
 from deployments.secrets import resolve_app_environment
-from tasks.ledger import Ledger, Release
+from records.ledger import Ledger, Release
 from tests.flows.conftest import Sandbox
 
 
@@ -74,7 +74,7 @@ def deployments_metric(box: Sandbox, env: str) -> dict[str, float]:
     """deploy_deployments{outcome} as the environment's metrics textfile states it now."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    from tasks.metrics import textfile_path
+    from records.metrics import textfile_path
 
     path = textfile_path(box.config(env))
     figures: dict[str, float] = {}

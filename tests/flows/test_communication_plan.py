@@ -121,7 +121,7 @@ def test_the_end_of_the_watch_is_announced(plan: tuple[Sandbox, Receiver]) -> No
 
 
 def test_an_unreachable_channel_never_fails_the_work(plan: tuple[Sandbox, Receiver]) -> None:
-    from tasks.notifications import notify
+    from records.notifications import notify
 
     box, _receiver = plan
     config = box.config("staging").model_copy(update={"notifications": box.config("staging").notifications.model_copy(

@@ -7,7 +7,7 @@ from sqlalchemy import create_engine, inspect, text
 
 from deployments.errors import PreflightError
 from deployments.secrets import resolve_app_environment
-from tasks.ledger import Ledger
+from records.ledger import Ledger
 from tests.flows.conftest import Approver, Sandbox, approval
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.usefixtures("prefect_server")]

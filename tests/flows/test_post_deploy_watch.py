@@ -16,7 +16,7 @@ from prefect.client.orchestration import get_client
 from deployments.errors import InvalidInput
 from flows.post_deploy_watch import post_deploy_watch
 from flows.production_deployment import production_deployment
-from tasks.ledger import Ledger
+from records.ledger import Ledger
 from tests.flows.conftest import Sandbox
 from tests.flows.invariants import assert_healthy_on, assert_lock_free, deployments_metric, state
 from tests.prometheus import Prometheus

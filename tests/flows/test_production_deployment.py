@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, inspect, text
 
 from deployments.errors import ApprovalRejected, InvalidInput, LockHeld, PreflightError
 from deployments.secrets import resolve_app_environment
-from tasks.ledger import Ledger
+from records.ledger import Ledger
 from tests.flows.conftest import Approver, Sandbox, approval
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from deployments.errors import HealthCheckFailed, InvalidInput, MigrationFailed, ServiceError
-from tasks.ledger import Ledger
+from records.ledger import Ledger
 from tasks.service import running_pid
 from tests.conftest import without_canary
 from tests.flows.conftest import Approver, Sandbox, approval

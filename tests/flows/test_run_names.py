@@ -9,7 +9,7 @@ import pytest
 
 import flows.production_deployment as deploy_flow
 import flows.rollback as rollback_flow
-from tasks.ledger import Release
+from records.ledger import Release
 from tasks.rollback_plan import RollbackPlan
 
 V2, V1 = "688dd2f0a0d11be9d3a4510f05b307fe2db2e07c", "04b09fd813f40c99a88f79813c1070a399b59706"

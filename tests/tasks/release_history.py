@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from tasks.ledger import Ledger, Step
+from records.ledger import Ledger, Step
 
 COMMITTED_PRODUCTION = Path(__file__).resolve().parents[2] / "deployments" / "production.toml"
 NOW = datetime(2026, 3, 31, 12, 0, tzinfo=timezone.utc)  # the window of 30 days starts 2026-03-01 12:00

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from deployments.secrets import MASK, register_secret
 from tasks.approvals import Approval, ApprovalDecision, ReleaseBrief, form_description, problem_with
-from tasks.ledger import StepRecord
+from records.ledger import StepRecord
 from tasks.migrations import PendingRevision
 from tasks.source import Commit, ResolvedRelease
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tasks.ledger import Release, StepRecord
+from records.ledger import Release, StepRecord
 from tasks.rollback_plan import decide
 
 NEW, OLD = "b" * 40, "a" * 40

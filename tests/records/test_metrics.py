@@ -20,8 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from deployments.config import EnvironmentConfig, load_environment_file
 from deployments.errors import ConfigError
-from tasks.ledger import Ledger
-from tasks.metrics import gateway_and_handler, publish_metrics, render, shown_url, textfile_path
+from records.ledger import Ledger
+from records.metrics import gateway_and_handler, publish_metrics, render, shown_url, textfile_path
 from tests.conftest import free_ports
 from tests.tasks.release_history import at, environment_file, write_history
 

@@ -15,7 +15,7 @@ the window:
 
 `aborted` deploys (refused approval, a failed prerequisite: nothing in production changed) and `noop`
 deploys (already live) are neither successes nor failures; they are counted beside the figures.
-The metrics (`tasks.metrics`) use the same vocabulary, over the whole ledger instead of a window.
+The metrics (`records.metrics`) use the same vocabulary, over the whole ledger instead of a window.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from uuid import UUID
 
-from tasks.ledger import Ledger, Release
+from records.ledger import Ledger, Release
 
 SUCCEEDED = "succeeded"
 FAILED = ("failed", "rolled_back", "rollback_failed")

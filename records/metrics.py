@@ -23,7 +23,7 @@ Series, each labelled with `environment` (dry runs are never counted):
     deploy_last_success_timestamp_seconds      when the last deploy that is still `succeeded` finished
 
 `aborted` deploys (approval refused, a prerequisite failed: nothing changed) and `noop` deploys are
-counted in deploy_deployments but are neither successes nor failures of the ratio; `tasks.dora`
+counted in deploy_deployments but are neither successes nor failures of the ratio; `records.dora`
 uses the same vocabulary over a window. Publishing never fails a deploy: a failure to read the
 ledger, reach the Pushgateway or write the file is logged as a warning and described in the answer.
 """
@@ -43,8 +43,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from deployments.config import EnvironmentConfig, ValueSource
 from deployments.errors import DeployError
 from deployments.secrets import MASK, redact, register_secret, resolve
-from tasks.dora import CHANGED_PRODUCTION, SUCCEEDED, is_deploy, is_rollback_run, utc
-from tasks.ledger import OUTCOMES, Ledger, Release
+from records.dora import CHANGED_PRODUCTION, SUCCEEDED, is_deploy, is_rollback_run, utc
+from records.ledger import OUTCOMES, Ledger, Release
 
 ROLLBACK_OUTCOMES = ("running", "succeeded", "failed", "noop")
 PUSH_TIMEOUT_SECONDS = 10.0

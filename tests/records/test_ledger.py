@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.ledger import OUTCOMES, TERMINAL, Ledger
+from records.ledger import OUTCOMES, TERMINAL, Ledger
 
 PROJECT = Path(__file__).resolve().parents[2]
 SHA1, SHA2, SHA3 = "1" * 40, "2" * 40, "3" * 40
@@ -166,7 +166,7 @@ def test_another_process_sees_and_finishes_a_release(tmp_path: Path) -> None:
         step = ledger.step_started(release_id, "run-migrations")
         # What a rollback started as its own run does to the deploy's release.
         script = (
-            "import sys\nfrom tasks.ledger import Ledger\n"
+            "import sys\nfrom records.ledger import Ledger\n"
             "book = Ledger(sys.argv[1])\n"
             "running = book.running('production')\n"
             "book.step_finished(int(sys.argv[3]), 'failed', 'killed')\n"

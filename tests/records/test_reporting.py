@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from tasks.ledger import Release, StepRecord
-from tasks.reporting import DETAIL, Criterion, _outcome, summary_markdown
+from records.ledger import Release, StepRecord
+from records.reporting import DETAIL, Criterion, _outcome, summary_markdown
 from tasks.source import Commit
 
 V2, V1 = "688dd2f0a0d11be9d3a4510f05b307fe2db2e07c", "04b09fd813f40c99a88f79813c1070a399b59706"

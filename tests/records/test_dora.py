@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from prefect import flow
 
-from tasks.dora import DoraFigures, artifact_key, dora_figures, percentile, publish_dora_artifact, render_table
-from tasks.ledger import Ledger
+from records.dora import DoraFigures, artifact_key, dora_figures, percentile, publish_dora_artifact, render_table
+from records.ledger import Ledger
 from tests.tasks.release_history import NOW, at, write_history
 
 

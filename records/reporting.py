@@ -23,7 +23,7 @@ from prefect.exceptions import ObjectNotFound
 from deployments.config import EnvironmentConfig, load_environment
 from deployments.errors import DeployError
 from deployments.secrets import redact
-from tasks.ledger import Ledger, Release, StepRecord
+from records.ledger import Ledger, Release, StepRecord
 from tasks.source import Commit, commits_between
 
 # Characters of a step's detail in a summary table: its cells do not wrap, and a wider one pushes

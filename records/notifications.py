@@ -24,7 +24,7 @@ from prefect.blocks.core import Block
 
 from deployments.config import EnvironmentConfig
 from deployments.secrets import redact
-from tasks import run_log
+from deployments.logs import run_log
 
 # Outside any flow or task run (a script, a test) there is no run log; this one takes the message then.
 OUTSIDE_A_RUN = "deploy.notifications"
