@@ -25,9 +25,12 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -344,6 +347,13 @@ class EnvironmentConfig(Model):
     @property
     def requires_approval(self) -> bool:
         return bool(self.approvals.required_roles)
+
+    @model_serializer(mode="wrap")
+    def _json_is_the_name(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        """In JSON an environment is its name. The entry point loads the file once and passes the object
+        down; Prefect stores a subflow's parameters as JSON, so its UI shows `config: production`, not
+        every setting (a database URL among them) copied into each run."""
+        return self.name if info.mode == "json" else handler(self)
 
 
 def environments_dir(environ: Mapping[str, str] | None = None) -> Path:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from deployments.config import load_environment
+from deployments.config import EnvironmentConfig
 from deployments.secrets import resolve_app_environment
 from tasks.canary import check_canary
 from records.ledger import Ledger
@@ -26,9 +26,8 @@ from tasks.service import log_offset, restart_application, verify_environment, w
 from tasks.source import pull_release
 
 
-@flow(name="deployment-execution", flow_run_name="{environment}: deployment execution")
-def deployment_execution(environment: str, release_id: int, sha: str, application_name: str) -> str | None:
-    config = load_environment(environment)
+@flow(name="deployment-execution", flow_run_name="{config.name}: deployment execution")
+def deployment_execution(config: EnvironmentConfig, release_id: int, sha: str, application_name: str) -> str | None:
     ledger = Ledger.for_state_dir(config.state_dir)
     verify_environment(config)
     ledger.update(release_id, code_changed=True)

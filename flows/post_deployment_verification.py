@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from prefect import flow
 
-from deployments.config import load_environment
+from deployments.config import EnvironmentConfig
 from tasks.health import HealthReport, check_health
 from tasks.monitoring import Baseline, Performance, check_performance
 from tasks.smoke import SmokeReport, run_critical_path_tests
@@ -25,9 +25,8 @@ class PostDeployment:
     performance: Performance
 
 
-@flow(name="post-deployment-verification", flow_run_name="{environment}: post-deployment verification")
-def post_deployment_verification(environment: str, sha: str, baseline: Baseline | None) -> PostDeployment:
-    config = load_environment(environment)
+@flow(name="post-deployment-verification", flow_run_name="{config.name}: post-deployment verification")
+def post_deployment_verification(config: EnvironmentConfig, sha: str, baseline: Baseline | None) -> PostDeployment:
     health = check_health(config, sha)
     smoke = run_critical_path_tests(config)
     performance = check_performance(config, baseline)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from prefect import flow
 
-from deployments.config import load_environment
+from deployments.config import EnvironmentConfig
 from deployments.secrets import resolve_app_environment
 from flows.verify_prerequisites import release_tree
 from tasks.backups import Manifest, backup_database
@@ -30,13 +30,13 @@ class PreDeployment:
     baseline: Baseline
 
 
-@flow(name="pre-deployment-verification", flow_run_name="{environment}: pre-deployment verification")
-def pre_deployment_verification(environment: str, release_id: int, sha: str, dry_run: bool = False,
-                                run_id: str | None = None, migrations: MigrationStatus | None = None) -> PreDeployment:
-    config = load_environment(environment)
+@flow(name="pre-deployment-verification", flow_run_name="{config.name}: pre-deployment verification")
+def pre_deployment_verification(config: EnvironmentConfig, staging: EnvironmentConfig | None, release_id: int,
+                                sha: str, dry_run: bool = False, run_id: str | None = None,
+                                migrations: MigrationStatus | None = None) -> PreDeployment:
+    """`staging` None: the environment is its own staging (step 1 checks its health)."""
     ledger = Ledger.for_state_dir(config.state_dir)
-    staging = load_environment(config.prerequisites.staging_environment or environment)
-    check_staging_health(staging)
+    check_staging_health(staging or config)
     # Approvals may have taken an hour: the live revision is read again, the release's scripts only if it moved.
     migrations = check_migrations(config, release_tree(config, release_id), migrations)
     revision = database_revision(resolve_app_environment(config)[config.database.app_variable])
@@ -45,7 +45,7 @@ def pre_deployment_verification(environment: str, release_id: int, sha: str, dry
     backup = None
     if not dry_run:
         backup = backup_database(config, revision, ledger.get(release_id).previous_sha or sha, run_id,
-                                 protected=_protected_backups(ledger, environment))
+                                 protected=_protected_backups(ledger, config.name))
         ledger.update(release_id, backup_tag=backup.tag, backup_manifest=backup.to_json())
     baseline = record_baseline(config)
     ledger.update(release_id, baseline=baseline.__dict__)

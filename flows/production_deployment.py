@@ -15,16 +15,13 @@ succeeded, failed, aborted (nothing changed), noop (already live, or a dry run).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from prefect import Flow, flow
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
-from prefect.logging import get_run_logger
 from prefect.logging.loggers import flow_run_logger
 from prefect.runtime import flow_run as current_run
 from prefect.states import State
@@ -38,14 +35,12 @@ from flows.post_deployment_verification import post_deployment_verification
 from flows.pre_deployment_verification import pre_deployment_verification
 from flows.rollback import launch_rollback
 from flows.verify_prerequisites import Prerequisites, release_tree, verify_prerequisites
-from tasks.steps import recording
-from tasks.approvals import obtain_approvals, release_brief
+from records.deploy_record import DeployRecord
 from records.ledger import Ledger
+from records.reporting import rename_run
+from tasks.approvals import obtain_approvals, release_brief
 from tasks.locks import deploy_lock
-from records.metrics import publish_metrics
-from records.notifications import impact, notify
-from records.reporting import Progress, publish, rename_run, success_criteria, summary_text
-from tasks.source import remove_worktree, validate_ref
+from tasks.source import ResolvedRelease, remove_worktree, validate_ref
 
 
 def run_name(sha: str | None = None) -> str:
@@ -58,12 +53,13 @@ def run_name(sha: str | None = None) -> str:
     return f"{params['environment']}: {what}{mode}"
 
 
-def check_configuration(config: EnvironmentConfig) -> None:
+def check_configuration(config: EnvironmentConfig) -> EnvironmentConfig | None:
     """What the deploy will need from configuration, before it writes, locks or fetches anything:
-    a secret that does not resolve, or a staging file that does not load, fails here as a ConfigError."""
+    a secret that does not resolve, or a staging file that does not load, fails here as a ConfigError.
+    Returns staging's configuration, loaded once for the whole run (None when there is no staging)."""
     resolve_app_environment(config)
-    if config.prerequisites.staging_environment:
-        load_environment(config.prerequisites.staging_environment)
+    name = config.prerequisites.staging_environment
+    return load_environment(name) if name else None
 
 
 def start_rollback(flow: Flow[..., Any], flow_run: FlowRun, state: State) -> None:
@@ -107,149 +103,76 @@ def production_deployment(environment: str, ref: str = "main", dry_run: bool = F
         force: Deploy again even if this SHA is live already (otherwise that is a no-op).
     """
     install_log_filters()  # first: a refused ref or environment name is then one line, without traceback
-    config = load_environment(environment)
+    config = load_environment(environment)  # the one read of the file; every phase is given this object
     validate_ref(ref)
-    check_configuration(config)
-    deploy = Deploy(config, ref, dry_run, reason)
-    with deploy.recorded():
-        with deploy_lock(environment, deploy.ledger, deploy.release_id, holder_run_id=deploy.run_id) if not dry_run \
-                else nullcontext():
-            with deploy.phase("verify-prerequisites"):
-                prerequisites = verify_prerequisites(environment, ref, deploy.release_id, force)
-                deploy.resolved(prerequisites)
-            if prerequisites.noop:
-                return deploy.finish("noop", f"{prerequisites.release.short} is already live; nothing to do")
-            if config.requires_approval and not dry_run:
-                with deploy.phase("approvals"):
-                    deploy.approved(obtain_approvals(config, deploy.approval_brief(prerequisites)))
-            with deploy.phase("pre-deployment-verification"):
-                pre = pre_deployment_verification(environment, deploy.release_id, prerequisites.release.sha,
-                                                  dry_run, deploy.run_id, prerequisites.migrations)
-            if dry_run:
-                return deploy.finish("noop", deploy.plan(prerequisites, pre.migrations.describe()))
-            with deploy.phase("deployment-execution"):
-                deployment_execution(environment, deploy.release_id, prerequisites.release.sha, deploy.app_name)
-            with deploy.phase("post-deployment-verification"):
-                post_deployment_verification(environment, prerequisites.release.sha, pre.baseline)
-    return deploy.finish("succeeded", f"{prerequisites.release.short} is live in {environment}")
-
-
-class Deploy:
-    """The bookkeeping of one run: ledger row, phase timings, progress, notifications, summary."""
-
-    def __init__(self, config: EnvironmentConfig, ref: str, dry_run: bool, reason: str) -> None:
-        self.config = config
-        self.logger = get_run_logger()
-        self.ledger = Ledger.for_state_dir(config.state_dir)
-        self.run_id = str(current_run.id) if current_run.id else None
-        self.release_id = self.ledger.open_release(
-            environment=config.name, flow_run_id=self.run_id, flow_run_name=current_run.name, ref=ref,
-            reason=reason, dry_run=dry_run).id
-        self.app_name = f"deploy-{(self.run_id or str(self.release_id))[:8]}"
-        self.progress = Progress(config.name)
-        self.timings: dict[str, float] = {}
-        self.notified = False
-        self._say(f"Deploy to {config.name} starting", f"ref {ref}; reason: {reason or '—'}"
-                  + ("; dry run, nothing will change" if dry_run else ""))
-
-    @contextmanager
-    def recorded(self) -> Iterator[None]:
-        try:
-            with recording(self.ledger, self.release_id):
-                yield
-        except DeployError as exc:
-            self._failed(exc)
-            raise
-        finally:
-            remove_worktree(self.config, release_tree(self.config, self.release_id))
-
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        self.ledger.update(self.release_id, phase=name)
-        started = time.monotonic()
-        try:
-            yield
-        finally:
-            self.timings[name] = round(time.monotonic() - started, 2)
-            self.ledger.update(self.release_id, timings=dict(self.timings))
-        self.progress.phase_done(name)
-        self._say(f"Deploy to {self.config.name}: {name} done", f"in {self.timings[name]:.1f} s")
-
-    def resolved(self, prerequisites: Prerequisites) -> None:
+    staging = check_configuration(config)
+    record = DeployRecord(config, ref=ref, dry_run=dry_run, reason=reason)
+    tree = release_tree(config, record.release_id)
+    with record.recorded(cleanup=lambda: remove_worktree(config, tree)), deploy_lock_unless(dry_run, record):
+        with record.phase("verify-prerequisites"):
+            prerequisites = verify_prerequisites(config=config, staging=staging, ref=ref,
+                                                 release_id=record.release_id, force=force)
+            resolved(record, prerequisites.release)
         release = prerequisites.release
-        name = rename_run(self.run_id, run_name(release.sha))
-        self.ledger.update(self.release_id, target_sha=release.sha, previous_sha=release.live_sha,
-                           commit_time=release.committed_at, flow_run_name=name)
+        if prerequisites.noop:
+            return record.finish("noop", f"{release.short} is already live; nothing to do")
+        if config.requires_approval and not dry_run:
+            with record.phase("approvals"):
+                approvals = obtain_approvals(config, approval_brief(record, prerequisites, staging))
+                record.update(approvals=[a.as_dict() for a in approvals])
+        with record.phase("pre-deployment-verification"):
+            pre = pre_deployment_verification(config=config, staging=staging, release_id=record.release_id,
+                                              sha=release.sha, dry_run=dry_run, run_id=record.run_id,
+                                              migrations=prerequisites.migrations)
+        if dry_run:
+            return record.finish("noop", plan(config, release, pre.migrations.describe()))
+        with record.phase("deployment-execution"):
+            deployment_execution(config=config, release_id=record.release_id, sha=release.sha,
+                                 application_name=record.app_name)
+        with record.phase("post-deployment-verification"):
+            post_deployment_verification(config=config, sha=release.sha, baseline=pre.baseline)
+    return record.finish("succeeded", f"{release.short} is live in {environment}", watch=lambda: schedule_watch(record))
 
-    def approved(self, approvals: list[Any]) -> None:
-        self.ledger.update(self.release_id, approvals=[a.as_dict() for a in approvals])
 
-    def approval_brief(self, prerequisites: Prerequisites) -> str:
-        release = self.ledger.get(self.release_id)
-        return release_brief(self.config, prerequisites.release, prerequisites.migrations,
-                             self.ledger.steps(self.release_id), release.reason).markdown()
+def deploy_lock_unless(dry_run: bool, record: DeployRecord) -> AbstractContextManager[None]:
+    """The deploy lock, held from the prerequisites to the end (approvals included); a dry run changes
+    nothing and takes none."""
+    if dry_run:
+        return nullcontext()
+    return deploy_lock(record.config.name, record.ledger, record.release_id, holder_run_id=record.run_id)
 
-    def plan(self, prerequisites: Prerequisites, migrations: str) -> str:
-        release = prerequisites.release
-        return (f"dry run: would deploy {release.short} over {release.live_sha[:12]}; {migrations}; "
-                f"approvals needed: {', '.join(self.config.approvals.required_roles) or 'none'}")
 
-    def finish(self, outcome: str, message: str) -> str:
-        self.logger.info(message)
-        self.ledger.finish(self.release_id, outcome)
-        if outcome == "succeeded":
-            watch = self.schedule_watch()
-            release = self.ledger.get(self.release_id)
-            criteria = success_criteria(release, self.ledger.steps(self.release_id), notified=True)
-            self.notified = self._say(f"Deploy to {self.config.name} succeeded: {message}",
-                                      summary_text(release, criteria) + f"\nWatch: {watch}")
-        else:
-            self._say(f"Deploy to {self.config.name}: {outcome}", message)
-        self._publish()
-        return message
+def resolved(record: DeployRecord, release: ResolvedRelease) -> None:
+    """The ref is a SHA now: the ledger learns what is deployed over what, the run is renamed for it."""
+    name = rename_run(record.run_id, run_name(release.sha))
+    record.update(target_sha=release.sha, previous_sha=release.live_sha, commit_time=release.committed_at,
+                  flow_run_name=name)
 
-    def schedule_watch(self) -> str:
-        """The post-deploy watch, as its own run linked to this one (once: the key is this run's id)."""
-        if not self.config.watch.enabled:
-            return "off (watch.enabled = false)"
-        name = f"post-deploy-watch/{self.config.name}"
-        try:
-            run = run_deployment(name, parameters={"environment": self.config.name, "deploy_run_id": self.run_id},
-                                 timeout=0, idempotency_key=f"watch-{self.run_id}")
-        except ObjectNotFound:
-            self.logger.warning("No %s deployment on this server: the release is not watched. `make deploy` "
-                                "registers it; or run the post-deploy-watch flow by hand.", name)
-            return f"not scheduled: no {name} deployment"
-        minutes = self.config.watch.duration_seconds / 60
-        self.logger.info("Post-deploy watch scheduled: run %s, %g minutes.", run.name, minutes)
-        self.ledger.update(self.release_id, watch={"run_id": str(run.id), "outcome": "scheduled"})
-        return f"run {run.name} watches the release for {minutes:g} minutes"
 
-    def _failed(self, exc: DeployError) -> None:
-        release = self.ledger.get(self.release_id)
-        changed = release.code_changed or release.migration_started
-        outcome = "failed" if changed else "aborted"
-        self.ledger.finish(self.release_id, outcome, step=exc.step, error=str(exc))
-        if not changed:
-            state, next_step = (f"unchanged: {self.config.name} still serves {str(release.previous_sha or 'the live release')[:12]}",
-                                "nothing to undo; fix the cause and deploy again")
-        elif self.config.rollback.automatic:
-            state, next_step = ("partly changed (the new code or migrations may be in place)",
-                                "the automatic rollback restores the previous release, code and database; "
-                                "its own messages follow")
-        else:
-            state, next_step = ("partly changed (the new code or migrations may be in place)",
-                                f"rollback.automatic is off: run rollback/{self.config.name} by hand now")
-        self.logger.error("%s", exc)
-        self._say(f"Deploy to {self.config.name} {outcome} at {exc.step}", f"{exc}\n{impact(exc.step, state, next_step)}",
-                  alert=changed)
-        self._publish()
+def approval_brief(record: DeployRecord, prerequisites: Prerequisites, staging: EnvironmentConfig | None) -> str:
+    return release_brief(record.config, prerequisites.release, prerequisites.migrations,
+                         record.ledger.steps(record.release_id), record.release.reason, staging=staging).markdown()
 
-    def _say(self, subject: str, body: str, alert: bool = False) -> bool:
-        return notify(self.config, subject, body, alert=alert)
 
-    def _publish(self) -> None:
-        self.logger.info("Metrics: %s.", publish_metrics(self.config, self.ledger))
-        release = self.ledger.get(self.release_id)
-        publish(self.ledger, self.release_id, success_criteria(release, self.ledger.steps(self.release_id),
-                                                               self.notified))
+def plan(config: EnvironmentConfig, release: ResolvedRelease, migrations: str) -> str:
+    return (f"dry run: would deploy {release.short} over {release.live_sha[:12]}; {migrations}; "
+            f"approvals needed: {', '.join(config.approvals.required_roles) or 'none'}")
+
+
+def schedule_watch(record: DeployRecord) -> str:
+    """The post-deploy watch, as its own run linked to this one (once: the key is this run's id)."""
+    config, logger = record.config, record.logger
+    if not config.watch.enabled:
+        return "off (watch.enabled = false)"
+    name = f"post-deploy-watch/{config.name}"
+    try:
+        run = run_deployment(name, parameters={"environment": config.name, "deploy_run_id": record.run_id},
+                             timeout=0, idempotency_key=f"watch-{record.run_id}")
+    except ObjectNotFound:
+        logger.warning("No %s deployment on this server: the release is not watched. `make deploy` "
+                       "registers it; or run the post-deploy-watch flow by hand.", name)
+        return f"not scheduled: no {name} deployment"
+    minutes = config.watch.duration_seconds / 60
+    logger.info("Post-deploy watch scheduled: run %s, %g minutes.", run.name, minutes)
+    record.update(watch={"run_id": str(run.id), "outcome": "scheduled"})
+    return f"run {run.name} watches the release for {minutes:g} minutes"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from deployments.config import EnvironmentConfig, load_environment
+from deployments.config import EnvironmentConfig
 from deployments.errors import DeployError, PreflightError
 from tasks.health import check_staging_health
 from tasks.migrations import MigrationStatus, check_migrations, test_migrations
@@ -46,9 +46,9 @@ def release_tree(config: EnvironmentConfig, release_id: int) -> Path:
     return config.state_dir / "worktrees" / f"{config.name}-{release_id}"
 
 
-@flow(name="verify-prerequisites", flow_run_name="{environment}: prerequisites for {ref}")
-def verify_prerequisites(environment: str, ref: str, release_id: int, force: bool = False) -> Prerequisites:
-    config = load_environment(environment)
+@flow(name="verify-prerequisites", flow_run_name="{config.name}: prerequisites for {ref}")
+def verify_prerequisites(config: EnvironmentConfig, staging: EnvironmentConfig | None, ref: str, release_id: int,
+                         force: bool = False) -> Prerequisites:
     fetch_release(config)
     release = resolve_release(config, ref)
     tree = add_worktree(config, release.sha, release_tree(config, release_id))
@@ -61,15 +61,15 @@ def verify_prerequisites(environment: str, ref: str, release_id: int, force: boo
     run_security_scan(config, tree)
     if config.prerequisites.migration_rehearsal:
         test_migrations(config, tree, config.state_dir / "rehearsal", status)
-    if config.prerequisites.staging_environment:
-        verify_staging(config.prerequisites.staging_environment, release.sha)
+    if staging is not None:
+        verify_staging(staging, release.sha)
     return Prerequisites(release, noop=False, pending_migrations=[p.revision for p in status.pending],
                          migrations=status)
 
 
-def verify_staging(staging_name: str, sha: str) -> None:
+def verify_staging(staging: EnvironmentConfig, sha: str) -> None:
     """Prerequisite: staging deployment completed and verified, with this very SHA."""
-    staging = load_environment(staging_name)
+    staging_name = staging.name
     try:
         check_staging_health.with_options(name="verify-staging", retries=0)(staging, sha)
     except DeployError as exc:

@@ -20,7 +20,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import DeploymentUpdate
 from prefect.exceptions import ObjectNotFound
 
-from deployments.config import EnvironmentConfig, load_environment
+from deployments.config import EnvironmentConfig
 from deployments.errors import DeployError
 from deployments.secrets import redact
 from records.ledger import Ledger, Release, StepRecord
@@ -143,11 +143,10 @@ def summary_markdown(release: Release, steps: list[StepRecord], criteria: list[C
     return redact("\n".join(lines))
 
 
-def publish(ledger: Ledger, release_id: int, criteria: list[Criterion]) -> None:
+def publish(config: EnvironmentConfig, ledger: Ledger, release_id: int, criteria: list[Criterion]) -> None:
     release = ledger.get(release_id)
     steps = ledger.steps(release_id)
-    config = _config(release.environment)
-    required = list(config.approvals.required_roles) if config is not None else None
+    required = list(config.approvals.required_roles)
     markdown = summary_markdown(release, steps, criteria, _commits(config, release), required)
     rows: list[dict[str, Any]] = [
         {"step": s.name, "status": s.status, "seconds": s.seconds, "detail": redact(s.detail[:300])} for s in steps
@@ -216,17 +215,9 @@ def rename_run(run_id: str | None, name: str) -> str:
     return name
 
 
-def _config(environment: str) -> EnvironmentConfig | None:
-    """The environment's file, for what the ledger does not keep (the commits, the approvals asked for)."""
-    try:
-        return load_environment(environment)
-    except DeployError:
-        return None
-
-
-def _commits(config: EnvironmentConfig | None, release: Release) -> list[Commit] | None:
+def _commits(config: EnvironmentConfig, release: Release) -> list[Commit] | None:
     """What the release brings, from the environment's workspace; None when that cannot be read."""
-    if config is None or not (release.previous_sha and release.target_sha):
+    if not (release.previous_sha and release.target_sha):
         return None
     try:
         return commits_between(config, release.previous_sha, release.target_sha)

@@ -29,7 +29,7 @@ from prefect.runtime import flow_run as current_run
 from pydantic import Field, field_validator
 from sqlalchemy.engine import make_url
 
-from deployments.config import EnvironmentConfig, load_environment
+from deployments.config import EnvironmentConfig
 from deployments.errors import ApprovalRejected, DeployError
 from deployments.secrets import redact, resolve_app_environment
 from tasks.backups import Manifest, latest_manifest
@@ -243,7 +243,7 @@ class ReleaseBrief:
 
 
 def release_brief(config: EnvironmentConfig, release: ResolvedRelease, migrations: MigrationStatus | None,
-                  checks: list[StepRecord], reason: str) -> ReleaseBrief:
+                  checks: list[StepRecord], reason: str, staging: EnvironmentConfig | None = None) -> ReleaseBrief:
     """Gathers the brief: the commits from the workspace, staging's state as it is now, the database kind.
     A brief with a gap is better than no approval form: git failing here is logged, not raised."""
     commits: list[Commit] | None
@@ -259,18 +259,18 @@ def release_brief(config: EnvironmentConfig, release: ResolvedRelease, migration
         migrations=list(migrations.pending) if migrations else [],
         revision=migrations.current if migrations else None, database=make_url(url).get_backend_name(),
         backup_directory=config.backups.directory, checks=checks,
-        staging=staging_state(config, release.sha), automatic_rollback=config.rollback.automatic,
+        staging=staging_state(staging, release.sha), automatic_rollback=config.rollback.automatic,
         last_backup=latest_manifest(config.backups.directory))
 
 
-def staging_state(config: EnvironmentConfig, sha: str) -> str:
+def staging_state(staging: EnvironmentConfig | None, sha: str) -> str:
     """One line on staging, checked now: the approver may open the form long after the prerequisites ran."""
-    name = config.prerequisites.staging_environment
-    if not name:
+    if staging is None:
         return "none configured for this environment (prerequisites.staging_environment)"
+    name = staging.name
     at = datetime.now(timezone.utc).strftime("%H:%M UTC")
     try:
-        report = assess(load_environment(name), sha, f"check {name}")
+        report = assess(staging, sha, f"check {name}")
     except DeployError as exc:
         return f"`{name}` is **not healthy** at {at}: {_md(exc.cause)}"
     served = "this release" if report.version == sha else "**not this release**"

@@ -1,0 +1,1 @@
+"""What the deploys did and what follows from it: the ledger, DORA figures, metrics, reports, notifications."""
