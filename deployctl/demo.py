@@ -17,8 +17,6 @@ The story runs as a client of the server, in a process whose environment points 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import sys
 import textwrap
@@ -91,8 +89,6 @@ def deploy(environment: str, ref: str, reason: str, approve: bool) -> Any:
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
 
-    from deployctl.cli import main as deployctl
-
     print(f"\n==> deploy {ref} to {environment}")
     run = run_deployment(f"production-deployment/{environment}", parameters={"ref": ref, "reason": reason},
                          timeout=0, as_subflow=False)
@@ -111,9 +107,8 @@ def deploy(environment: str, ref: str, reason: str, approve: bool) -> Any:
             if paused and approvers and current.state.id != answered:
                 name, role = approvers.pop(0)
                 print(f"    answering the approval form as {name} ({role})")
-                with contextlib.redirect_stdout(io.StringIO()) as said:
-                    deployctl(["approve", str(run.id), "--as", name, "--role", role, "--comment", "demo: looks good"])
-                print(f"    $ deployctl approve ... → {said.getvalue().strip()}")
+                said = deployctl("approve", str(run.id), "--as", name, "--role", role, "--comment", "demo: looks good")
+                print(f"    $ deployctl approve ... → {said.strip()}")
                 answered = current.state.id
             time.sleep(0.5)
     raise TimeoutError(f"the deploy {run.name} did not end within 900 s")
@@ -141,9 +136,18 @@ def started_by(flow_name: str, parameter: str, run_id: UUID, timeout: float) -> 
     raise TimeoutError(f"no {flow_name} run for {run_id} started within {timeout:.0f} s")
 
 
-def story() -> int:
-    from deployctl.cli import main as deployctl
+def deployctl(*args: str, show: bool = False) -> str:
+    """`deployctl ARGS` as the reader would type it, in a process of its own; what it printed, or, with
+    `show`, printed to this terminal."""
+    result = run(Command.of([sys.executable, "-m", "deployctl", *args], cwd=PROJECT_DIR, timeout=120),
+                 step=f"deployctl {args[0]}", error=one_line(StackError), capture=not show,
+                 advice=Advice(start="run `make install` again", slow="the Prefect server did not answer; `make stop`"))
+    if not result.ok:
+        raise StackError(f"deployctl {args[0]} exited {result.returncode}: {result.error_line()}")
+    return result.stdout or ""
 
+
+def story() -> int:
     staging = deploy("staging", "v2", "demo: release v2 (salary insights)", approve=False)
     production = deploy("production", "v2", "demo: release v2 (salary insights)", approve=True)
     good = staging.state.is_completed() and production.state.is_completed()
@@ -175,9 +179,9 @@ def story() -> int:
         print(f"    rollback: {rolled_back.state.name}" + (f": {say(rolled_back.state.message)}"
                                                         if rolled_back.state.message else ""))
     print("\n==> deployctl status production")
-    deployctl(["status", "production"])
+    deployctl("status", "production", show=True)
     print("\n==> deployctl dora production")
-    deployctl(["dora", "production", "--artifact"])
+    deployctl("dora", "production", "--artifact", show=True)
     ok = good and watched and rolled_back is not None and rolled_back.state.is_completed()
     # The events of the last command are sent before the process ends, not reported as still queued.
     from prefect.events.worker import EventsWorker

@@ -8,6 +8,11 @@ does not wait for that: the ledger holds the dead run's lease id, and the rollba
 
 A second deploy waits `wait_seconds` at most, then fails naming the run that holds the lock: its
 name, id and page in the Prefect UI.
+
+Why not `prefect.concurrency.sync.concurrency(..., lease_duration=, strict=True)`: it renews its lease
+but never says the lease's id, so a rollback could not revoke a crashed run's lease and would wait up to
+a lease for the lock; and its timeout cannot name the holder. The acquire, renew and revoke below are
+the same client calls it makes, with the id kept in the ledger.
 """
 
 from __future__ import annotations
