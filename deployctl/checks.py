@@ -13,9 +13,9 @@ from sqlalchemy.engine import make_url
 from deployments.config import EnvironmentConfig
 from deployments.errors import DeployError
 from deployments.secrets import resolve_app_environment
-from tasks import service
 from tasks.health import probe
 from tasks.migrations import database_revision
+from tasks.process_state import running_pid
 from tasks.processes import Advice, run
 from tasks.source import git_command
 
@@ -53,7 +53,7 @@ def check_environment(config: EnvironmentConfig) -> list[CheckResult]:
         return str(config.service.python)
 
     def process() -> str:
-        pid = service.running_pid(config)
+        pid = running_pid(config)
         if pid is None:
             raise _Fail(f"no live process in {config.service.pid_file}; start the app or fix service.pid_file")
         return f"pid {pid}"

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 
 from tasks.processes import Advice, Command, one_line, run, spawn
-from tasks.service import is_alive as _alive
+from tasks.process_state import is_alive as _alive
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 POOL = "deploy-pool"

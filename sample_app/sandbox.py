@@ -40,10 +40,11 @@ from sqlalchemy.engine import make_url
 from deployments.config import EnvironmentConfig, load_environment_file
 from deployments.errors import DeployError
 from deployments.secrets import resolve_app_environment
-from tasks import service
+from tasks import app_process
 from tasks.health import probe
 from tasks.processes import Advice, Command, child_env, one_line, run
 from tasks.migrations import database_revision
+from tasks.process_state import running_pid
 
 ENVIRONMENTS = ("staging", "production")
 DEFAULT_PORTS = {"staging": 8101, "production": 8102}
@@ -178,13 +179,13 @@ def up(
             _run_app(config, app_env, [str(python), "-m", "alembic", "upgrade", "head"], "migrate")
             _run_app(config, app_env, [str(python), "-m", "jobapp.seed", "--profile", env], "seed")
             prepared.write_text(done)
-        pid = service.running_pid(config)
+        pid = running_pid(config)
         if not start:
             log(f"{env:<11} prepared, not started ({make_url(url).get_backend_name()})")
             continue
         if pid is None:
-            service.start(config, app_env)
-            pid = service.wait_for_pid_file(config, timeout=30)
+            app_process.start(config, app_env)
+            pid = app_process.wait_for_pid_file(config, timeout=30)
             _wait_healthy(config, timeout=30)
         log(f"{env:<11} {config.service.base_url} pid {pid} ({make_url(url).get_backend_name()})")
     return configs
@@ -233,7 +234,7 @@ def down(root: Path = DEFAULT_ROOT, log=print) -> list[int]:
     for env, path in environment_files(root.resolve()).items():
         if not path.exists():
             continue
-        pid = service.stop(load_environment_file(path))
+        pid = app_process.stop(load_environment_file(path))
         if pid is not None:
             stopped.append(pid)
             log(f"{env:<11} stopped pid {pid}")
@@ -260,7 +261,7 @@ def status(root: Path = DEFAULT_ROOT) -> list[InstanceStatus]:
             health = f"{answer.body.get('status')} (HTTP {answer.status_code}, serves {str(answer.body.get('version'))[:12]})"
         else:
             health = answer.describe()
-        result.append(InstanceStatus(env, port, service.running_pid(config), sha, revision, health))
+        result.append(InstanceStatus(env, port, running_pid(config), sha, revision, health))
     return result
 
 

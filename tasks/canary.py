@@ -30,8 +30,9 @@ from deployments.errors import DeployError, ServiceError
 from deployments.secrets import redact, resolve_app_environment
 from tasks.steps import read_step
 from tasks.health import assess, probe
+from tasks.app_commands import expand_argv
 from tasks.processes import Advice, Command, child_env, spawn
-from tasks.service import expand_argv, scan_log
+from tasks.service import scan_log
 from tasks.smoke import run_critical_path_tests
 
 

@@ -15,7 +15,7 @@ from deployments.errors import PreflightError
 from deployments.secrets import redact
 from tasks.steps import read_step
 from tasks.processes import Advice, Command, child_env, run
-from tasks.service import expand_argv
+from tasks.app_commands import expand_argv
 
 TEST_TIMEOUT = 1800
 SCAN_TIMEOUT = 1800

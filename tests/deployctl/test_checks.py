@@ -9,7 +9,7 @@ import pytest
 
 from deployctl.checks import check_environment
 from tests.conftest import free_ports
-from tests.tasks.test_service import environment
+from tests.tasks.gunicorn_app import environment
 
 
 def test_every_check_runs_and_names_what_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -54,7 +54,9 @@ from deployments.errors import (
 )
 from deployments.secrets import resolve_app_environment
 from sample_app.sandbox import postgres_database_name
-from tasks import service
+from tasks import app_process
+from tasks.app_commands import expand_argv
+from tasks.process_state import running_pid
 from records.ledger import Ledger, Release
 from tasks.processes import child_env
 from tests.faults.releases import (
@@ -196,9 +198,9 @@ def pg(postgres_sandbox: Sandbox, production_secret: ProductionSecret, monkeypat
 
 def restart_app(box: Sandbox, env: str) -> None:
     config = box.config(env)
-    service.stop(config)
-    service.start(config, resolve_app_environment(config))
-    service.wait_for_pid_file(config, timeout=30)
+    app_process.stop(config)
+    app_process.start(config, resolve_app_environment(config))
+    app_process.wait_for_pid_file(config, timeout=30)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -289,7 +291,7 @@ def maintenance(box: Sandbox, env: str) -> Iterator[None]:
 
 def run_app_command(box: Sandbox, env: str, argv: list[str]) -> None:
     config = box.config(env)
-    subprocess.run(service.expand_argv(argv, config), cwd=config.source.workspace, check=True, timeout=60,
+    subprocess.run(expand_argv(argv, config), cwd=config.source.workspace, check=True, timeout=60,
                    env=child_env(resolve_app_environment(config)), capture_output=True)
 
 
@@ -758,7 +760,7 @@ def test_15_production_database_password_appears_nowhere(
         pg: Sandbox, production_secret: ProductionSecret,
         capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
     config = pg.config("production")
-    pid = service.running_pid(config)
+    pid = running_pid(config)
     assert pid is not None and production_secret.password in Path(f"/proc/{pid}/environ").read_text(errors="replace"), \
         "production must run with the password, or this test proves nothing"
     bring(pg, "production", "v2")

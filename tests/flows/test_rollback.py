@@ -8,7 +8,7 @@ import pytest
 
 from deployments.errors import HealthCheckFailed, InvalidInput, MigrationFailed, ServiceError
 from records.ledger import Ledger
-from tasks.service import running_pid
+from tasks.process_state import running_pid
 from tests.conftest import without_canary
 from tests.flows.conftest import Approver, Sandbox, approval
 from tests.flows.invariants import assert_healthy_on, assert_lock_free, last_release, state

@@ -11,7 +11,7 @@ import pytest
 
 from deployctl.cli import main as deployctl
 from sample_app import sandbox
-from tasks.service import is_alive
+from tasks.process_state import is_alive
 from tests.conftest import free_ports
 
 pytestmark = pytest.mark.slow
