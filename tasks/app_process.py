@@ -36,11 +36,12 @@ def wait_for_pid_file(config: EnvironmentConfig, timeout: float, not_pid: int | 
         pid = running_pid(config)
         return pid if pid is not None and pid != not_pid else None
 
-    return wait_until(new_master, timeout, f"a live process in {config.service.pid_file}", on_timeout=lambda: ServiceError(
-        f"start application ({config.name})",
-        f"no live process in {config.service.pid_file} after {timeout:.0f} s",
-        f"read {config.service.startup_log} for the reason it did not start",
-    ))
+    def none_started() -> ServiceError:
+        return ServiceError(f"start application ({config.name})",
+                            f"no live process in {config.service.pid_file} after {timeout:.0f} s",
+                            f"read {config.service.startup_log} for the reason it did not start")
+
+    return wait_until(new_master, timeout, f"a live process in {config.service.pid_file}", on_timeout=none_started)
 
 
 def stop(config: EnvironmentConfig, timeout: float = 15.0) -> int | None:

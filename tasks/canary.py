@@ -34,6 +34,7 @@ from tasks.app_commands import expand_argv
 from tasks.processes import Advice, Command, child_env, spawn
 from tasks.service import scan_log
 from tasks.smoke import run_critical_path_tests
+from tasks.waiting import wait_until
 
 
 @read_step("check-canary", retries=0)
@@ -101,18 +102,18 @@ def canary(config: EnvironmentConfig) -> Iterator[tuple[str, Path]]:
 
 def _wait_until_answering(process: subprocess.Popen[bytes], url: str, timeout: float, probe_timeout: float,
                           log: Path, step: str) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
+    def answering() -> bool:
         if process.poll() is not None:
             raise ServiceError(step, f"the release's canary exited with status {process.returncode} before "
                                      f"answering{_last_line(log)}", "the running release was not touched; fix the release")
-        if probe(url, probe_timeout).status_code is not None:
-            return
-        if time.monotonic() > deadline:
-            raise ServiceError(step, f"the release's canary did not answer {url} within {timeout:g} s{_last_line(log)}",
-                               "the running release was not touched; raise [service.canary] timeout_seconds "
-                               "if the app starts slowly")
-        time.sleep(0.1)
+        return probe(url, probe_timeout).status_code is not None
+
+    def silent() -> ServiceError:
+        return ServiceError(step, f"the release's canary did not answer {url} within {timeout:g} s{_last_line(log)}",
+                            "the running release was not touched; raise [service.canary] timeout_seconds "
+                            "if the app starts slowly")
+
+    wait_until(answering, timeout, f"the release's canary to answer {url}", interval=0.1, on_timeout=silent)
 
 
 def _last_line(log: Path) -> str:

@@ -18,7 +18,6 @@ the same client calls it makes, with the id kept in the ledger.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from uuid import UUID
@@ -31,6 +30,7 @@ from prefect.utilities.urls import url_for
 
 from deployments.errors import LockHeld
 from records.ledger import Ledger, Release, utcnow
+from tasks.waiting import wait_until
 
 LEASE_SECONDS = 60  # the shortest lease Prefect accepts: a dead holder's slot frees within a minute
 LOCKED = 423
@@ -79,9 +79,9 @@ def release_dead_holder(ledger: Ledger, release: Release) -> bool:
 def _acquire(environment: str, ledger: Ledger, release_id: int, wait_seconds: float,
              holder_run_id: str | None) -> UUID:
     holder = ConcurrencyLeaseHolder(type="flow_run", id=UUID(holder_run_id)) if holder_run_id else None
-    deadline = time.monotonic() + wait_seconds
     with get_client(sync_client=True) as client:
-        while True:
+
+        def lease() -> UUID | None:
             try:
                 response = client.increment_concurrency_slots_with_lease(
                     [lock_name(environment)], 1, "concurrency", LEASE_SECONDS, holder)
@@ -89,11 +89,14 @@ def _acquire(environment: str, ledger: Ledger, release_id: int, wait_seconds: fl
             except PrefectHTTPStatusError as exc:
                 if exc.response.status_code != LOCKED:
                     raise
-            if time.monotonic() >= deadline:
-                holder_text = _holder(ledger, environment, release_id)
-                raise LockHeld(f"acquire deploy lock ({environment})", f"{environment} is held by {holder_text}",
-                               "wait for it to finish, or cancel it in the Prefect UI; nothing was changed")
-            time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+            return None
+
+        def held() -> LockHeld:
+            return LockHeld(f"acquire deploy lock ({environment})",
+                            f"{environment} is held by {_holder(ledger, environment, release_id)}",
+                            "wait for it to finish, or cancel it in the Prefect UI; nothing was changed")
+
+        return wait_until(lease, wait_seconds, f"the deploy lock of {environment}", interval=1.0, on_timeout=held)
 
 
 def _renew(lease_id: UUID, stop: threading.Event) -> None:
