@@ -5,7 +5,8 @@ A release row is written when a deploy starts and updated as it goes; its `outco
 OUTCOMES. Once it leaves `running` only a rollback changes it again (to rolled_back or
 rollback_failed). Failed releases are never rollback targets.
 SQLite in the environment's state directory by default (WAL, so the deploy, its hooks and the
-rollback can write from separate processes); any SQLAlchemy URL in `DEPLOY_LEDGER_URL`.
+rollback can write from separate processes); any SQLAlchemy URL in `DEPLOY_LEDGER_URL`. Its schema
+is kept by Alembic migrations of its own (records/ledger_migrations), applied when it is opened.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from sqlalchemy import JSON, Boolean, DateTime, Integer, String, Text, create_engine, event, inspect, select
+from sqlalchemy import JSON, Boolean, DateTime, Integer, String, Text, create_engine, event, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from records import ledger_migrations
 
 OUTCOMES = ("running", "succeeded", "failed", "aborted", "rolled_back", "rollback_failed", "noop")
 TERMINAL = frozenset(OUTCOMES) - {"running"}
@@ -96,25 +98,8 @@ class Ledger:
         self.engine: Engine = create_engine(url, connect_args={"timeout": 30} if url.startswith("sqlite") else {})
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
-        self._add_missing_columns()
-
-    def _add_missing_columns(self) -> None:
-        """A ledger written by an older version gains the newer (nullable) columns in place."""
-        inspector = inspect(self.engine)
-        for table in Base.metadata.sorted_tables:
-            present = {c["name"] for c in inspector.get_columns(table.name)}
-            for column in table.columns:
-                if column.name in present:
-                    continue
-                kind = column.type.compile(dialect=self.engine.dialect)
-                try:
-                    with self.engine.begin() as conn:
-                        conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
-                except OperationalError:
-                    # Another process opening the same old ledger added it first.
-                    if column.name not in {c["name"] for c in inspect(self.engine).get_columns(table.name)}:
-                        raise
+        with self.engine.begin() as connection:
+            ledger_migrations.upgrade(connection)
 
     @classmethod
     def for_state_dir(cls, state_dir: Path) -> Ledger:

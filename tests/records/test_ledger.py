@@ -1,17 +1,25 @@
-"""The release ledger on real SQLite files (shared between processes) and real PostgreSQL."""
+"""The release ledger on real SQLite files (shared between processes) and real PostgreSQL; its schema
+made and kept by its own migrations, from an empty directory and from ledgers the older code made."""
 
 from __future__ import annotations
 
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, inspect
 
-from records.ledger import OUTCOMES, TERMINAL, Ledger
+from records import ledger_migrations
+from records.ledger import OUTCOMES, TERMINAL, Base, Ledger
 
 PROJECT = Path(__file__).resolve().parents[2]
 SHA1, SHA2, SHA3 = "1" * 40, "2" * 40, "3" * 40
@@ -184,3 +192,184 @@ def test_another_process_sees_and_finishes_a_release(tmp_path: Path) -> None:
             ("run-migrations", "failed", "killed")]
     finally:
         ledger.engine.dispose()
+
+
+# The schema of the first ledger, before any column was added to it: what a state directory kept
+# since then may still hold, with whichever columns the code of each later open added.
+FIRST_LEDGER_SCHEMA = """
+CREATE TABLE releases (
+    id INTEGER NOT NULL, environment VARCHAR(40) NOT NULL, flow_run_id VARCHAR(64),
+    flow_run_name VARCHAR(200), ref VARCHAR(200) NOT NULL, reason TEXT NOT NULL, dry_run BOOLEAN NOT NULL,
+    target_sha VARCHAR(40), previous_sha VARCHAR(40), commit_time DATETIME, db_revision_before VARCHAR(64),
+    db_revision_after VARCHAR(64), backup_tag VARCHAR(80), backup_manifest JSON, approvals JSON NOT NULL,
+    phase VARCHAR(40) NOT NULL, code_changed BOOLEAN NOT NULL, migration_started BOOLEAN NOT NULL,
+    outcome VARCHAR(20) NOT NULL, failed_step VARCHAR(80), error TEXT, timings JSON NOT NULL,
+    started_at DATETIME NOT NULL, finished_at DATETIME, restored_at DATETIME, rollback_of INTEGER,
+    PRIMARY KEY (id)
+);
+CREATE INDEX ix_releases_environment ON releases (environment);
+CREATE INDEX ix_releases_flow_run_id ON releases (flow_run_id);
+CREATE INDEX ix_releases_outcome ON releases (outcome);
+CREATE TABLE steps (
+    id INTEGER NOT NULL, release_id INTEGER NOT NULL, name VARCHAR(80) NOT NULL, status VARCHAR(20) NOT NULL,
+    detail TEXT NOT NULL, started_at DATETIME NOT NULL, finished_at DATETIME, PRIMARY KEY (id)
+);
+CREATE INDEX ix_steps_release_id ON steps (release_id);
+INSERT INTO releases (id, environment, flow_run_id, ref, reason, dry_run, target_sha, previous_sha, approvals,
+                      phase, code_changed, migration_started, outcome, timings, started_at, finished_at)
+VALUES (1, 'production', 'run-1', 'v1', 'first release', 0, '1111111111111111111111111111111111111111', NULL,
+        '[{"approver": "Ada", "role": "team-lead"}]', 'verification', 1, 1, 'succeeded',
+        '{"prerequisites": 3.5}', '2026-01-05 10:00:00.000000', '2026-01-05 10:04:00.000000');
+INSERT INTO steps (release_id, name, status, detail, started_at, finished_at)
+VALUES (1, 'backup-database', 'completed', '{"tag": "pre-deployment-20260105-100000"}',
+        '2026-01-05 10:01:00.000000', '2026-01-05 10:01:30.000000');
+"""
+
+
+def sqlite_schema(path: Path) -> list[tuple[str, str, str | None]]:
+    with sqlite3.connect(path) as conn:
+        return sorted(conn.execute("SELECT type, name, sql FROM sqlite_master"))
+
+
+def version(path: Path) -> list[str]:
+    with sqlite3.connect(path) as conn:
+        return [row[0] for row in conn.execute(f"SELECT version_num FROM {ledger_migrations.VERSION_TABLE}")]
+
+
+@contextmanager
+def migration_context(ledger: Ledger) -> Iterator[MigrationContext]:
+    with ledger.engine.connect() as connection:
+        yield MigrationContext.configure(connection, opts={"version_table": ledger_migrations.VERSION_TABLE})
+
+
+def test_a_new_ledger_is_at_head_which_names_the_newest_revision(ledger: Ledger) -> None:
+    with migration_context(ledger) as context:
+        script = ScriptDirectory.from_config(ledger_migrations.config(context.connection))
+        assert script.get_heads() == [ledger_migrations.HEAD]
+        assert context.get_current_revision() == ledger_migrations.HEAD
+
+
+def test_the_migrations_make_the_schema_the_models_describe(ledger: Ledger) -> None:
+    with migration_context(ledger) as context:
+        assert compare_metadata(context, Base.metadata) == []
+
+
+def test_a_new_ledger_is_made_by_its_migrations_as_the_models_would_make_it(tmp_path: Path) -> None:
+    Ledger.for_state_dir(tmp_path / "state")
+    by_the_models = create_engine(f"sqlite:///{tmp_path / 'models.db'}")
+    Base.metadata.create_all(by_the_models)
+    by_the_models.dispose()
+    migrated = [row for row in sqlite_schema(tmp_path / "state" / "ledger.db")
+                if ledger_migrations.VERSION_TABLE not in row[1]]
+    assert migrated == sqlite_schema(tmp_path / "models.db")
+    assert version(tmp_path / "state" / "ledger.db") == [ledger_migrations.HEAD]
+
+
+def test_a_ledger_made_before_migrations_keeps_its_rows_and_gains_the_newer_columns(tmp_path: Path) -> None:
+    (tmp_path / "state").mkdir()
+    with sqlite3.connect(tmp_path / "state" / "ledger.db") as conn:
+        conn.executescript(FIRST_LEDGER_SCHEMA)
+        conn.execute("DROP INDEX ix_releases_outcome")  # made again, like the columns
+    ledger = Ledger.for_state_dir(tmp_path / "state")
+    try:
+        kept = ledger.get(1)
+        assert (kept.ref, kept.target_sha, kept.outcome, kept.approvals, kept.timings) == (
+            "v1", SHA1, "succeeded", [{"approver": "Ada", "role": "team-lead"}], {"prerequisites": 3.5})
+        assert (kept.watch, kept.lock_lease_id) == (None, None)
+        assert ledger.last_succeeded("production").id == 1  # type: ignore[union-attr]
+        assert [(s.name, s.status, s.seconds) for s in ledger.steps(1)] == [
+            ("backup-database", "completed", 30.0)]
+        later = deploy(ledger, "succeeded", ref="v2", checks=[{"name": "health"}], lock_lease_id="lease-1",
+                       watch={"verdict": "healthy"})
+        assert ledger.get(later).watch == {"verdict": "healthy"}
+        assert [r.id for r in ledger.releases("production")] == [later, 1]
+        columns = {c["name"] for c in inspect(ledger.engine).get_columns("releases")}
+        assert columns == set(Base.metadata.tables["releases"].columns.keys())
+        indexes = {i["name"] for i in inspect(ledger.engine).get_indexes("releases")}
+        assert indexes == {index.name for index in Base.metadata.tables["releases"].indexes}
+    finally:
+        ledger.engine.dispose()
+    assert version(tmp_path / "state" / "ledger.db") == [ledger_migrations.HEAD]
+
+
+def test_a_ledger_the_last_code_before_migrations_made_is_only_stamped(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    Base.metadata.create_all(engine)
+    engine.dispose()
+    before = sqlite_schema(tmp_path / "ledger.db")
+    Ledger(f"sqlite:///{tmp_path / 'ledger.db'}").engine.dispose()
+    after = sqlite_schema(tmp_path / "ledger.db")
+    assert [row for row in after if ledger_migrations.VERSION_TABLE not in row[1]] == before
+    assert version(tmp_path / "ledger.db") == [ledger_migrations.HEAD]
+
+
+@pytest.mark.postgres
+def test_a_ledger_made_before_migrations_on_postgresql_gains_the_column_it_lacks(postgres_database: str) -> None:
+    engine = create_engine(postgres_database)
+    Base.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE releases DROP COLUMN watch")
+        conn.exec_driver_sql("INSERT INTO releases (environment, ref, reason, dry_run, approvals, phase, code_changed,"
+                             " migration_started, outcome, timings, migrations, checks, started_at) VALUES"
+                             " ('production', 'v1', '', false, '[]', 'execution', true, false, 'succeeded', '{}',"
+                             " '[]', '[]', now())")
+    engine.dispose()
+    ledger = Ledger(postgres_database)
+    try:
+        assert [(r.ref, r.watch) for r in ledger.releases("production")] == [("v1", None)]
+        with migration_context(ledger) as context:
+            assert context.get_current_revision() == ledger_migrations.HEAD
+            assert compare_metadata(context, Base.metadata) == []
+    finally:
+        ledger.engine.dispose()
+
+
+def test_opening_a_ledger_again_changes_nothing(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    first = Ledger(url)
+    release_id = deploy(first, "succeeded")
+    first.engine.dispose()
+    schema = sqlite_schema(tmp_path / "ledger.db")
+    for _ in range(2):
+        again = Ledger(url)
+        assert again.get(release_id).outcome == "succeeded"
+        again.engine.dispose()
+    assert sqlite_schema(tmp_path / "ledger.db") == schema
+    assert version(tmp_path / "ledger.db") == [ledger_migrations.HEAD]
+
+
+OPENER = """
+import sys, time
+from pathlib import Path
+from records.ledger import Ledger
+state, go = Path(sys.argv[1]), Path(sys.argv[2])
+(state.parent / f"ready-{sys.argv[3]}").touch()
+while not go.exists():
+    time.sleep(0.005)
+Ledger.for_state_dir(state).open_release(environment="production", ref=f"v{sys.argv[3]}")
+"""
+
+
+@pytest.mark.parametrize("made_by", ["nothing", "the first ledger"])
+def test_processes_opening_one_ledger_at_once_all_succeed(tmp_path: Path, made_by: str) -> None:
+    state, go = tmp_path / "state", tmp_path / "go"
+    if made_by == "the first ledger":
+        state.mkdir()
+        with sqlite3.connect(state / "ledger.db") as conn:
+            conn.executescript(FIRST_LEDGER_SCHEMA)
+    openers = [subprocess.Popen([sys.executable, "-c", OPENER, str(state), str(go), str(n)], cwd=PROJECT,
+                                stderr=subprocess.PIPE, text=True) for n in range(4)]
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(tmp_path.glob("ready-*"))) < len(openers) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        go.touch()  # all of them imported and waiting: they open at once
+        problems = [opener.communicate(timeout=120)[1] for opener in openers]
+    finally:
+        for opener in openers:
+            opener.kill()
+    assert [opener.returncode for opener in openers] == [0] * len(openers), problems
+    with sqlite3.connect(state / "ledger.db") as conn:
+        refs = sorted(row[0] for row in conn.execute("SELECT ref FROM releases"))
+    assert refs == sorted({"nothing": [], "the first ledger": ["v1"]}[made_by] + ["v0", "v1", "v2", "v3"])
+    assert version(state / "ledger.db") == [ledger_migrations.HEAD]
