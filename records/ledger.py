@@ -12,6 +12,8 @@ is kept by Alembic migrations of its own (records/ledger_migrations), applied wh
 from __future__ import annotations
 
 import json
+import os
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -103,8 +105,23 @@ class Ledger:
 
     @classmethod
     def for_state_dir(cls, state_dir: Path) -> Ledger:
+        """This process's ledger of the state directory: opened, and migrated, on the first call only.
+
+        A deploy asks for it at every phase; an engine and a schema check each time cost more than
+        the steps they record. A file removed or replaced since (tests do both) is opened afresh.
+        """
         state_dir.mkdir(parents=True, exist_ok=True)
-        return cls(f"sqlite:///{state_dir / 'ledger.db'}")
+        path = (state_dir / "ledger.db").resolve()
+        with _opened_lock:
+            opened = _opened.get(path)
+            if opened is not None:
+                if opened.file == _file_identity(path):
+                    return opened.ledger
+                # Its pooled connections still hold what was removed.
+                opened.ledger.engine.dispose()
+            ledger = cls(f"sqlite:///{path}")
+            _opened[path] = _Opened(ledger, _file_identity(path))
+            return ledger
 
     def _session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
@@ -211,6 +228,38 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
 def _aware(moment: datetime) -> datetime:
     # SQLite hands datetimes back naive; they were written in UTC.
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class _Opened:
+    ledger: Ledger
+    file: tuple[int, int] | None
+
+
+_opened: dict[Path, _Opened] = {}
+_opened_lock = threading.Lock()
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+def _forget_the_parents_ledgers() -> None:
+    # SQLAlchemy's pools are not fork-safe: a child must open connections of its own, and leave the
+    # parent's alone (close=False) rather than close them under the parent. The lock is new too, in
+    # case another thread of the parent held it at the fork.
+    global _opened_lock
+    for opened in _opened.values():
+        opened.ledger.engine.dispose(close=False)
+    _opened.clear()
+    _opened_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_the_parents_ledgers)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

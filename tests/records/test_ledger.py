@@ -3,9 +3,12 @@ made and kept by its own migrations, from an empty directory and from ledgers th
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -153,7 +156,7 @@ def test_steps_are_recorded_in_order_with_durations(ledger: Ledger) -> None:
 
 def test_two_ledgers_on_one_sqlite_file_see_each_others_writes(tmp_path: Path) -> None:
     deploying = Ledger.for_state_dir(tmp_path / "state")
-    rolling_back = Ledger.for_state_dir(tmp_path / "state")
+    rolling_back = Ledger(deploying.url)  # an engine of its own, as another process has
     try:
         release_id = deploying.open_release(environment="production", ref="v3").id
         assert [r.id for r in rolling_back.running("production")] == [release_id]
@@ -373,3 +376,53 @@ def test_processes_opening_one_ledger_at_once_all_succeed(tmp_path: Path, made_b
         refs = sorted(row[0] for row in conn.execute("SELECT ref FROM releases"))
     assert refs == sorted({"nothing": [], "the first ledger": ["v1"]}[made_by] + ["v0", "v1", "v2", "v3"])
     assert version(state / "ledger.db") == [ledger_migrations.HEAD]
+
+
+def test_a_process_has_one_ledger_per_state_directory(tmp_path: Path) -> None:
+    first = Ledger.for_state_dir(tmp_path / "state")
+    assert Ledger.for_state_dir(tmp_path / "state") is first
+    assert Ledger.for_state_dir(tmp_path / "elsewhere" / ".." / "state") is first
+    assert Ledger.for_state_dir(tmp_path / "other") is not first
+    found: list[Ledger] = []
+    threads = [threading.Thread(target=lambda: found.append(Ledger.for_state_dir(tmp_path / "new")))
+               for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(found) == 8 and all(ledger is found[0] for ledger in found)
+
+
+def test_a_ledger_whose_file_was_removed_is_opened_afresh(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    gone = Ledger.for_state_dir(state)
+    deploy(gone, "succeeded", ref="v1")
+    shutil.rmtree(state)  # with the ledger's pooled connection still open on it
+    fresh = Ledger.for_state_dir(state)
+    assert fresh is not gone
+    assert fresh.releases("production") == []
+    deploy(fresh, "succeeded", ref="v2")
+    with sqlite3.connect(state / "ledger.db") as conn:
+        assert conn.execute("SELECT ref FROM releases").fetchall() == [("v2",)]
+    assert Ledger.for_state_dir(state) is fresh
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_opens_the_ledger_on_connections_of_its_own(tmp_path: Path) -> None:
+    parents = Ledger.for_state_dir(tmp_path / "state")
+    deploy(parents, None, ref="v1")  # the parent's pool now holds an open connection
+    child = os.fork()
+    if child == 0:
+        code = 1
+        try:
+            own = Ledger.for_state_dir(tmp_path / "state")
+            if own is not parents and own.engine is not parents.engine:
+                deploy(own, "succeeded", ref="v2")
+                code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert Ledger.for_state_dir(tmp_path / "state") is parents
+    assert [(r.ref, r.outcome) for r in parents.releases("production")] == [
+        ("v2", "succeeded"), ("v1", "running")]
