@@ -16,8 +16,7 @@ from deployments.secrets import resolve_app_environment
 from tasks.health import probe
 from tasks.migrations import database_revision
 from tasks.process_state import running_pid
-from tasks.processes import Advice, run
-from tasks.source import git_command
+from tasks.source import branch_head, current_sha
 
 
 @dataclass(frozen=True)
@@ -37,15 +36,15 @@ def check_environment(config: EnvironmentConfig) -> list[CheckResult]:
         return f"resolved {', '.join(names)} (values not shown)"
 
     def repository() -> str:
-        out = _git(config.source.workspace, "ls-remote", "--heads", "--", config.source.repository,
-                   f"refs/heads/{config.source.branch}")
-        if not out:
+        _must_exist(config.source.workspace)
+        sha = branch_head(config)
+        if sha is None:
             raise _Fail(f"{config.source.repository} has no branch {config.source.branch!r}")
-        return f"{config.source.branch} at {out.split()[0][:12]} in {config.source.repository}"
+        return f"{config.source.branch} at {sha[:12]} in {config.source.repository}"
 
     def workspace() -> str:
-        sha = _git(config.source.workspace, "rev-parse", "--verify", "HEAD")
-        return f"{config.source.workspace} at {sha[:12]}"
+        _must_exist(config.source.workspace)
+        return f"{config.source.workspace} at {current_sha(config.source.workspace)[:12]}"
 
     def interpreter() -> str:
         if not os.access(config.service.python, os.X_OK):
@@ -107,11 +106,6 @@ class _Fail(Exception):
     pass
 
 
-def _git(cwd: Path, *args: str) -> str:
-    if not cwd.is_dir():
-        raise _Fail(f"{cwd} does not exist")
-    result = run(git_command(cwd, *args), step="check", error=DeployError,
-                 advice=Advice(start="install git", slow="check that the repository is reachable"))
-    if not result.ok:
-        raise _Fail(f"git {args[0]}: {result.error_line()}")
-    return result.stdout.strip()
+def _must_exist(directory: Path) -> None:
+    if not directory.is_dir():
+        raise _Fail(f"{directory} does not exist")

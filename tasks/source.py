@@ -1,26 +1,50 @@
 """The release's source: refs, SHAs, the workspace checkout.
 
 A ref is user input. It is checked against a strict pattern before git sees it, resolved with
-`rev-parse --verify --end-of-options`, and every later command acts on the 40-hex SHA. Commands are
-argv lists run in one place, `_git`, never through a shell.
+`rev-parse --verify --end-of-options`, and every later command acts on the 40-hex SHA. Git runs in one
+place, `_git`, through GitPython (`git.Repo(workspace).git.<command>(...)`), never through a shell:
+
+- no option that can make git run a program (GitPython's lists: `--upload-pack`, `--exec`, `-c`, ...)
+  and no command transport (`ext::`) reaches git; InvalidInput before it starts
+- git gets nothing of our environment but `git_environment` (no prompt, a fixed PATH, the workspace
+  as HOME so nobody's ~/.gitconfig steers a deploy), and dies with the thread that started it
+- it is killed after GIT_TIMEOUT seconds
+- what goes wrong is a GitError naming the step, git's last error line (secrets masked), and what to do
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+import signal
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
+
+import git
 
 from deployments.config import EnvironmentConfig
 from deployments.errors import DeployError, InvalidInput, PreflightError
+from deployments.secrets import redact
+from tasks.processes import Finished, dies_with_us
 from tasks.steps import change_step, read_step
-from tasks.processes import Advice, Command, Finished, run
 
 REF_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
 SHA_PATTERN = re.compile(r"^[0-9a-f]{40}$")
 GIT_TIMEOUT = 120
+# Options with which git runs a program named on its command line, as GitPython refuses them for
+# fetch, push, ls-remote and clone; none of ours needs one.
+UNSAFE_OPTIONS = sorted({*git.Remote.unsafe_git_fetch_options, *git.Remote.unsafe_git_push_options,
+                         *git.Git.unsafe_git_ls_remote_options, *git.Repo.unsafe_git_clone_options})
+ENV = "/usr/bin/env"
+# env's exit codes for a program it cannot run or cannot find.
+CANNOT_START = (126, 127)
+WORKSPACE_ADVICE = "check source.workspace in the environment file"
+START_ADVICE = "install git on the worker, in /usr/local/bin, /usr/bin or /bin"
+SLOW_ADVICE = "check that the repository is reachable, then run again"
+FAILED_ADVICE = "check source.repository and source.workspace, then run again"
 
 
 class GitError(DeployError):
@@ -51,18 +75,71 @@ def validate_ref(ref: str) -> str:
     return ref
 
 
-def git_command(cwd: Path, *args: str) -> Command:
-    """git in `cwd`, never prompting, with nothing of our environment but PATH."""
-    return Command.of(["git", "-c", "advice.detachedHead=false", *args], cwd=cwd, timeout=GIT_TIMEOUT,
-                      name=f"git {args[0]}", env={"GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/local/bin:/usr/bin:/bin",
-                                                  "HOME": str(cwd), "LC_ALL": "C"})
+def git_environment(workspace: Path) -> dict[str, str]:
+    """Everything git and its hooks get of an environment."""
+    return {"GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(workspace),
+            "LC_ALL": "C"}
 
 
-def _git(cwd: Path, *args: str, step: str, check: bool = True) -> Finished:
-    return run(git_command(cwd, *args), step=step, error=GitError, advice=Advice(
-        start="check source.workspace in the environment file",
-        slow="check that the repository is reachable, then run again",
-        failed="check source.repository and source.workspace, then run again" if check else None))
+class _Git(git.Git):
+    """GitPython's git, started as `env -i VAR=... git ...`. GitPython gives each child a copy of
+    os.environ with its own variables added and cannot take one away (gitpython-developers/GitPython#924);
+    `env -i` is what keeps our API keys, secrets and GIT_* variables from git and its hooks."""
+
+    def __init__(self, working_dir: Any = None) -> None:
+        super().__init__(working_dir)
+        self.set_persistent_git_options(c="advice.detachedHead=false")
+
+    def execute(self, command: Any, *args: Any, **kwargs: Any) -> Any:
+        variables = [f"{name}={value}" for name, value in git_environment(Path(str(self.working_dir))).items()]
+        return super().execute([ENV, "-i", *variables, *command], *args, preexec_fn=dies_with_us(), **kwargs)
+
+
+class _Repo(git.Repo):
+    GitCommandWrapperType = _Git
+
+
+def _git(workspace: Path, command: str, *args: str, step: str, check: bool = True) -> Finished:
+    """`git command args` in the workspace; with `check`, a non-zero exit is a GitError too."""
+    _refuse_unsafe(args, step)
+    try:
+        repo = _Repo(workspace, expand_vars=False)
+    except (git.NoSuchPathError, git.InvalidGitRepositoryError) as exc:
+        problem = "does not exist" if isinstance(exc, git.NoSuchPathError) else "is not a git checkout"
+        raise GitError(step, f"{workspace} {problem}", WORKSPACE_ADVICE) from None
+    started = time.monotonic()
+    try:
+        status, out, err = getattr(repo.git, command.replace("-", "_"))(
+            *args, with_extended_output=True, with_exceptions=False, stdout_as_string=False,
+            kill_after_timeout=GIT_TIMEOUT)
+    except git.GitCommandNotFound as exc:
+        raise GitError(step, f"cannot start git ({exc.status})", START_ADVICE) from None
+    done = Finished(status, _text(out), _text(err), time.monotonic() - started)
+    if status == -signal.SIGKILL and done.seconds >= GIT_TIMEOUT:
+        raise GitError(step, f"git {command} ran longer than {GIT_TIMEOUT:g} s", SLOW_ADVICE)
+    if status in CANNOT_START:
+        raise GitError(step, f"cannot start git ({done.error_line()})", START_ADVICE)
+    if check and not done.ok:
+        raise GitError(step, f"git {command} failed: {done.error_line()}", FAILED_ADVICE)
+    return done
+
+
+def _refuse_unsafe(args: tuple[str, ...], step: str) -> None:
+    for arg in args:
+        try:
+            if arg.startswith("-"):
+                git.Git.check_unsafe_options([arg], UNSAFE_OPTIONS)
+            else:
+                git.Git.check_unsafe_protocols(arg)
+        except (git.UnsafeOptionError, git.UnsafeProtocolError):
+            raise InvalidInput(step, f"{redact(arg)[:80]!r} could make git run a program",
+                               "check source.remote and source.repository in the environment file") from None
+
+
+def _text(output: str | bytes) -> str:
+    """What git printed, as UTF-8 with undecodable bytes replaced (GitPython keeps them as surrogates)."""
+    raw = output if isinstance(output, bytes) else output.encode("utf-8", "surrogateescape")
+    return raw.decode("utf-8", "replace")
 
 
 def fetch(config: EnvironmentConfig) -> None:
@@ -93,9 +170,16 @@ def is_merged(config: EnvironmentConfig, sha: str) -> bool:
     result = _git(config.source.workspace, "merge-base", "--is-ancestor", _sha(sha), branch,
                   step="check merged to main", check=False)
     if result.returncode not in (0, 1):
-        raise GitError("check merged to main", result.stderr.strip() or "git merge-base failed",
+        raise GitError("check merged to main", f"git merge-base failed: {result.error_line()}",
                        f"fetch {config.source.branch} and run again")
     return result.returncode == 0
+
+
+def branch_head(config: EnvironmentConfig) -> str | None:
+    """The SHA of the release branch as the origin repository itself has it (None: no such branch)."""
+    out = _git(config.source.workspace, "ls-remote", "--heads", "--", config.source.repository,
+               f"refs/heads/{config.source.branch}", step="check source repository").stdout.split()
+    return out[0] if out else None
 
 
 def current_sha(workspace: Path) -> str:

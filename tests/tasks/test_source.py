@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,7 @@ import pytest
 from deployments.config import EnvironmentConfig, load_environment_file
 from deployments.errors import InvalidInput, PreflightError
 from tasks import source
+from tasks.source import GitError
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -105,3 +109,128 @@ def test_git_commands_only_take_shas(repo: tuple[EnvironmentConfig, dict[str, st
     config, _ = repo
     with pytest.raises(InvalidInput, match="is not a 40-hex commit SHA"):
         source.checkout(config, "main")
+
+
+def with_source(config: EnvironmentConfig, **changes: str) -> EnvironmentConfig:
+    return config.model_copy(update={"source": config.source.model_copy(update=changes)})
+
+
+def test_branch_head_asks_the_origin_itself(repo: tuple[EnvironmentConfig, dict[str, str]]) -> None:
+    config, shas = repo
+    assert source.branch_head(config) == shas["c2"]  # the workspace has not fetched c2's main yet
+    assert source.branch_head(with_source(config, branch="nope")) is None
+
+
+def test_git_environment_is_data(tmp_path: Path) -> None:
+    assert source.git_environment(tmp_path) == {"GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/local/bin:/usr/bin:/bin",
+                                                "HOME": str(tmp_path), "LC_ALL": "C"}
+
+
+def test_git_and_its_hooks_get_nothing_of_our_environment(repo: tuple[EnvironmentConfig, dict[str, str]],
+                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config, shas = repo
+    ws = config.source.workspace
+    seen = tmp_path / "hook.env"
+    hook = ws / ".git" / "hooks" / "post-checkout"
+    hook.write_text(f"#!/bin/sh\nenv > {seen}\n")
+    hook.chmod(0o755)
+    # Each of these, were git to see it, would change what a deploy does: another repository, a
+    # global configuration that turns the workspace's hooks off, a secret for git's children to read.
+    xdg = tmp_path / "xdg"
+    (xdg / "git").mkdir(parents=True)
+    (xdg / "git" / "config").write_text(f"[core]\n\thooksPath = {tmp_path / 'no-hooks'}\n")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(xdg))
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(xdg / "git" / "config"))
+    monkeypatch.setenv("GIT_DIR", str(tmp_path / "origin.git"))
+    monkeypatch.setenv("PREFECT_API_KEY", "not-for-git")
+    source.fetch(config)
+    source.checkout(config, shas["c2"])
+    monkeypatch.delenv("GIT_DIR")
+    assert source.current_sha(ws) == shas["c2"]
+    env = dict(line.split("=", 1) for line in seen.read_text().splitlines() if "=" in line)
+    assert (env["HOME"], env["GIT_TERMINAL_PROMPT"]) == (str(ws), "0")
+    assert env["PATH"].endswith(":/usr/local/bin:/usr/bin:/bin")  # after git's own exec path
+    assert not {"PREFECT_API_KEY", "XDG_CONFIG_HOME", "GIT_CONFIG_GLOBAL"} & set(env)
+
+
+def test_git_is_started_with_argv_as_data_and_no_credential(repo: tuple[EnvironmentConfig, dict[str, str]],
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    config, _ = repo
+    ws = config.source.workspace
+    git(ws, "remote", "set-url", "origin", "https://deploy:s3cret-token@127.0.0.1:9/app.git")
+    caplog.set_level(logging.DEBUG, logger="git.cmd")
+    with pytest.raises(GitError) as caught:
+        source.fetch(config)
+    started = [record.args[0] for record in caplog.records if record.msg.startswith("Popen(")]  # type: ignore[index]
+    assert started == [["/usr/bin/env", "-i", "GIT_TERMINAL_PROMPT=0", "PATH=/usr/local/bin:/usr/bin:/bin",
+                        f"HOME={ws}", "LC_ALL=C", "git", "-c", "advice.detachedHead=false", "fetch", "--quiet",
+                        "--prune", "--tags", "--force", "--", "origin", "+refs/heads/*:refs/remotes/origin/*"]]
+    assert caught.value.step == "fetch release" and caught.value.cause.startswith("git fetch failed: ")
+    assert "s3cret-token" not in str(caught.value) + caplog.text
+
+
+@pytest.mark.parametrize("ref", ["--upload-pack=touch {marker}", "-u", "--exec=touch {marker}"])
+def test_an_unsafe_option_smuggled_as_a_ref_is_refused_before_git_runs(
+        repo: tuple[EnvironmentConfig, dict[str, str]], tmp_path: Path, ref: str) -> None:
+    config, _ = repo
+    marker = tmp_path / "pwned"
+    fetch_head = config.source.workspace / ".git" / "FETCH_HEAD"
+    with pytest.raises(InvalidInput, match="validate ref"):
+        source.resolve(config, ref.format(marker=marker))
+    with pytest.raises(InvalidInput, match="could make git run a program"):
+        source.fetch(with_source(config, remote=ref.format(marker=marker)))
+    assert not marker.exists() and not fetch_head.exists(), "git ran"
+
+
+def test_a_command_transport_as_the_remote_is_refused_before_git_runs(
+        repo: tuple[EnvironmentConfig, dict[str, str]], tmp_path: Path) -> None:
+    config, _ = repo
+    marker = tmp_path / "pwned"
+    with pytest.raises(InvalidInput) as caught:
+        source.fetch(with_source(config, remote=f"ext::sh -c touch% {marker}"))
+    assert caught.value.step == "fetch release"
+    assert not marker.exists() and not (config.source.workspace / ".git" / "FETCH_HEAD").exists()
+
+
+def test_git_past_its_limit_is_killed_and_fails_the_step(repo: tuple[EnvironmentConfig, dict[str, str]],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    config, _ = repo
+    monkeypatch.setattr(source, "GIT_TIMEOUT", 1)
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts the connection, never answers
+        git(config.source.workspace, "remote", "add", "silent", f"git://127.0.0.1:{silent.getsockname()[1]}/app")
+        started = time.monotonic()
+        with pytest.raises(GitError) as caught:
+            source.fetch(with_source(config, remote="silent"))
+        assert time.monotonic() - started < 10
+        connection, _ = silent.accept()
+        connection.settimeout(10)
+        while connection.recv(4096):  # git's request, then the end of a connection whose process is gone
+            pass
+    assert str(caught.value) == ("fetch release: git fetch ran longer than 1 s. "
+                                 "check that the repository is reachable, then run again")
+
+
+def test_git_error_line_reaches_the_message(repo: tuple[EnvironmentConfig, dict[str, str]], tmp_path: Path) -> None:
+    config, shas = repo
+    unknown = "0123456789" * 4
+    with pytest.raises(GitError) as caught:
+        source.checkout(config, unknown)
+    assert str(caught.value) == (f"check out release: git checkout failed: fatal: reference is not a tree: {unknown}. "
+                                 "check source.repository and source.workspace, then run again")
+    with pytest.raises(GitError) as caught:
+        source.is_merged(with_source(config, branch="nope"), shas["c2"])
+    assert caught.value.cause.startswith("git merge-base failed: fatal: ")
+    with pytest.raises(GitError, match=f"read live release: {tmp_path / 'nowhere'} does not exist"):
+        source.current_sha(tmp_path / "nowhere")
+    with pytest.raises(GitError, match=f"read live release: {tmp_path} is not a git checkout"):
+        source.current_sha(tmp_path)
+
+
+def test_a_git_that_cannot_start_fails_the_step_saying_so(repo: tuple[EnvironmentConfig, dict[str, str]],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    config, _ = repo
+    monkeypatch.setattr(source._Git, "GIT_PYTHON_GIT_EXECUTABLE", "no-such-git")
+    with pytest.raises(GitError) as caught:
+        source.current_sha(config.source.workspace)
+    assert caught.value.cause.startswith("cannot start git (") and "no-such-git" in caught.value.cause
+    assert caught.value.action.startswith("install git")
