@@ -7,11 +7,14 @@ credentials; `deployments.logs` applies it to every log record.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import threading
 from pathlib import Path
 from typing import Mapping
+
+from dotenv import dotenv_values
 
 from deployments.config import EnvironmentConfig, ValueSource
 from deployments.errors import ConfigError
@@ -39,17 +42,17 @@ def register_secret(value: str) -> None:
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines; `#` comments and blank lines skipped; no interpolation."""
-    values: dict[str, str] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, sep, value = line.partition("=")
-        if not sep:
+    """KEY=VALUE lines as python-dotenv reads a .env file (quotes, `export`, `#` comments), with no
+    interpolation. The file is read here, not by dotenv, which would take a missing one for an empty one:
+    a missing or unreadable file raises OSError. A KEY without '=' (dotenv's None) is a ConfigError."""
+    text = path.read_text(encoding="utf-8")
+    values = dotenv_values(stream=io.StringIO(text), interpolate=False)
+    for key, value in values.items():
+        if value is None:
+            bare = re.compile(rf"\s*(export\s+)?'?{re.escape(key)}'?\s*(#.*)?")
+            number = next((n for n, line in enumerate(text.splitlines(), start=1) if bare.fullmatch(line)), "?")
             raise ConfigError(f"env file {path}", f"line {number} has no '='", "write KEY=VALUE on each line")
-        values[key.strip().removeprefix("export ").strip()] = value.strip().strip("'\"")
-    return values
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def resolve(
