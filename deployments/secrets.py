@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 from typing import Mapping
 
+import httpx
 from dotenv import dotenv_values
 
 from deployments.config import EnvironmentConfig, ValueSource
@@ -90,6 +91,12 @@ def _load_secret_block(name: str, step: str) -> str:
 
     try:
         value = Secret.load(name).get()
+    except httpx.HTTPError as exc:
+        raise ConfigError(
+            step,
+            f"Prefect Secret block {name!r} cannot be read: the Prefect API did not answer ({type(exc).__name__}: {exc})",
+            "check that the Prefect server is up and PREFECT_API_URL points at it, then run again",
+        ) from None
     except ValueError as exc:
         raise ConfigError(
             step,

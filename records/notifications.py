@@ -18,16 +18,20 @@ fails the deploy it reports on.
 from __future__ import annotations
 
 import logging
+import re
+from contextlib import nullcontext
 from typing import Any
 
 from prefect.blocks.core import Block
+from pydantic import SecretBytes, SecretStr
 
 from deployments.config import EnvironmentConfig
-from deployments.secrets import redact
+from deployments.secrets import redact, register_secret
 from deployments.logs import run_log
 
 # Outside any flow or task run (a script, a test) there is no run log; this one takes the message then.
 OUTSIDE_A_RUN = "deploy.notifications"
+_URL_PATH = re.compile(r"(?P<origin>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s'\"]+)/[^\s'\"]*")
 
 
 def notify(config: EnvironmentConfig, subject: str, body: str, alert: bool = False,
@@ -50,15 +54,45 @@ def notify(config: EnvironmentConfig, subject: str, body: str, alert: bool = Fal
             failed = True
             log.warning("Notification %r through block %r failed (%s); the message follows in this log. "
                         "Check the block in the Prefect UI (Blocks).", subject, name,
-                        redact(f"{type(exc).__name__}: {exc}"))
+                        _without_url_paths(redact(f"{type(exc).__name__}: {exc or 'the channel reported it undelivered'}")))
     if failed or not delivered:
         log.log(logging.ERROR if alert else logging.INFO, "%s\n%s", subject, body)
     return delivered or not config.notifications.blocks
 
 
 def send(block_name: str, subject: str, body: str) -> None:
+    """Deliver through one block, or raise. Its own secrets (a webhook URL, a token) are registered for
+    redaction first. Apprise-based blocks (Slack, Teams, Mattermost, ...) report a failed delivery only
+    under `raise_on_failure()`; otherwise a message lost on the way would count as delivered."""
     block = Block.load(block_name)
-    block.notify(body=body, subject=subject)  # type: ignore[attr-defined]
+    _register_secrets_of(block)
+    raising = getattr(block, "raise_on_failure", None)
+    with raising() if callable(raising) else nullcontext():
+        block.notify(body=body, subject=subject)  # type: ignore[attr-defined]
+
+
+def _register_secrets_of(block: Block) -> None:
+    for value in vars(block).values():
+        if isinstance(value, (SecretStr, SecretBytes)):
+            secret = value.get_secret_value()
+            values = [secret.decode(errors="replace") if isinstance(secret, bytes) else secret]
+        elif hasattr(value, "get_secret_value"):  # prefect's SecretDict: a mapping of secret values
+            values = [str(v) for v in _leaves(value.get_secret_value())]
+        else:
+            continue
+        for secret_value in values:
+            register_secret(secret_value)
+
+
+def _leaves(value: Any) -> list[Any]:
+    if isinstance(value, dict):
+        return [leaf for item in value.values() for leaf in _leaves(item)]
+    return [value]
+
+
+def _without_url_paths(text: str) -> str:
+    """An HTTP error names the URL it failed on; a webhook's path is often its token. Keep the origin."""
+    return _URL_PATH.sub(lambda m: f"{m['origin']}/…", text)
 
 
 def impact(step: str, state: str, next_step: str) -> str:

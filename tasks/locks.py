@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from uuid import UUID
 
+import httpx
+
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
@@ -104,7 +106,7 @@ def _renew(lease_id: UUID, stop: threading.Event) -> None:
         try:
             with get_client(sync_client=True) as client:
                 client.renew_concurrency_lease(lease_id, LEASE_SECONDS)
-        except (PrefectHTTPStatusError, OSError):
+        except (httpx.HTTPError, OSError):  # the API answering an error, or not answering at all
             continue  # a missed renewal is retried; the lease outlives three of them
 
 

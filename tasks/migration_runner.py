@@ -46,10 +46,12 @@ def main() -> int:
             except CommandError:  # alembic raises, rather than answer None, for a revision it lacks
                 known = False
         if known:
-            for head in heads:
-                for rev in script.iterate_revisions(head, current):
-                    pending.append({"revision": rev.revision, "message": (rev.doc or "").strip(),
-                                    "has_downgrade": _has_downgrade(rev)})
+            # Every revision of the tree that the current one does not descend from, oldest first; with
+            # two heads the database may sit on one branch while the other is pending.
+            done = _ancestry(script, current) if current else set()
+            pending = [{"revision": rev.revision, "message": (rev.doc or "").strip(),
+                        "has_downgrade": _has_downgrade(rev)}
+                       for rev in script.walk_revisions() if rev.revision not in done]
         pending.reverse()
         _emit({"heads": heads, "current": current, "known": known, "pending": pending})
         return 0
@@ -67,8 +69,22 @@ def main() -> int:
     return 0
 
 
+def _ancestry(script: object, revision: str) -> set[str]:
+    """`revision` and every revision it descends from (through merges too)."""
+    seen: set[str] = set()
+    todo = [revision]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        down = script.get_revision(name).down_revision  # type: ignore[attr-defined]
+        todo += [d for d in (down if isinstance(down, tuple) else (down,)) if d]
+    return seen
+
+
 def _has_downgrade(rev: object) -> bool:
-    """False when downgrade() is missing, empty (pass, ..., a docstring) or only raises."""
+    """False when downgrade() is missing, empty (pass, ..., a docstring, a bare return) or only raises."""
     path = getattr(rev, "path", None)
     if not path:
         return False
@@ -78,7 +94,8 @@ def _has_downgrade(rev: object) -> bool:
         if isinstance(node, ast.FunctionDef) and node.name == "downgrade":
             body = [stmt for stmt in node.body
                     if not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant))]
-            return bool(body) and not all(isinstance(stmt, (ast.Pass, ast.Raise)) for stmt in body)
+            return bool(body) and not all(isinstance(stmt, (ast.Pass, ast.Raise))
+                                          or (isinstance(stmt, ast.Return) and stmt.value is None) for stmt in body)
     return False
 
 

@@ -47,7 +47,7 @@ class RollbackPlan:
     def describe(self) -> str:
         if self.nothing_to_do:
             return f"nothing to undo: {self.reason}"
-        database = {"verify": f"verify the database is still at {self.to_revision}",
+        database = {"verify": f"verify the database is still at {self.to_revision or 'base'}",
                     "downgrade": f"downgrade the database to {self.to_revision or 'base'}",
                     "restore": f"restore backup {self.backup_tag}",
                     "none": "database untouched"}[self.database]

@@ -24,8 +24,11 @@ class Receiver(ThreadingHTTPServer):
                 body = handler.rfile.read(int(handler.headers["Content-Length"]))
                 self.paths.append(handler.path)
                 self.received.append(json.loads(body))
-                handler.send_response(204)
+                # 200 "ok", as Slack's and Mattermost's webhooks answer (Apprise counts a 204 as a failure).
+                handler.send_response(200)
+                handler.send_header("Content-Length", "2")
                 handler.end_headers()
+                handler.wfile.write(b"ok")
 
             def log_message(handler, *args: Any) -> None:  # noqa: N805
                 pass

@@ -16,7 +16,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from prefect.blocks.system import Secret
 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -194,9 +193,6 @@ def test_a_secret_block_that_does_not_exist_names_it_and_how_to_create_it(tmp_pa
                                    "or in the UI under Blocks")
 
 
-@pytest.mark.xfail(strict=True, raises=httpx.ConnectError,
-                   reason="with the Prefect API unreachable, a { secret = } source raises httpx's ConnectError "
-                          "('[Errno 111] Connection refused'), naming neither the secret, the API nor what to do")
 def test_a_secret_block_behind_an_unreachable_api_is_a_deploy_error_naming_the_secret(tmp_path: Path) -> None:
     config = from_block(tmp_path)
     (closed,) = free_ports(1)

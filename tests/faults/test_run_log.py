@@ -115,12 +115,10 @@ def test_a_failing_channel_falls_back_to_the_run_log_naming_the_block_and_the_ca
     from prefect import flow
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
-    from deployments.secrets import register_secret
     from records.notifications import notify
     from tests.conftest import free_ports
 
     (closed,) = free_ports(1)
-    register_secret(WEBHOOK_TOKEN)
     CustomWebhookNotificationBlock(name="nobody listens", url=f"http://127.0.0.1:{closed}/hook/{WEBHOOK_TOKEN}",
                                    json_data={"subject": "{{subject}}", "body": "{{body}}"},
                                    ).save("deaf-receiver", overwrite=True)
