@@ -25,8 +25,11 @@ $(STAMP): requirements.lock pyproject.toml
 
 # Run after changing the dependencies in pyproject.toml, or to take upstream releases on purpose
 # (`make lock UPGRADE=1`; `UPGRADE=httpx` for one package). Resolves for every Python from 3.11 on,
-# Linux, macOS and Windows alike, and keeps every other pin as it is.
-lock: $(STAMP)
+# Linux, macOS and Windows alike, and keeps every other pin as it is. It needs only the current lock's
+# uv, not a consistent venv: a package just added to pyproject.toml is not in the lock yet.
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/uv || $(PIP) install --quiet --no-deps --require-hashes -r requirements.lock
 	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
 	    --generate-hashes --custom-compile-command 'make lock' --output-file requirements.lock \
 	    $(if $(filter 1,$(UPGRADE)),--upgrade,$(if $(UPGRADE),--upgrade-package $(UPGRADE)))
