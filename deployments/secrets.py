@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Mapping
 
 import httpx
-from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 
 from deployments.config import EnvironmentConfig, ValueSource
 from deployments.errors import ConfigError
@@ -45,15 +45,16 @@ def register_secret(value: str) -> None:
 def read_env_file(path: Path) -> dict[str, str]:
     """KEY=VALUE lines as python-dotenv reads a .env file (quotes, `export`, `#` comments), with no
     interpolation. The file is read here, not by dotenv, which would take a missing one for an empty one:
-    a missing or unreadable file raises OSError. A KEY without '=' (dotenv's None) is a ConfigError."""
-    text = path.read_text(encoding="utf-8")
-    values = dotenv_values(stream=io.StringIO(text), interpolate=False)
-    for key, value in values.items():
-        if value is None:
-            bare = re.compile(rf"\s*(export\s+)?'?{re.escape(key)}'?\s*(#.*)?")
-            number = next((n for n, line in enumerate(text.splitlines(), start=1) if bare.fullmatch(line)), "?")
-            raise ConfigError(f"env file {path}", f"line {number} has no '='", "write KEY=VALUE on each line")
-    return {key: value for key, value in values.items() if value is not None}
+    a missing or unreadable file raises OSError. A line dotenv cannot parse, or a KEY without '=', is a
+    ConfigError naming the line (dotenv itself would only warn and skip it)."""
+    values: dict[str, str] = {}
+    for binding in parse_stream(io.StringIO(path.read_text(encoding="utf-8"))):
+        if binding.error or (binding.key is not None and binding.value is None):
+            what = "cannot be read as KEY=VALUE" if binding.error else "has no '='"
+            raise ConfigError(f"env file {path}", f"line {binding.original.line} {what}", "write KEY=VALUE on each line")
+        if binding.key is not None and binding.value is not None:
+            values[binding.key] = binding.value
+    return values
 
 
 def resolve(

@@ -1,7 +1,9 @@
-"""Every process the orchestrator runs goes through here: argv as data, one way to fail.
+"""Every process the orchestrator runs goes through here, git excepted: argv as data, one way to fail.
+(Git runs through GitPython in tasks/source.py, with the same guarantees: a bound, a clean
+environment, death with its thread, and one mapping of its failures.)
 
 A `Command` is what to run (argv, working directory, environment, time limit) and is built by a pure
-function beside its resource (`git_argv`, `bandit_argv`, ...), so tests compare it by equality.
+function beside its resource (`bandit_argv`, `expand_argv`, ...), so tests compare it by equality.
 `run` starts it with no shell, bound to die with the thread that started it, waits at most its
 limit, and turns what can go wrong into one of the step's errors, each saying what to do:
 

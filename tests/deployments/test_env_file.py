@@ -35,3 +35,14 @@ def test_a_file_that_cannot_be_read_raises_oserror_not_an_empty_dict(tmp_path: P
         path.mkdir()
     with pytest.raises(OSError):
         read_env_file(path)
+
+
+@pytest.mark.parametrize(("text", "line"), [("A=1\nK V\n", 2), ("A=\"unclosed\n", 1), ("=value\n", 1)],
+                         ids=["words without '='", "an unclosed quote", "a value without a key"])
+def test_a_line_dotenv_cannot_parse_is_an_error_not_a_skipped_line(tmp_path: Path, text: str, line: int) -> None:
+    """dotenv itself only warns and skips such a line: a variable the app needs would then go missing."""
+    path = tmp_path / "app.env"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        read_env_file(path)
+    assert str(caught.value) == f"env file {path}: line {line} cannot be read as KEY=VALUE. write KEY=VALUE on each line"
