@@ -12,7 +12,7 @@ from sqlalchemy.engine import make_url
 
 from deployments.config import EnvironmentConfig
 from deployments.errors import DeployError
-from deployments.secrets import resolve_app_environment
+from deployments.secrets import resolve_app_environment, resolve_database_url
 from tasks.health import probe
 from tasks.migrations import database_revision
 from tasks.process_state import running_pid
@@ -32,7 +32,7 @@ def check_environment(config: EnvironmentConfig) -> list[CheckResult]:
 
     def secrets() -> str:
         app_env.update(resolve_app_environment(config))
-        names = [*config.service.secrets, config.database.app_variable]
+        names = [*config.service.secrets, *config.database.variables]
         return f"resolved {', '.join(names)} (values not shown)"
 
     def repository() -> str:
@@ -65,9 +65,9 @@ def check_environment(config: EnvironmentConfig) -> list[CheckResult]:
         return f"{answer.url} ok, serves {str(version)[:12]}"
 
     def database() -> str:
-        url = app_env.get(config.database.app_variable)
-        if url is None:
+        if not app_env:
             raise _Fail("skipped: the database URL did not resolve")
+        url = resolve_database_url(config)
         revision = database_revision(url)
         return f"{make_url(url).get_backend_name()} at revision {revision or '(none)'}"
 
@@ -76,7 +76,7 @@ def check_environment(config: EnvironmentConfig) -> list[CheckResult]:
         parent = target if target.exists() else target.parent
         if not os.access(parent, os.W_OK):
             raise _Fail(f"{target} is not writable")
-        url = app_env.get(config.database.app_variable, "")
+        url = resolve_database_url(config) if app_env else ""
         if url.startswith("postgresql"):
             for tool in (config.backups.pg_dump, config.backups.pg_restore):
                 if shutil.which(tool) is None:

@@ -253,7 +253,7 @@ def _follow(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from deployments.config import load_environment
-    from deployments.secrets import resolve_app_environment
+    from deployments.secrets import resolve_database_url
     from tasks.health import probe
     from records.ledger import Ledger
     from tasks.migrations import database_revision
@@ -262,7 +262,7 @@ def _status(args: argparse.Namespace) -> int:
     config = load_environment(args.environment)
     ledger = Ledger.for_state_dir(config.state_dir)
     live_sha = current_sha(config.source.workspace)
-    revision = database_revision(resolve_app_environment(config)[config.database.app_variable])
+    revision = database_revision(resolve_database_url(config))
     answer = probe(config.service.base_url + config.health.api_path, config.health.timeout_seconds)
     served = (answer.body or {}).get("version", "?")
     last_good = ledger.last_succeeded(config.name)

@@ -157,12 +157,43 @@ class ServiceConfig(Model):
         return self
 
 
+URL_PARTS = ("url", "host", "port", "user", "password", "name")
+UrlPart = Literal["url", "host", "port", "user", "password", "name"]
+
+
 class DatabaseConfig(Model):
+    """Where the database is (`url`, for the tool) and how the app is told (its variables).
+
+    An app that reads one URL: `app_variable = "DATABASE_URL"` (the default). An app that builds its
+    connection from parts: `[database.app_variables]` maps each of its variables to a part of the URL
+    (url, host, port, user, password, name), e.g. `POSTGRES_SERVER = "host"`. The tool derives every
+    one of them from the URL it means — the live database, or the scratch copy the rehearsal migrates —
+    so no variable can keep pointing the rehearsal at the live database.
+    """
+
     url: ValueSource = Field(description="the database URL; never written in the file")
     app_variable: str = Field("DATABASE_URL", description="the app's variable the URL is passed in")
+    app_variables: dict[str, UrlPart] = Field(default_factory=dict, description=(
+        "the app's variables, each given one part of the URL (replaces app_variable)"))
     alembic_config: str = "alembic.ini"
     lock_timeout_ms: int = Field(5_000, ge=100)
     statement_timeout_ms: int = Field(600_000, ge=1_000)
+
+    @field_validator("app_variables")
+    @classmethod
+    def _names_the_database(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [name for name in value if not ENV_VAR_NAME.fullmatch(name)]
+        if bad:
+            raise ValueError(f"not environment variable names: {', '.join(bad)}")
+        if value and not {"url", "name"} & set(value.values()):
+            raise ValueError("map a variable to \"name\" (the database's name) or to \"url\": without one the "
+                             "app cannot be pointed at a copy of the database")
+        return value
+
+    @property
+    def variables(self) -> dict[str, str]:
+        """Every variable the app receives from the URL, with the part it holds."""
+        return dict(self.app_variables) or {self.app_variable: "url"}
 
 
 class BackupConfig(Model):
@@ -218,7 +249,9 @@ class CriticalPathCheck(Model):
 
 
 class MonitoringConfig(Model):
-    source: Literal["app", "prometheus"] = "app"
+    source: Literal["app", "prometheus", "none"] = Field("app", description=(
+        'where the error rate and response time come from; "none": the app publishes no metrics, and they '
+        "are reported as not measured (the watch checks health only)"))
     metrics_path: str = "/metrics"
     requests_metric: str = Field("http_requests_total", description="counter with route and status labels")
     latency_metric: str = Field("http_request_duration_seconds", description="histogram of request durations")
@@ -335,6 +368,16 @@ class EnvironmentConfig(Model):
         if expected is not None and value != expected:
             raise ValueError(f"name must match the file name: name = {expected!r}")
         return value
+
+    @model_validator(mode="after")
+    def _database_variables_are_the_databases(self) -> EnvironmentConfig:
+        given = {name: "service.env" for name in self.service.env} | {name: "service.secrets" for name in self.service.secrets}
+        twice = [f"{name} (in [{given[name]}])" for name in self.database.variables if name in given]
+        if twice:
+            raise ValueError(f"{', '.join(twice)} also given by [database]: the tool sets the database's variables "
+                             "itself (the live database, or the copy the rehearsal migrates); remove them from "
+                             f"[{'] and ['.join(sorted({given[n] for n in self.database.variables if n in given}))}]")
+        return self
 
     @model_validator(mode="after")
     def _checks_are_unique(self) -> EnvironmentConfig:

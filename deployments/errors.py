@@ -42,6 +42,13 @@ class ApprovalRejected(PreflightError):
     pass
 
 
+class LiveDatabaseTouched(PreflightError):
+    """A step meant to touch only a copy (the rehearsal) changed the live database: production is no
+    longer as the deploy found it, though no release was deployed. Always an alert."""
+
+    changed_production = True
+
+
 class LockHeld(DeployError):
     pass
 

@@ -109,12 +109,40 @@ def _load_secret_block(name: str, step: str) -> str:
     return value
 
 
+def resolve_database_url(config: EnvironmentConfig, environ: Mapping[str, str] | None = None) -> str:
+    """The live database's URL, as the tool uses it (backups, revisions, the copy it makes)."""
+    return resolve(config.database.url, "database.url", config, environ)
+
+
+DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306, "mssql": 1433, "oracle": 1521}
+
+
+def database_env(config: EnvironmentConfig, url: str) -> dict[str, str]:
+    """The app's database variables ([database]) pointing at `url`: the live database, or a copy."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.password:
+        register_secret(parsed.password)  # given alone to the app, it must be masked alone too
+    parts = {
+        "url": url,
+        "host": parsed.host or "",
+        "port": str(parsed.port or DEFAULT_PORTS.get(parsed.get_backend_name(), "")),
+        "user": parsed.username or "",
+        "password": parsed.password or "",
+        "name": parsed.database or "",
+    }
+    return {variable: parts[part] for variable, part in config.database.variables.items()}
+
+
 def resolve_app_environment(config: EnvironmentConfig, environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Every variable the app is given: its plain `env`, its secrets and the database URL."""
+    """Every variable the app is given: its plain `env`, its secrets and its database variables. Secrets
+    are resolved where they are used, never kept: a value rotated while a deploy waited for its approval
+    is the one the release starts with."""
     resolved = dict(config.service.env)
     for variable, source in config.service.secrets.items():
         resolved[variable] = resolve(source, f"service.secrets.{variable}", config, environ)
-    resolved[config.database.app_variable] = resolve(config.database.url, "database.url", config, environ)
+    resolved.update(database_env(config, resolve_database_url(config, environ)))
     missing = [name for name in config.service.required_env if name not in resolved]
     if missing:
         raise ConfigError(

@@ -18,7 +18,7 @@ from __future__ import annotations
 from prefect import flow
 
 from deployments.config import EnvironmentConfig
-from deployments.secrets import resolve_app_environment
+from deployments.secrets import resolve_database_url
 from tasks.canary import check_canary
 from records.ledger import Ledger
 from tasks.migrations import database_revision, run_migrations
@@ -34,7 +34,7 @@ def deployment_execution(config: EnvironmentConfig, release_id: int, sha: str, a
     pull_release(config, sha)
     ledger.update(release_id, migration_started=True)
     run_migrations(config, application_name)
-    revision = database_revision(resolve_app_environment(config)[config.database.app_variable])
+    revision = database_revision(resolve_database_url(config))
     ledger.update(release_id, db_revision_after=revision)
     check_canary(config, sha)
     offset = log_offset(config)

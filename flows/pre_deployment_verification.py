@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from prefect import flow
 
 from deployments.config import EnvironmentConfig
-from deployments.secrets import resolve_app_environment
+from deployments.secrets import resolve_database_url
 from flows.verify_prerequisites import release_tree
 from tasks.backups import Manifest, backup_database
 from tasks.health import check_staging_health
@@ -27,7 +27,7 @@ class PreDeployment:
     migrations: MigrationStatus
     revision_before: str | None
     backup: Manifest | None
-    baseline: Baseline
+    baseline: Baseline | None  # None: the app publishes no metrics (monitoring.source = "none")
 
 
 @flow(name="pre-deployment-verification", flow_run_name="{config.name}: pre-deployment verification")
@@ -39,7 +39,7 @@ def pre_deployment_verification(config: EnvironmentConfig, staging: EnvironmentC
     check_staging_health(staging or config)
     # Approvals may have taken an hour: the live revision is read again, the release's scripts only if it moved.
     migrations = check_migrations(config, release_tree(config, release_id), migrations)
-    revision = database_revision(resolve_app_environment(config)[config.database.app_variable])
+    revision = database_revision(resolve_database_url(config))
     ledger.update(release_id, db_revision_before=revision, migrations=[
         {"revision": p.revision, "message": p.message, "has_downgrade": p.has_downgrade} for p in migrations.pending])
     backup = None
@@ -47,8 +47,9 @@ def pre_deployment_verification(config: EnvironmentConfig, staging: EnvironmentC
         backup = backup_database(config, revision, ledger.get(release_id).previous_sha or sha, run_id,
                                  protected=_protected_backups(ledger, config.name))
         ledger.update(release_id, backup_tag=backup.tag, backup_manifest=backup.to_json())
-    baseline = record_baseline(config)
-    ledger.update(release_id, baseline=baseline.__dict__)
+    recorded = record_baseline(config)
+    baseline = recorded if isinstance(recorded, Baseline) else None
+    ledger.update(release_id, baseline=baseline.__dict__ if baseline else None)
     return PreDeployment(migrations, revision, backup, baseline)
 
 

@@ -36,7 +36,7 @@ from prefect.runtime import flow_run
 from deployments.config import EnvironmentConfig, load_environment
 from deployments.errors import DeployError, InvalidInput, LockHeld, MigrationFailed, RollbackFailed
 from deployments.logs import install_log_filters
-from deployments.secrets import resolve_app_environment
+from deployments.secrets import resolve_database_url
 from tasks.steps import recording
 from tasks.backups import restore_database
 from tasks.health import check_health
@@ -207,7 +207,7 @@ def never_served(config: EnvironmentConfig, ledger: Ledger, subject: Release) ->
 
 
 def undo_database(config: EnvironmentConfig, plan: RollbackPlan, app_name: str) -> None:
-    url = resolve_app_environment(config)[config.database.app_variable]
+    url = resolve_database_url(config)
     end_orphaned_sessions(url, "deploy-")
     if plan.database == "verify":
         try:

@@ -98,10 +98,15 @@ class DeployRecord:
 
     def _failed(self, exc: DeployError) -> None:
         release = self.release
-        changed = release.code_changed or release.migration_started
+        touched = getattr(exc, "changed_production", False)  # a step meant for a copy changed production
+        changed = release.code_changed or release.migration_started or touched
         outcome = "failed" if changed else "aborted"
         self.ledger.finish(self.release_id, outcome, step=exc.step, error=str(exc))
-        if not changed:
+        if touched:
+            state, next_step = ("CHANGED: the live database is not as the deploy found it; the code is unchanged",
+                                "no automatic rollback: nothing this deploy recorded says how to undo it; "
+                                "check the database and restore its last backup by hand if needed")
+        elif not changed:
             state, next_step = (f"unchanged: {self.config.name} still serves {str(release.previous_sha or 'the live release')[:12]}",
                                 "nothing to undo; fix the cause and deploy again")
         elif self.config.rollback.automatic:

@@ -39,7 +39,7 @@ from sqlalchemy.engine import make_url
 
 from deployments.config import EnvironmentConfig, load_environment_file
 from deployments.errors import DeployError
-from deployments.secrets import resolve_app_environment
+from deployments.secrets import resolve_app_environment, resolve_database_url
 from tasks import app_process
 from tasks.health import probe
 from tasks.processes import Advice, Command, child_env, one_line, run
@@ -165,7 +165,7 @@ def up(
         configs[env] = config = load_environment_file(path)
         app_env = resolve_app_environment(config)
         _prepare_workspace(config, origin)
-        url = app_env[config.database.app_variable]
+        url = resolve_database_url(config)
         if url.startswith("postgresql"):
             _create_postgres_database(url)
         elif url.startswith("sqlite"):
@@ -249,11 +249,10 @@ def status(root: Path = DEFAULT_ROOT) -> list[InstanceStatus]:
         if not path.exists():
             continue
         config = load_environment_file(path)
-        app_env = resolve_app_environment(config)
         port = int(config.service.base_url.rsplit(":", 1)[1])
         sha = _git(config.source.workspace, "rev-parse", "HEAD") if config.source.workspace.exists() else None
         try:
-            revision = database_revision(app_env[config.database.app_variable])
+            revision = database_revision(resolve_database_url(config))
         except DeployError as exc:
             revision = f"unreadable ({exc.cause})"
         answer = probe(config.service.base_url + config.health.api_path, timeout=3)
@@ -324,7 +323,7 @@ def drop_postgres_databases(root: Path) -> None:
         if not path.exists():
             continue
         config = load_environment_file(path)
-        url = resolve_app_environment(config).get(config.database.app_variable, "")
+        url = resolve_database_url(config)
         if not url.startswith("postgresql"):
             continue
         target = make_url(url)

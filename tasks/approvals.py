@@ -31,7 +31,7 @@ from sqlalchemy.engine import make_url
 
 from deployments.config import EnvironmentConfig
 from deployments.errors import ApprovalRejected, DeployError
-from deployments.secrets import redact, resolve_app_environment
+from deployments.secrets import redact, resolve_database_url
 from tasks.backups import Manifest, latest_manifest
 from tasks.health import assess
 from records.ledger import StepRecord
@@ -253,7 +253,7 @@ def release_brief(config: EnvironmentConfig, release: ResolvedRelease, migration
     except DeployError as exc:
         get_run_logger().warning("Approval form: %s", exc)
         commits, dropped = None, []
-    url = resolve_app_environment(config)[config.database.app_variable]
+    url = resolve_database_url(config)
     return ReleaseBrief(
         environment=config.name, release=release, reason=reason, commits=commits, dropped=dropped,
         migrations=list(migrations.pending) if migrations else [],

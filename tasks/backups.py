@@ -32,7 +32,7 @@ from sqlalchemy.engine import URL, make_url
 
 from deployments.config import EnvironmentConfig
 from deployments.errors import BackupFailed
-from deployments.secrets import redact, resolve_app_environment
+from deployments.secrets import redact, resolve_database_url
 from tasks.steps import change_step
 from tasks import postgres_backups as postgres
 from tasks import sqlite_backups as sqlite
@@ -236,8 +236,7 @@ def scratch_copy(url: str, workdir: Path, pg_dump: str = "pg_dump", pg_restore: 
 def backup_database(config: EnvironmentConfig, revision: str | None, git_sha: str, run_id: str | None,
                     protected: set[str]) -> Manifest:
     """Runbook step 3: a tagged, verified pre-deployment backup; then old backups beyond `keep` go."""
-    app_env = resolve_app_environment(config)
-    manifest = take_backup(app_env[config.database.app_variable], config.backups.directory, new_tag(),
+    manifest = take_backup(resolve_database_url(config), config.backups.directory, new_tag(),
                            revision=revision, git_sha=git_sha, run_id=run_id,
                            pg_dump=config.backups.pg_dump, pg_restore=config.backups.pg_restore,
                            sqlite_check=config.backups.sqlite_check,
@@ -250,6 +249,5 @@ def backup_database(config: EnvironmentConfig, revision: str | None, git_sha: st
 @change_step("restore-backup")
 def restore_database(config: EnvironmentConfig, tag: str) -> Manifest:
     """Rollback, last line of defence: put the database back exactly as the verified backup has it."""
-    app_env = resolve_app_environment(config)
-    return restore_backup(app_env[config.database.app_variable], config.backups.directory, tag,
+    return restore_backup(resolve_database_url(config), config.backups.directory, tag,
                           pg_restore=config.backups.pg_restore, lock_timeout_ms=config.database.lock_timeout_ms)

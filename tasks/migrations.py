@@ -18,11 +18,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from deployments.config import EnvironmentConfig
-from deployments.errors import BackupFailed, MigrationFailed, PreflightError
-from deployments.secrets import redact, resolve_app_environment
+from deployments.errors import BackupFailed, LiveDatabaseTouched, MigrationFailed, PreflightError
+from deployments.secrets import database_env, redact, resolve_app_environment, resolve_database_url
 from deployments.logs import run_log
 from tasks.steps import change_step, read_step
 from tasks.backups import scratch_copy
+from tasks.database_state import DatabaseState, read_state
 from tasks.databases import connect, session_name
 from tasks.processes import Advice, Command, child_env, run
 from tasks.lock_waits import LockWatch, watching_lock_waits
@@ -85,8 +86,10 @@ def run_runner(
     *args: str,
     step: str,
     application_name: str | None = None,
+    database: str | None = None,
 ) -> dict[str, Any]:
-    """Run the migration runner in the app's interpreter, in `cwd` (a workspace or worktree)."""
+    """Run the migration runner in the app's interpreter, in `cwd` (a workspace or worktree), on the
+    database `app_env` points the app at: `database`, its URL (the live one when not given)."""
     env = child_env(app_env)
     # libpq reads these, so the app's own engine gets bounded waits and a name we can find it by.
     env["PGOPTIONS"] = (f"-c lock_timeout={config.database.lock_timeout_ms} "
@@ -98,7 +101,7 @@ def run_runner(
     argv = [str(config.service.python), "-c", RUNNER.read_text(), *args, "--config", config.database.alembic_config]
     # The app's env.py may set its own lock_timeout (or none): the watch names any lock the runner
     # waits for within a second, and cancels a wait the bound did not end.
-    url = app_env.get(config.database.app_variable, "sqlite://")
+    url = database or resolve_database_url(config)
     bound = config.database.lock_timeout_ms / 1000
     with watching_lock_waits(url, application_name, step, bound, run_log()) as watch:
         try:
@@ -151,17 +154,17 @@ def migration_status(config: EnvironmentConfig, app_env: Mapping[str, str], cwd:
 
 
 def upgrade(config: EnvironmentConfig, app_env: Mapping[str, str], cwd: Path, application_name: str,
-            to: str = "heads") -> float:
+            to: str = "heads", database: str | None = None) -> float:
     payload = run_runner(config, app_env, cwd, "upgrade", "--to", to, step="run migrations",
-                         application_name=application_name)
+                         application_name=application_name, database=database)
     return float(payload.get("seconds", 0.0))
 
 
 def rehearse(config: EnvironmentConfig, app_env: Mapping[str, str], cwd: Path, back_to: str,
-             application_name: str) -> float:
+             application_name: str, database: str | None = None) -> float:
     """Upgrade to the heads, downgrade to `back_to`, upgrade again, in one run of the app's interpreter."""
     payload = run_runner(config, app_env, cwd, "rehearse", "--back", back_to, step="test migrations",
-                         application_name=application_name)
+                         application_name=application_name, database=database)
     return float(payload.get("seconds", 0.0))
 
 
@@ -181,7 +184,7 @@ def check_migrations(config: EnvironmentConfig, release_tree: Path,
     what is pending depends only on the tree and the live revision, so while the database is still
     at that revision the answer stands and the release's scripts are not run again."""
     app_env = resolve_app_environment(config)
-    current = database_revision(app_env[config.database.app_variable])
+    current = database_revision(resolve_database_url(config))
     if earlier is not None and earlier.current == current:
         status = earlier
     else:
@@ -204,26 +207,116 @@ def test_migrations(config: EnvironmentConfig, release_tree: Path, scratch_dir: 
     if not status.pending:
         return "No pending migrations; nothing to rehearse"
     app_env = resolve_app_environment(config)
-    url = app_env[config.database.app_variable]
+    url = resolve_database_url(config)
     step = "test migrations"
+    _refuse_live_database_elsewhere(config, app_env, url, step)
+    before = _live_state(config, url, step)
     try:
         with scratch_copy(url, scratch_dir, config.backups.pg_dump, config.backups.pg_restore,
                           config.database.lock_timeout_ms, step) as copy:
-            return _rehearse_on(config, release_tree, status, app_env, copy, step)
+            try:
+                return _rehearse_on(config, release_tree, status, app_env, copy, step)
+            finally:
+                _live_database_unmoved(config, url, before, step)
     except BackupFailed as exc:  # the copy could not be made: a prerequisite not met, nothing changed
         raise PreflightError(step, exc.cause, exc.action) from None
+
+
+# A variable whose name says it configures a database (its value the live database's name is no accident).
+_DATABASE_WORDS = re.compile(r"DB|DATABASE|DSN|PG|POSTGRES|MYSQL|SQL", re.IGNORECASE)
+
+
+def live_database_elsewhere(config: EnvironmentConfig, app_env: Mapping[str, str], url: str) -> list[str]:
+    """The app's variables outside [database] that still lead to the live database (its URL, a URL of
+    the same host, port and database, its password, its file, or its name in a database variable).
+    The rehearsal points only [database]'s variables at the copy: any of these would reach production."""
+    live = make_url(url)
+    backend = live.get_backend_name()
+    file = str(Path(live.database).resolve()) if backend == "sqlite" and live.database else None
+    found = []
+    for name, value in sorted(app_env.items()):
+        if name in config.database.variables or not value:
+            continue
+        what = None
+        if url in value or live.render_as_string(hide_password=True) in value:
+            what = "the live database's URL"
+        elif "://" in value and _same_database(value, live):
+            what = "a URL of the live database"
+        elif live.password and len(live.password) >= 4 and live.password in value:
+            what = "the live database's password"
+        elif file is not None and (value == live.database or _resolves_to(value, config, file)):
+            what = "the live database's file"
+        elif backend != "sqlite" and value == live.database and _DATABASE_WORDS.search(name):
+            what = "the live database's name"
+        if what:
+            where = "service.secrets" if name in config.service.secrets else "service.env"
+            found.append(f"{name} ([{where}], {what})")
+    return found
+
+
+def _same_database(value: str, live: Any) -> bool:
+    try:
+        other = make_url(value.strip())
+    except Exception:  # noqa: BLE001 - not a URL after all
+        return False
+    port = {"postgresql": 5432, "mysql": 3306}.get(live.get_backend_name())
+    return (other.get_backend_name() == live.get_backend_name() and other.database == live.database
+            and (other.host or "localhost") == (live.host or "localhost") and (other.port or port) == (live.port or port))
+
+
+def _resolves_to(value: str, config: EnvironmentConfig, file: str) -> bool:
+    """`value`, a path as the app would read it (relative to its workspace), is the live SQLite file."""
+    if "/" not in value and not value.endswith((".db", ".sqlite", ".sqlite3")):
+        return False
+    path = Path(value.removeprefix("sqlite:///"))
+    return str((config.source.workspace / path).resolve()) == file
+
+
+def _refuse_live_database_elsewhere(config: EnvironmentConfig, app_env: Mapping[str, str], url: str, step: str) -> None:
+    found = live_database_elsewhere(config, app_env, url)
+    if found:
+        raise PreflightError(
+            step, f"the app would still reach the live database through {'; '.join(found)}: the rehearsal points "
+                  "only the variables of [database] at the copy",
+            f"give those variables from the URL instead: [database.app_variables] maps each to a part (url, host, "
+            f"port, user, password, name), and remove them from [service.env]/[service.secrets]; {config.name} was "
+            "not touched")
+
+
+def _live_state(config: EnvironmentConfig, url: str, step: str) -> DatabaseState:
+    engine = connect(url, session_name("guard"), config.database.lock_timeout_ms, read_only=True)
+    try:
+        with engine.connect() as conn:
+            return read_state(conn, counts=False)
+    except SQLAlchemyError as exc:
+        raise PreflightError(step, f"cannot read the live database's schema ({redact(str(exc.orig or exc))[:300]})",
+                             "check database.url and that the database is up") from None
+    finally:
+        engine.dispose()
+
+
+def _live_database_unmoved(config: EnvironmentConfig, url: str, before: DatabaseState, step: str) -> None:
+    """The guard after the rehearsal: whatever the configuration, the live database is as it was."""
+    after = _live_state(config, url, step)
+    moved = before.differences(after)
+    if moved:
+        raise LiveDatabaseTouched(
+            step, f"the rehearsal changed the LIVE database of {config.name} ({'; '.join(moved)}), though the app "
+                  "was pointed at a copy: it reaches its database in a way the environment file does not describe",
+            "check the live database now and restore its last backup if needed; then make the app take every "
+            "database setting from the variables of [database] before deploying again")
 
 
 def _rehearse_on(config: EnvironmentConfig, release_tree: Path, status: MigrationStatus, app_env: Mapping[str, str],
                  copy: str, step: str) -> str:
     """The rehearsal proper, with the app pointed at the copy."""
-    rehearsal_env = {**app_env, config.database.app_variable: copy}
+    rehearsal_env = {**app_env, **database_env(config, copy)}
     name = session_name("rehearsal")
     try:
         if all(p.has_downgrade for p in status.pending):
-            rehearse(config, rehearsal_env, release_tree, status.current or "base", name)
+            rehearse(config, rehearsal_env, release_tree, status.current or "base", name, database=copy)
         else:
-            upgrade(config, rehearsal_env, release_tree, name)
+            upgrade(config, rehearsal_env, release_tree, name, database=copy)
     except MigrationFailed as exc:
         raise PreflightError(step, f"on a copy of {config.name}'s data, {exc.cause}",
                              f"fix the migration in the release; {config.name} was not touched") from None
@@ -237,7 +330,7 @@ def run_migrations(config: EnvironmentConfig, application_name: str) -> str:
     """Runbook step 5: upgrade the live database to the release's head, in the app's interpreter."""
     app_env = resolve_app_environment(config)
     seconds = upgrade(config, app_env, config.source.workspace, application_name)
-    revision = database_revision(app_env[config.database.app_variable])
+    revision = database_revision(resolve_database_url(config))
     return f"database at {revision} after {seconds:.2f} s"
 
 
@@ -247,7 +340,7 @@ def downgrade_database(config: EnvironmentConfig, release_tree: Path, to_revisio
     """Rollback step 2: alembic downgrade with the *failed release's* scripts (only they know how)."""
     app_env = resolve_app_environment(config)
     seconds = downgrade(config, app_env, release_tree, to_revision or "base", application_name)
-    revision = database_revision(app_env[config.database.app_variable])
+    revision = database_revision(resolve_database_url(config))
     if revision != to_revision:
         raise MigrationFailed("downgrade database", f"the database is at {revision} after the downgrade, "
                               f"expected {to_revision}", "the backup will be restored instead")
@@ -257,8 +350,7 @@ def downgrade_database(config: EnvironmentConfig, release_tree: Path, to_revisio
 @read_step("verify-database-revision", retries=0)
 def verify_database_revision(config: EnvironmentConfig, expected: str | None) -> str:
     """The failed migration ran in one transaction that rolled back: the revision must be unchanged."""
-    app_env = resolve_app_environment(config)
-    revision = database_revision(app_env[config.database.app_variable])
+    revision = database_revision(resolve_database_url(config))
     if revision != expected:
         raise MigrationFailed("verify database revision", f"the database is at {revision}, expected {expected}",
                               "the backup will be restored instead")

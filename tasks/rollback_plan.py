@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 
 from deployments.config import EnvironmentConfig
 from deployments.errors import RollbackFailed
-from deployments.secrets import resolve_app_environment
+from deployments.secrets import resolve_database_url
 from tasks.steps import read_step
 from records.ledger import Ledger, Release, StepRecord
 from tasks.migrations import database_revision
@@ -87,7 +87,7 @@ def decide(release: Release, steps: list[StepRecord], backend: str, live_revisio
 @read_step("choose-rollback-plan", retries=0)
 def choose_rollback_plan(config: EnvironmentConfig, ledger: Ledger, release: Release) -> RollbackPlan:
     """Rollback: read what the deploy did, and decide what to undo."""
-    url = resolve_app_environment(config)[config.database.app_variable]
+    url = resolve_database_url(config)
     backend = make_url(url).get_backend_name()
     live = database_revision(url)
     plan = decide(release, ledger.steps(release.id), backend, live)

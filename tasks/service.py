@@ -49,7 +49,7 @@ def scan_log(path: Path, error_patterns: Sequence[str], offset: int = 0) -> list
 def verify_environment(config: EnvironmentConfig) -> str:
     """Runbook step 6: every variable the app needs is configured and every secret resolves."""
     app_env = resolve_app_environment(config)
-    secret_names = sorted([*config.service.secrets, config.database.app_variable])
+    secret_names = sorted([*config.service.secrets, *config.database.variables])
     return (f"{len(app_env)} variables configured; secrets resolved from their sources: "
             f"{', '.join(secret_names)} (values not shown)")
 
