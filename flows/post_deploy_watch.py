@@ -42,7 +42,7 @@ from flows.rollback import launch_rollback
 from tasks.health import assess
 from records.ledger import Ledger, Release
 from records.metrics import publish_metrics
-from tasks.monitoring import Baseline, MetricsUnavailable, Window, judge, metrics_source
+from tasks.monitoring import Baseline, MetricsUnavailable, Window, judge, measured, metrics_source
 from records.notifications import impact, notify
 
 
@@ -145,7 +145,8 @@ class Watch:
                          "critical alert.", self.config.name, self.sha[:12], self.duration, self.interval,
                          self.source.describe(), breach_ticks)
         try:
-            self.source.read()  # the start of the first window
+            if measured(self.config):
+                self.source.read()  # the start of the first window
         except MetricsUnavailable:
             pass  # the first sample says so
         started = time.monotonic()
@@ -202,6 +203,10 @@ class Watch:
             assess(self.config, self.sha, f"watch {self.config.name}")
         except DeployError as exc:
             problems.append(f"unhealthy: {exc.cause}")
+        if not measured(self.config):
+            if problems:
+                return Sample(_now(), "breach", "; ".join(problems))
+            return Sample(_now(), "ok", "healthy; error rate and response time not measured (no metrics)")
         try:
             observed = self.source.read()
         except MetricsUnavailable as exc:
@@ -251,6 +256,8 @@ class Watch:
         p95s = [w.p95_seconds for w in windows if w.p95_seconds is not None]
         figures = (f"{sum(w.requests for w in windows):.0f} requests, error rate at most "
                    f"{max(rates):.2%}" if rates else "no traffic seen")
+        if not measured(self.config):
+            figures = "health only: error rate and response time not measured (monitoring.source = \"none\")"
         if p95s:
             figures += f", p95 at most {max(p95s) * 1000:.0f} ms"
         return (f"{self.config.name} {self.sha[:12]}: {result.outcome} after {len(result.samples)} samples "

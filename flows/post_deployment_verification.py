@@ -14,7 +14,7 @@ from prefect import flow
 
 from deployments.config import EnvironmentConfig
 from tasks.health import HealthReport, check_health
-from tasks.monitoring import Baseline, Performance, check_performance
+from tasks.monitoring import Baseline, NotMeasured, Performance, check_performance
 from tasks.smoke import SmokeReport, run_critical_path_tests
 
 
@@ -22,7 +22,7 @@ from tasks.smoke import SmokeReport, run_critical_path_tests
 class PostDeployment:
     health: HealthReport
     smoke: SmokeReport
-    performance: Performance
+    performance: Performance | NotMeasured
 
 
 @flow(name="post-deployment-verification", flow_run_name="{config.name}: post-deployment verification")

@@ -36,7 +36,7 @@ PHASES = ("verify-prerequisites", "approvals", "pre-deployment-verification", "d
 @dataclass(frozen=True)
 class Criterion:
     name: str
-    met: bool
+    met: bool | None  # None: not measured (there was nothing to measure it with), which is not a pass
     evidence: str
 
 
@@ -71,7 +71,8 @@ def success_criteria(release: Release, steps: list[StepRecord], notified: bool) 
                   evidence("run-critical-path-tests")),
         Criterion("No critical errors in application logs", "watch-startup-logs" in done,
                   evidence("watch-startup-logs")),
-        Criterion("Monitoring systems showing normal metrics", "check-performance" in done,
+        Criterion("Monitoring systems showing normal metrics",
+                  None if evidence("check-performance").startswith("not measured") else "check-performance" in done,
                   evidence("check-performance")),
         Criterion("Stakeholders notified of successful deployment", notified,
                   "completion notification sent" if notified else "not sent"),
@@ -92,7 +93,7 @@ def summary_text(release: Release, criteria: list[Criterion]) -> str:
         "Timings: " + ", ".join(f"{phase} {seconds:.0f} s" for phase, seconds in release.timings.items()),
         "Checks:",
     ]
-    lines += [f"  {'ok' if c.met else 'NOT MET'}  {c.name}" for c in criteria
+    lines += [f"  {_met(c.met, 'ok', 'NOT MET', 'NOT MEASURED')}  {c.name}" for c in criteria
               if not c.name.startswith("Stakeholders")]
     return redact("\n".join(lines))
 
@@ -137,7 +138,8 @@ def summary_markdown(release: Release, steps: list[StepRecord], criteria: list[C
         lines += ["", "## Success criteria", "- not evaluated: nothing was deployed"]
     else:
         lines += ["", "## Success criteria", "| criterion | met | evidence |", "|---|---|---|"]
-        lines += [f"| {c.name} | {'yes' if c.met else '**NO**'} | {_cell(c.evidence, DETAIL)} |" for c in criteria]
+        lines += [f"| {c.name} | {_met(c.met, 'yes', '**NO**', '**not measured**')} | {_cell(c.evidence, DETAIL)} |"
+                  for c in criteria]
     lines += ["", f"## Every check ({len(steps)})", "| step | status | seconds | detail |", "|---|---|---|---|"]
     lines += [f"| {s.name} | {s.status} | {_seconds(s.seconds)} | {_cell(s.detail, DETAIL)} |" for s in steps]
     return redact("\n".join(lines))
@@ -263,6 +265,10 @@ def _backup(release: Release) -> str:
     manifest = release.backup_manifest or {}
     rows = sum((manifest.get("row_counts") or {}).values())
     return f"`{release.backup_tag}`" + (f" ({manifest.get('kind')}, {rows} rows, verified)" if manifest else "")
+
+
+def _met(met: bool | None, yes: str, no: str, unknown: str) -> str:
+    return unknown if met is None else yes if met else no
 
 
 def _short(sha: str | None) -> str:

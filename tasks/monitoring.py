@@ -143,13 +143,29 @@ class Performance:
         return text + (f"; {'; '.join(self.problems)}" if self.problems else "; within thresholds")
 
 
+@dataclass(frozen=True)
+class NotMeasured:
+    """What a step that measures says when there is nothing to measure: never a pass."""
+
+    what: str
+
+    def describe(self) -> str:
+        return f"not measured: {self.what} (monitoring.source = \"none\": the app publishes no metrics)"
+
+
+def measured(config: EnvironmentConfig) -> bool:
+    return config.monitoring.source != "none"
+
+
 def metrics_url(config: EnvironmentConfig) -> str:
     return config.service.base_url + config.monitoring.metrics_path
 
 
 @read_step("record-baseline", retries=2)
-def record_baseline(config: EnvironmentConfig) -> Baseline:
+def record_baseline(config: EnvironmentConfig) -> Baseline | NotMeasured:
     """The pre-deploy performance every later comparison is made against."""
+    if not measured(config):
+        return NotMeasured("no baseline of error rate and response time")
     snapshot = scrape(metrics_url(config), config.monitoring, config.health.timeout_seconds)
     whole = window(None, snapshot)
     return Baseline(whole.requests, whole.error_rate, whole.p95_seconds, whole.active_users)
@@ -176,8 +192,11 @@ def judge(config: EnvironmentConfig, observed: Window, baseline: Baseline | None
 
 
 @read_step("check-performance", retries=0)
-def check_performance(config: EnvironmentConfig, baseline: Baseline | None, sample: int = 20) -> Performance:
+def check_performance(config: EnvironmentConfig, baseline: Baseline | None,
+                      sample: int = 20) -> Performance | NotMeasured:
     """Runbook step 9: monitoring receives data; response time and error rate within range."""
+    if not measured(config):
+        return NotMeasured("error rate and response time of the release")
     url = metrics_url(config)
     before = scrape(url, config.monitoring, config.health.timeout_seconds)
     paths = [config.health.path, config.health.api_path]
@@ -287,8 +306,20 @@ class PrometheusMetrics:
         return sum(numbers) if numbers else None
 
 
+class NoMetrics:
+    """monitoring.source = "none": nothing to read; the watch checks health only and says so."""
+
+    def describe(self) -> str:
+        return "health only (monitoring.source = \"none\": the app publishes no metrics)"
+
+    def read(self) -> Window:
+        raise MetricsUnavailable("monitoring.source is \"none\"")
+
+
 def metrics_source(config: EnvironmentConfig,
-                   transport: httpx.BaseTransport | None = None) -> AppMetrics | PrometheusMetrics:
+                   transport: httpx.BaseTransport | None = None) -> AppMetrics | PrometheusMetrics | NoMetrics:
+    if not measured(config):
+        return NoMetrics()
     if config.monitoring.source == "prometheus":
         return PrometheusMetrics(config, transport)
     return AppMetrics(config, transport)

@@ -82,3 +82,16 @@ def test_a_staging_deploy_needs_no_approval_and_unknown_commits_say_so() -> None
     text = summary_markdown(release(environment="staging", approvals=[]), STEPS, CRITERIA, None, [])
     assert "## Approvals\n- not required" in text
     assert "- commits: not known" in text
+
+
+def test_a_performance_that_was_not_measured_is_said_so_never_passed() -> None:
+    from records.reporting import success_criteria, summary_text
+
+    detail = 'not measured: error rate and response time of the release (monitoring.source = "none": ...)'
+    steps = [*STEPS, StepRecord("check-performance", "completed", detail, 0.01)]
+    criteria = success_criteria(release(), steps, notified=True)
+    monitoring = next(c for c in criteria if c.name == "Monitoring systems showing normal metrics")
+    assert monitoring.met is None and monitoring.evidence == detail
+    assert "  NOT MEASURED  Monitoring systems showing normal metrics" in summary_text(release(), criteria)
+    markdown = summary_markdown(release(), steps, criteria, [COMMIT], ["team-lead", "product-owner"])
+    assert "| Monitoring systems showing normal metrics | **not measured** |" in markdown

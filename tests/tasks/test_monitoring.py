@@ -408,3 +408,31 @@ def test_app_source_first_read_only_opens_the_window(tmp_path: Path) -> None:
     body["text"] = app.text()
     second = source.read()
     assert second.requests == 10 and second.error_rate == pytest.approx(0.3)
+
+
+# --- an app without metrics -------------------------------------------------------------------------------
+
+
+def test_an_app_without_metrics_is_reported_not_measured_and_never_scraped(tmp_path: Path) -> None:
+    """monitoring.source = "none": the steps that measure say so and send nothing (the app's port is closed,
+    so any scrape would fail); the watch reads health only."""
+    from tasks.monitoring import NoMetrics, NotMeasured, check_performance, metrics_source, record_baseline
+
+    (closed,) = free_ports(1)
+    config = environment(tmp_path, base_url=f"http://127.0.0.1:{closed}")
+    config = config.model_copy(update={"monitoring": config.monitoring.model_copy(update={"source": "none"})})
+    baseline = record_baseline.fn(config)
+    performance = check_performance.fn(config, None)
+    assert isinstance(baseline, NotMeasured) and isinstance(performance, NotMeasured)
+    assert performance.describe() == ('not measured: error rate and response time of the release '
+                                      '(monitoring.source = "none": the app publishes no metrics)')
+    source = metrics_source(config)
+    assert isinstance(source, NoMetrics) and source.describe().startswith("health only")
+    with pytest.raises(MetricsUnavailable):
+        source.read()
+
+
+def test_monitoring_none_is_a_choice_of_the_file(tmp_path: Path) -> None:
+    assert MonitoringConfig(source="none").source == "none"
+    with pytest.raises(ValueError, match="source"):
+        MonitoringConfig(source="nothing")  # type: ignore[arg-type]
