@@ -84,6 +84,17 @@ class SourceConfig(Model):
     branch: str = Field("main", description="releases must be merged to this branch")
     remote: str = "origin"
     workspace: FilePath = Field(description="the app's checkout that is deployed in place")
+    app_directory: str = Field(".", description=(
+        "where the app lives within the repository (a monorepo's `backend`): every app command, the "
+        "migrations, the tests and the scan run there, in the workspace and in scratch trees alike"))
+
+    @field_validator("app_directory")
+    @classmethod
+    def _inside_the_repository(cls, value: str) -> str:
+        path = Path(value)
+        if path.is_absolute() or ".." in path.parts:
+            raise ValueError("a path inside the repository, relative to its root, e.g. \"backend\"")
+        return path.as_posix()
 
 
 class CanaryConfig(Model):
@@ -390,6 +401,10 @@ class EnvironmentConfig(Model):
     @property
     def requires_approval(self) -> bool:
         return bool(self.approvals.required_roles)
+
+    def app_dir(self, tree: Path | None = None) -> Path:
+        """The app's directory in `tree` (a scratch tree of a release), or in the workspace."""
+        return (tree or self.source.workspace) / self.source.app_directory
 
     @model_serializer(mode="wrap")
     def _json_is_the_name(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:

@@ -1,5 +1,6 @@
-"""The environment file's commands as argv: `{python}`, `{bin}` (its directory) and `{workspace}` are
-the only placeholders. An app command runs in the workspace with a clean environment: the app gets
+"""The environment file's commands as argv: `{python}`, `{bin}` (its directory), `{workspace}` and
+`{app}` (the app's directory in it, `source.app_directory`) are the only placeholders. An app command
+runs in the app's directory with a clean environment: the app gets
 PATH, HOME, locale and its own variables, never the orchestrator's (which may hold API keys).
 """
 
@@ -15,11 +16,11 @@ from tasks.processes import Command, child_env
 def expand_argv(argv: Sequence[str], config: EnvironmentConfig, workspace: Path | None = None) -> list[str]:
     """`argv` with the placeholders filled in; `workspace` stands in for a scratch tree of the release."""
     values = {"python": str(config.service.python), "bin": str(config.service.python.parent),
-              "workspace": str(workspace or config.source.workspace)}
+              "workspace": str(workspace or config.source.workspace), "app": str(config.app_dir(workspace))}
     return [part.format_map(values) if "{" in part else part for part in argv]
 
 
 def app_command(config: EnvironmentConfig, argv: Sequence[str], app_env: Mapping[str, str],
                 timeout: float = 60.0) -> Command:
-    """One of the app's commands (start, reload, preflight, maintenance), run in the workspace."""
-    return Command.of(expand_argv(argv, config), cwd=config.source.workspace, env=child_env(app_env), timeout=timeout)
+    """One of the app's commands (start, reload, preflight, maintenance), run in the app's directory."""
+    return Command.of(expand_argv(argv, config), cwd=config.app_dir(), env=child_env(app_env), timeout=timeout)

@@ -87,7 +87,7 @@ def canary(config: EnvironmentConfig) -> Iterator[tuple[str, Path]]:
     try:
         with open(log, "ab") as out:
             # A killed deploy takes its canary with it: SIGTERM, so the master stops its workers.
-            process = spawn(Command.of(argv, cwd=config.source.workspace, env=child_env(env)), step=step,
+            process = spawn(Command.of(argv, cwd=config.app_dir(), env=child_env(env)), step=step,
                             error=ServiceError, advice=Advice(start="check service.start_command and [service.canary]",
                                                               slow="check [service.canary] timeout_seconds"),
                             stdout=out, stderr=subprocess.STDOUT, new_session=True, die_signal=signal.SIGTERM)

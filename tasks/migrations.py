@@ -88,7 +88,8 @@ def run_runner(
     application_name: str | None = None,
     database: str | None = None,
 ) -> dict[str, Any]:
-    """Run the migration runner in the app's interpreter, in `cwd` (a workspace or worktree), on the
+    """Run the migration runner in the app's interpreter, in the app's directory of `cwd` (a workspace or
+    worktree: alembic_config and its script_location resolve there), on the
     database `app_env` points the app at: `database`, its URL (the live one when not given)."""
     env = child_env(app_env)
     # libpq reads these, so the app's own engine gets bounded waits and a name we can find it by.
@@ -105,7 +106,7 @@ def run_runner(
     bound = config.database.lock_timeout_ms / 1000
     with watching_lock_waits(url, application_name, step, bound, run_log()) as watch:
         try:
-            result = run(Command.of(argv, cwd=cwd, env=env, timeout=config.database.statement_timeout_ms / 1000 + 60,
+            result = run(Command.of(argv, cwd=config.app_dir(cwd), env=env, timeout=config.database.statement_timeout_ms / 1000 + 60,
                                     name="alembic"), step=step, error=MigrationFailed, advice=Advice(
                 start=f"check service.python ({config.service.python}) in the environment file",
                 slow="look for a blocking session in the database, then roll back or run again"))
@@ -269,7 +270,7 @@ def _resolves_to(value: str, config: EnvironmentConfig, file: str) -> bool:
     if "/" not in value and not value.endswith((".db", ".sqlite", ".sqlite3")):
         return False
     path = Path(value.removeprefix("sqlite:///"))
-    return str((config.source.workspace / path).resolve()) == file
+    return str((config.app_dir() / path).resolve()) == file
 
 
 def _refuse_live_database_elsewhere(config: EnvironmentConfig, app_env: Mapping[str, str], url: str, step: str) -> None:

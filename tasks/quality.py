@@ -43,7 +43,7 @@ def run_release_tests(config: EnvironmentConfig, tree: Path) -> str:
     """Prerequisite: all automated tests of the release pass."""
     if not config.prerequisites.test_command:
         return "no test_command configured: skipped"
-    command = Command.of(expand_argv(config.prerequisites.test_command, config, tree), cwd=tree,
+    command = Command.of(expand_argv(config.prerequisites.test_command, config, tree), cwd=config.app_dir(tree),
                          env=child_env({"CI": "1"}), timeout=TEST_TIMEOUT, name="the tests")
     result = run(command, step="run release tests", error=PreflightError, advice=Advice(
         start="fix prerequisites.test_command; nothing was changed",
@@ -61,7 +61,7 @@ def run_security_scan(config: EnvironmentConfig, tree: Path) -> ScanReport | str
     step = "run security scan"
     if config.prerequisites.scan_command is not None:
         argv = expand_argv(config.prerequisites.scan_command, config, tree)
-        result = run(Command.of(argv, cwd=tree, env=child_env({}), timeout=SCAN_TIMEOUT), step=step,
+        result = run(Command.of(argv, cwd=config.app_dir(tree), env=child_env({}), timeout=SCAN_TIMEOUT), step=step,
                      error=PreflightError, advice=Advice(
                          start="install the scanner or fix prerequisites.scan_command; nothing was changed",
                          slow="make the scan faster or scan less; nothing was changed"))
@@ -70,7 +70,8 @@ def run_security_scan(config: EnvironmentConfig, tree: Path) -> ScanReport | str
             raise PreflightError(step, f"{argv[0]} reported problems: {' / '.join(tail)}",
                                  "fix the findings or adjust the scanner's baseline; nothing was changed")
         return f"{argv[0]} passed"
-    result = run(Command.of(bandit_argv(tree), cwd=tree, env=child_env({}), timeout=SCAN_TIMEOUT), step=step,
+    result = run(Command.of(bandit_argv(config.app_dir(tree)), cwd=config.app_dir(tree), env=child_env({}),
+                            timeout=SCAN_TIMEOUT), step=step,
                  error=PreflightError, advice=Advice(start="reinstall the orchestrator's environment (make install)",
                                                      slow="scan less, or set prerequisites.scan_command"))
     try:
