@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Sequence
 
 import httpx
 
@@ -67,6 +68,17 @@ class Stack:
         env.update(self.extra_env)
         return env
 
+    def environments(self) -> list[str]:
+        """The environment files the worker will deploy with: one set of deployments each."""
+        from deployments.config import available_environments, environments_dir
+
+        directory = environments_dir(self.env())
+        found = available_environments(directory)
+        if not found:
+            raise StackError(f"no environment file in {directory}: add one <name>.toml per environment "
+                             "(see README.md, Environment files)")
+        return found
+
     def _prefect(self) -> list[str]:
         return [sys.executable, "-m", "prefect"]
 
@@ -74,8 +86,11 @@ class Stack:
         self.start_server()
         log(f"prefect server  {self.ui_url}")
         self.run([*self._prefect(), "work-pool", "create", POOL, "--type", "process", "--overwrite"])
-        self.run([*self._prefect(), "--no-prompt", "deploy", "--all"], cwd=PROJECT_DIR)
-        log(f"deployments     registered from {PROJECT_DIR / 'prefect.yaml'}")
+        environments = self.environments()
+        rendered = self.home / "deployments.yaml"
+        rendered.write_text(render_deployments(PROJECT_DIR / "prefect.yaml", environments))
+        self.run([*self._prefect(), "--no-prompt", "deploy", "--all", "--prefect-file", str(rendered)], cwd=PROJECT_DIR)
+        log(f"deployments     {', '.join(environments)}: every deployment of prefect.yaml for each")
         log(self.run([sys.executable, "-m", "deployctl.automations"]).strip())
         marker = self.home / "worker.environments"
         wanted = str(self.environments_dir or "")
@@ -147,3 +162,24 @@ class Stack:
                 break
             time.sleep(0.5)
         raise StackError(f"the Prefect server did not come up on {self.api_url}; see {self.home / 'server.log'}")
+
+
+def render_deployments(template: Path, environments: Sequence[str]) -> str:
+    """prefect.yaml with each of its deployments once per environment, `{environment}` filled in."""
+    import yaml
+
+    document = yaml.safe_load(template.read_text())
+    document.pop("definitions", None)  # its anchors are resolved by the load
+    document["deployments"] = [_filled(deployment, environment)
+                               for environment in environments for deployment in document["deployments"]]
+    return str(yaml.safe_dump(document, sort_keys=False, width=120))
+
+
+def _filled(value: Any, environment: str) -> Any:
+    if isinstance(value, str):
+        return value.replace("{environment}", environment)
+    if isinstance(value, list):
+        return [_filled(item, environment) for item in value]
+    if isinstance(value, dict):
+        return {key: _filled(item, environment) for key, item in value.items()}
+    return value
