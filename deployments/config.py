@@ -54,6 +54,16 @@ def _relative_to_file(value: Path, info: ValidationInfo) -> Path:
 
 FilePath = Annotated[Path, AfterValidator(_relative_to_file)]
 
+# What git takes for a remote rather than a path: scheme://..., or scp-like user@host:path.
+_REMOTE_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://|^[^/:]+@[^/:]+:")
+
+
+def _repository_relative_to_file(value: str, info: ValidationInfo) -> str:
+    """A repository given as a local path is relative to the file, like every path in it; a URL is kept."""
+    if _REMOTE_URL.match(value) or Path(value).is_absolute():
+        return value
+    return str(_relative_to_file(Path(value), info))
+
 
 class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -80,7 +90,8 @@ class ValueSource(Model):
 
 
 class SourceConfig(Model):
-    repository: str = Field(description="the origin repository: a path or URL git can fetch")
+    repository: Annotated[str, AfterValidator(_repository_relative_to_file)] = Field(
+        description="the origin repository: a URL git can fetch, or a path (relative to this file)")
     branch: str = Field("main", description="releases must be merged to this branch")
     remote: str = "origin"
     workspace: FilePath = Field(description="the app's checkout that is deployed in place")

@@ -229,3 +229,24 @@ def test_expected_failures_log_one_line_and_hook_noise_is_dropped() -> None:
     noise = logging.LogRecord("prefect.task_runs", logging.INFO, __file__, 1,
                               "Running hook '_on_running' in response to entering state 'Running'", (), None)
     assert not RunLogFilter().filter(noise)
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ("../origin.git", "{parent}/origin.git"),
+    ("repos/app.git", "{here}/repos/app.git"),
+    ("/srv/git/app.git", "/srv/git/app.git"),
+    ("https://git.example.test/team/app.git", "https://git.example.test/team/app.git"),
+    ("git@git.example.test:team/app.git", "git@git.example.test:team/app.git"),
+    ("file:///srv/git/app.git", "file:///srv/git/app.git"),
+], ids=["a path up", "a path down", "an absolute path", "an https URL", "an scp-like address", "a file URL"])
+def test_a_repository_path_is_relative_to_the_file_and_a_url_is_kept(tmp_path: Path, given: str, expected: str) -> None:
+    from deployments.config import load_environment_file
+
+    here = tmp_path / "envs"
+    here.mkdir()
+    text = (Path(__file__).resolve().parents[2] / "deployments" / "production.toml").read_text()
+    start = text.index("repository = ")
+    end = text.index("\n", start)
+    (here / "production.toml").write_text(text[:start] + f'repository = "{given}"' + text[end:])
+    config = load_environment_file(here / "production.toml")
+    assert config.source.repository == expected.format(parent=tmp_path, here=here)
