@@ -91,20 +91,21 @@ def start_rollback(flow: Flow[..., Any], flow_run: FlowRun, state: State) -> Non
 
 @flow(name="production-deployment", flow_run_name=run_name, log_prints=True,
       on_failure=[start_rollback], on_crashed=[start_rollback])
-def production_deployment(environment: str, ref: str = "main", dry_run: bool = False, reason: str = "",
+def production_deployment(environment: str, ref: str | int = "main", dry_run: bool = False, reason: str = "",
                           force: bool = False) -> str:
     """Deploy a ref to an environment, as the runbook says.
 
     Args:
         environment: The environment to deploy to: a file in the environments directory.
-        ref: What to deploy: a branch, a tag or a SHA merged to the environment's branch.
+        ref: What to deploy: a branch, a tag or a SHA merged to the environment's branch. (An all-digit
+            short SHA typed as `--param ref=1234567` arrives as a number; it is read as the text it was.)
         dry_run: Run every read-only check and show the plan; change nothing, take no backup.
         reason: Why; shown to the approvers, in the notifications, the ledger and the summary.
         force: Deploy again even if this SHA is live already (otherwise that is a no-op).
     """
     install_log_filters()  # first: a refused ref or environment name is then one line, without traceback
     config = load_environment(environment)  # the one read of the file; every phase is given this object
-    validate_ref(ref)
+    ref = validate_ref(str(ref))
     staging = check_configuration(config)
     record = DeployRecord(config, ref=ref, dry_run=dry_run, reason=reason)
     tree = release_tree(config, record.release_id)

@@ -120,11 +120,21 @@ def run_runner(
         if watch.seen is not None:
             raise MigrationFailed(step, f"alembic {doing[-1] if doing else args[0]} gave up{_waited(watch)}",
                                   "end that session or wait for it to finish, then run again")
-        raise MigrationFailed(step, f"alembic {doing[-1] if doing else args[0]} failed: {cause}",
-                              "the release's migration must be fixed; production is being rolled back")
+        raise MigrationFailed(step, f"alembic {doing[-1] if doing else args[0]} failed: {cause}", _after_failure(config, step))
     last = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else "{}"
     payload: dict[str, Any] = json.loads(last)
     return payload
+
+
+def _after_failure(config: EnvironmentConfig, step: str) -> str:
+    """What follows a failed alembic command, for the step it failed in."""
+    if step == "run migrations":  # the live database: the deploy's failure starts (or asks for) the rollback
+        then = (f"{config.name} is rolled back automatically" if config.rollback.automatic
+                else f"run rollback/{config.name} by hand")
+        return f"the release's migration must be fixed; {then}"
+    if step == "downgrade database":
+        return "the rollback restores the verified backup instead"
+    return f"the release's migrations must be fixed; {config.name} was not changed"
 
 
 def _waited(watch: LockWatch) -> str:

@@ -488,7 +488,7 @@ def assert_midway_failure_undone(box: Sandbox, before: dict[str, Any], error: Mi
     assert release.outcome == "rolled_back" and release.failed_step == "run migrations"
     assert [m["revision"] for m in release.migrations] == ["f001", "f002", "f003"]
     assert release.code_changed and release.migration_started and release.restored_at is not None
-    assert_one_line(str(error), "run migrations", database_error, "production is being rolled back")
+    assert_one_line(str(error), "run migrations", database_error, "production is rolled back automatically")
     assert release.error == str(error)
     manifest = box.config("production").backups.directory / release.backup_tag / "manifest.json"
     assert json.loads(manifest.read_text())["revision"] == "0002"

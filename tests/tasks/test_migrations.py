@@ -168,7 +168,7 @@ def test_v3_fails_on_production_data_with_the_cause_and_no_password(
             or 'could not create unique index "ux_jobs_canonical_url"' in error.cause)
     assert "sqlalche.me" not in error.cause
     assert PASSWORD not in str(error)
-    assert error.action == "the release's migration must be fixed; production is being rolled back"
+    assert error.action == "the release's migration must be fixed; production is rolled back automatically"
     assert database.revision() == "0002" and database.counts() == PRODUCTION_COUNTS
 
 
