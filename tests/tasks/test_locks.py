@@ -261,10 +261,6 @@ def test_a_renewal_refused_by_the_api_is_tried_again(monkeypatch: pytest.MonkeyP
     assert api.to(path)[0] == {"lease_duration": 0.2}
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="_renew catches PrefectHTTPStatusError and OSError, but httpx's ConnectError is neither: "
-                          "one renewal while the API is unreachable ends the renewal thread, and the lease then "
-                          "lapses under a deploy that is still running")
 def test_a_renewal_while_the_api_is_unreachable_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
     lease = uuid.uuid4()
     (port,) = free_ports(1)
