@@ -8,14 +8,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import httpx
 from sqlalchemy.engine import make_url
 
 from deployments.config import EnvironmentConfig
-from deployments.errors import DeployError
+from deployments.errors import DeployError, ServiceError
 from deployments.secrets import resolve_app_environment, resolve_database_url
+from tasks import http
+from tasks.app_commands import app_command
 from tasks.health import probe
-from tasks.migrations import database_revision
+from tasks.migrations import database_revision, live_database_elsewhere, migration_status
+from tasks.monitoring import MetricsUnavailable, metrics_url, scrape
 from tasks.process_state import running_pid
+from tasks.processes import Advice, run
 from tasks.source import branch_head, current_sha
 
 
@@ -83,21 +88,93 @@ def check_environment(config: EnvironmentConfig) -> list[CheckResult]:
                     raise _Fail(f"{tool} is not on PATH; install the PostgreSQL client tools")
         return f"{target} writable"
 
+    def app_imports() -> str:
+        if not config.service.preflight_command:
+            return "no service.preflight_command to try (a release that cannot import is found by its canary)"
+        _must_exist(config.app_dir())
+        result = run(app_command(config, config.service.preflight_command, app_env or resolve_app_environment(config),
+                                 timeout=120), step="check app", error=ServiceError,
+                     advice=Advice(start="check service.preflight_command and service.python",
+                                   slow="the app took over 120 s to import; look at what it does at import"))
+        if not result.ok:
+            raise _Fail(f"service.preflight_command failed in {config.app_dir()}: {result.error_line()}")
+        return f"service.preflight_command passed in {config.app_dir()}"
+
+    def migrations() -> str:
+        """Alembic finds the scripts where the deploy will run it, and the live revision is one it knows."""
+        _must_exist(config.app_dir())
+        ini = config.app_dir() / config.database.alembic_config
+        if not ini.is_file():
+            raise _Fail(f"{ini} does not exist: set source.app_directory to the directory of the app's alembic.ini "
+                        "within its repository (or database.alembic_config to its path there)")
+        url = resolve_database_url(config)
+        current = database_revision(url)
+        status = migration_status(config, app_env or resolve_app_environment(config), config.source.workspace, current)
+        if not status.known:
+            raise _Fail(f"the database is at {current}, a revision the workspace's migrations do not know")
+        if len(status.heads) != 1:
+            raise _Fail(f"{len(status.heads)} migration heads ({', '.join(status.heads)}): merge them")
+        pending = f", {len(status.pending)} pending" if status.pending else ", nothing pending"
+        return f"alembic finds its scripts in {config.app_dir()}: head {status.heads[0]}{pending}"
+
+    def database_variables() -> str:
+        url = resolve_database_url(config)
+        found = live_database_elsewhere(config, app_env or resolve_app_environment(config), url)
+        if found:
+            raise _Fail(f"the rehearsal would be refused: {'; '.join(found)} lead to the live database; map them "
+                        "in [database.app_variables]")
+        given = ", ".join(f"{name} ({part})" for name, part in config.database.variables.items())
+        return f"the app's database variables come from the URL alone: {given}"
+
+    def metrics() -> str:
+        if config.monitoring.source == "none":
+            return "not measured (monitoring.source = \"none\"): the watch checks health only"
+        if config.monitoring.source == "prometheus":
+            return f"read from Prometheus at {config.monitoring.prometheus_url} (not probed here)"
+        snapshot = scrape(metrics_url(config), config.monitoring, config.health.timeout_seconds)
+        return (f"{metrics_url(config)}: {snapshot.requests:.0f} requests counted, "
+                f"{len(snapshot.buckets)} latency buckets")
+
+    def critical_paths() -> str:
+        """The paths that read (GET) answer as expected; those that write are left to a deploy."""
+        reads = [check for check in config.critical_paths if check.method == "GET"]
+        if not reads:
+            return "none that only read (GET); the others run in a deploy"
+        failed = []
+        with http.client(base_url=config.service.base_url, timeout=config.health.timeout_seconds) as client:
+            for check in reads:
+                try:
+                    answer = client.get(check.path)
+                except httpx.HTTPError as exc:
+                    failed.append(f"{check.name}: GET {check.path} got no answer ({type(exc).__name__})")
+                    continue
+                if answer.status_code != check.expect_status:
+                    failed.append(f"{check.name}: GET {check.path} answered {answer.status_code}, "
+                                  f"expected {check.expect_status}")
+        if failed:
+            raise _Fail("; ".join(failed))
+        return f"{len(reads)} answered as expected: {', '.join(c.name for c in reads)}"
+
     checks: list[tuple[str, Callable[[], str]]] = [
         ("secrets", secrets),
         ("source repository", repository),
         ("workspace", workspace),
         ("app interpreter", interpreter),
+        ("app imports", app_imports),
         ("app process", process),
         ("health", health),
         ("database", database),
+        ("database variables", database_variables),
+        ("migrations", migrations),
+        ("metrics", metrics),
+        ("critical paths", critical_paths),
         ("backups", backups),
     ]
     results = []
     for name, check in checks:
         try:
             results.append(CheckResult(name, True, check()))
-        except (_Fail, DeployError, OSError) as exc:
+        except (_Fail, DeployError, MetricsUnavailable, OSError) as exc:
             results.append(CheckResult(name, False, str(exc)))
     return results
 

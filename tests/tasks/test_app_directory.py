@@ -57,8 +57,11 @@ def downgrade():
 
 @pytest.fixture
 def monorepo(tmp_path: Path) -> Path:
-    """A repository whose root holds a frontend and docs; the Python app and its migrations in backend/."""
-    root = tmp_path / "repo"
+    return make_monorepo(tmp_path / "repo")
+
+
+def make_monorepo(root: Path) -> Path:
+    """A repository whose root holds a frontend; the Python app and its migrations in backend/."""
     (root / "frontend").mkdir(parents=True)
     (root / "frontend" / "package.json").write_text("{}\n")
     backend = root / "backend"
