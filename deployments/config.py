@@ -246,6 +246,23 @@ class HealthConfig(Model):
     stable_seconds: float = Field(10.0, ge=0, le=3600, description="... spanning at least this long; a failure "
                                   "after the first good check fails the step: a release that flaps is not healthy")
     required_services: list[str] = ["database", "scraper", "ai", "documents", "email"]
+    version_command: list[str] = Field(default_factory=list, description=(
+        "check_version = false: argv run in the app's directory with its environment; the first line it "
+        "prints is the SHA the app serves (7 hex digits or more)"))
+    version_file: str | None = Field(None, description=(
+        "check_version = false: a file in the app's directory holding the SHA the app serves, e.g. written "
+        "by the app as it starts"))
+
+    @model_validator(mode="after")
+    def _one_version_source(self) -> HealthConfig:
+        if self.check_version and (self.version_command or self.version_file):
+            raise ValueError("version_command and version_file are read only with check_version = false (the "
+                             "health answer says the version otherwise): set check_version = false, or remove them")
+        if self.version_command and self.version_file:
+            raise ValueError("give version_command or version_file, not both")
+        if self.version_file and (Path(self.version_file).is_absolute() or ".." in Path(self.version_file).parts):
+            raise ValueError("version_file is a path inside the app's directory, e.g. \"run/served-sha\"")
+        return self
 
 
 class CriticalPathCheck(Model):
@@ -362,6 +379,8 @@ class PrerequisiteConfig(Model):
     scan_command: list[str] | None = Field(None, description="default: bandit on the release, fail on high")
     migration_rehearsal: bool = True
     staging_environment: str | None = Field(None, description="must serve the same SHA before this one")
+    require_staging_version: bool = Field(True, description=(
+        "false: a staging whose served SHA cannot be verified passes, said as not verified"))
 
 
 class EnvironmentConfig(Model):
