@@ -87,6 +87,15 @@ def _parser() -> argparse.ArgumentParser:
                          help="up: write the environment files and sandbox.env afresh, discarding your edits")
     sandbox.set_defaults(handler=_sandbox)
 
+    init = commands.add_parser("init", help="read an app's repository and write a first staging and production "
+                                            "file for it (guesses marked)")
+    init.add_argument("repository", nargs="?", type=Path, default=Path("."), help="the app's git checkout (default .)")
+    init.add_argument("--dir", type=Path, default=Path("environments"),
+                      help="where to write the files (default ./environments); then DEPLOY_ENVIRONMENTS_DIR=DIR")
+    init.add_argument("--env", dest="environments", action="append", metavar="NAME",
+                      help="an environment to write (repeatable; default staging and production)")
+    init.set_defaults(handler=_init)
+
     check = commands.add_parser("check", help="validate an environment file and check what it can reach")
     check.add_argument("environment")
     check.set_defaults(handler=_check)
@@ -155,6 +164,24 @@ def _sandbox(args: argparse.Namespace) -> int:
     for row in rows:
         print(f"{row.environment:<11} {row.port:<6} {row.pid or '-':<8} {(row.sha or '-')[:12]:<12} "
               f"{row.revision or '-':<8} {row.health}")
+    return 0
+
+
+def _init(args: argparse.Namespace) -> int:
+    from deployctl.init import write_environment_files
+    from deployments.config import ENVIRONMENT_NAME
+
+    names = tuple(args.environments or ("staging", "production"))
+    bad = [name for name in names if not ENVIRONMENT_NAME.fullmatch(name)]
+    if bad:
+        print(f"init: {', '.join(bad)} cannot name an environment: lowercase letters, digits and '-', "
+              "starting with a letter", file=sys.stderr)
+        return 2
+    written = write_environment_files(args.repository, args.dir, names)
+    for path in written:
+        print(f"wrote {path}")
+    print(f"Edit the lines marked GUESS and TODO, put each database URL in {args.dir / 'app.env'}, then:\n"
+          f"  export DEPLOY_ENVIRONMENTS_DIR={args.dir.resolve()}\n  deployctl check {names[0]}")
     return 0
 
 
@@ -253,10 +280,12 @@ def _follow(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from deployments.config import load_environment
+    from deployments.errors import DeployError
     from deployments.secrets import resolve_database_url
     from tasks.health import probe
     from records.ledger import Ledger
     from tasks.migrations import database_revision
+    from tasks.served_version import served_version
     from tasks.source import current_sha
 
     config = load_environment(args.environment)
@@ -264,9 +293,12 @@ def _status(args: argparse.Namespace) -> int:
     live_sha = current_sha(config.source.workspace)
     revision = database_revision(resolve_database_url(config))
     answer = probe(config.service.base_url + config.health.api_path, config.health.timeout_seconds)
-    served = (answer.body or {}).get("version", "?")
+    try:
+        served = served_version(config, answer.body, "status").describe("serves")
+    except DeployError as exc:
+        served = f"serving version not verified: {exc.cause}"
     last_good = ledger.last_succeeded(config.name)
-    print(f"{config.name}: live {live_sha[:12]} (serves {str(served)[:12]}, health "
+    print(f"{config.name}: live {live_sha[:12]} ({served}, health "
           f"{(answer.body or {}).get('status', answer.describe())}), database at {revision}")
     if last_good is not None:
         print(f"last good release: {last_good.ref} {str(last_good.target_sha)[:12]} at "
