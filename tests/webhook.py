@@ -7,7 +7,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar
 
 from tests.conftest import free_ports
 
@@ -52,3 +52,19 @@ def receiving() -> Iterator[Receiver]:
     finally:
         receiver.shutdown()
         receiver.server_close()
+
+
+S = TypeVar("S", bound=ThreadingHTTPServer)
+
+
+@contextmanager
+def serving(server: S) -> Iterator[S]:
+    """`server` answering on its own thread until the block ends. A short poll: shutting a server down
+    waits for its next poll, half a second by default."""
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()

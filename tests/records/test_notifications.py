@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import uuid
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from prefect.blocks.core import Block
@@ -27,7 +25,7 @@ from deployments.secrets import MASK, register_secret
 from records.notifications import OUTSIDE_A_RUN, impact, notify
 from tests.conftest import free_ports
 from tests.tasks.release_history import environment_file
-from tests.webhook import Receiver
+from tests.webhook import Receiver, serving
 
 
 @pytest.fixture(scope="module")
@@ -81,27 +79,12 @@ class Refusing(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), Handler)
 
 
-S = TypeVar("S", bound=ThreadingHTTPServer)
-
-
-@contextmanager
-def listening(server: S) -> Iterator[S]:
-    # A short poll: shutting a server down waits for its next poll, half a second by default.
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def receiving() -> AbstractContextManager[Receiver]:
-    return listening(Receiver(free_ports(1)[0]))
+    return serving(Receiver(free_ports(1)[0]))
 
 
 def refusing(status: int = 500) -> AbstractContextManager[Refusing]:
-    return listening(Refusing(status))
+    return serving(Refusing(status))
 
 
 def logged(caplog: pytest.LogCaptureFixture, name: str = OUTSIDE_A_RUN) -> list[tuple[int, str]]:

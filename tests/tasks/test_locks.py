@@ -31,6 +31,7 @@ from deployments.errors import LockHeld
 from records.ledger import Ledger, Release
 from tasks.locks import LEASE_SECONDS, deploy_lock, describe_holder, lock_name, release_dead_holder, run_url
 from tests.conftest import free_ports
+from tests.webhook import serving
 
 RUN_ID = "6c1d2a4e-0b7f-4e8e-9d8a-2f3b4c5d6e7f"
 UI = "http://127.0.0.1:4200"
@@ -139,17 +140,6 @@ class StandIn(ThreadingHTTPServer):
 
     def to(self, path: str) -> list[Any]:
         return [body for _method, request_path, body in self.requests if request_path == f"/api{path}"]
-
-
-@contextmanager
-def serving(server: StandIn) -> Iterator[StandIn]:
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @contextmanager

@@ -13,7 +13,6 @@ import json
 import sqlite3
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -22,20 +21,11 @@ import pytest
 
 from tasks import migration_runner
 from tasks.migrations import RUNNER
+from tests.alembic_projects import alembic_project as shared_alembic_project
+from tests.alembic_projects import env_py
 
 URL_VARIABLE = "RUNNER_TEST_DATABASE_URL"
-ENV_PY = f"""\
-import os
-
-from alembic import context
-from sqlalchemy import create_engine, pool
-
-engine = create_engine(os.environ["{URL_VARIABLE}"], poolclass=pool.NullPool)
-with engine.connect() as connection:
-    context.configure(connection=connection, target_metadata=None, transaction_per_migration=True)
-    with context.begin_transaction():
-        context.run_migrations()
-"""
+ENV_PY = env_py(URL_VARIABLE)
 
 
 def create(name: str) -> str:
@@ -54,17 +44,7 @@ LINEAR = {
 
 
 def alembic_project(root: Path, revisions: dict[str, tuple[str | None, str, str]]) -> Path:
-    """An Alembic project: revision -> (down_revision, upgrade body, downgrade source)."""
-    versions = root / "migrations" / "versions"
-    versions.mkdir(parents=True)
-    (root / "alembic.ini").write_text("[alembic]\nscript_location = %(here)s/migrations\n")
-    (root / "migrations" / "env.py").write_text(ENV_PY)
-    for revision, (down, body, downgrade_source) in revisions.items():
-        (versions / f"{revision}_step.py").write_text(
-            f'"""Step {revision}."""\n\nfrom alembic import op\n\nrevision = {revision!r}\n'
-            f"down_revision = {down!r}\nbranch_labels = None\ndepends_on = None\n\n\n"
-            f"def upgrade():\n    {body}\n\n\n{textwrap.dedent(downgrade_source)}\n")
-    return root
+    return shared_alembic_project(root, revisions, ENV_PY)
 
 
 @pytest.fixture

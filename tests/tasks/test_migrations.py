@@ -4,7 +4,6 @@ SQLite and PostgreSQL databases seeded with each profile's data."""
 from __future__ import annotations
 
 import sqlite3
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from tasks.migrations import (
     upgrade,
 )
 from tasks.migrations import test_migrations as rehearse
+from tests.alembic_projects import alembic_project, env_py
 from tests.conftest import free_ports
 from tests.sample_app.checkouts import Checkout, Database, git
 
@@ -280,32 +280,11 @@ def test_database_revision_of_postgresql(postgres_database: str) -> None:
         database_revision(f"postgresql://postgres:{PASSWORD}@127.0.0.1:{port}/nothing")
 
 
-ENV_PY = """\
-import os
-
-from alembic import context
-from sqlalchemy import create_engine, pool
-
-engine = create_engine(os.environ["JOBAPP_DATABASE_URL"], poolclass=pool.NullPool)
-with engine.connect() as connection:
-    context.configure(connection=connection, target_metadata=None, transaction_per_migration=True)
-    with context.begin_transaction():
-        context.run_migrations()
-"""
+ENV_PY = env_py("JOBAPP_DATABASE_URL")
 
 
 def alembic_tree(root: Path, revisions: dict[str, tuple[str | None, str, str]]) -> Path:
-    """A minimal Alembic project: revision -> (down_revision, upgrade body, downgrade function source)."""
-    versions = root / "migrations" / "versions"
-    versions.mkdir(parents=True)
-    (root / "alembic.ini").write_text("[alembic]\nscript_location = %(here)s/migrations\n")
-    (root / "migrations" / "env.py").write_text(ENV_PY)
-    for revision, (down, body, downgrade_source) in revisions.items():
-        (versions / f"{revision}_step.py").write_text(
-            f'"""Step {revision}."""\n\nfrom alembic import op\n\nrevision = {revision!r}\n'
-            f"down_revision = {down!r}\nbranch_labels = None\ndepends_on = None\n\n\n"
-            f"def upgrade():\n    {body}\n\n\n{textwrap.dedent(downgrade_source)}\n")
-    return root
+    return alembic_project(root, revisions, ENV_PY)
 
 
 def table(name: str) -> str:
