@@ -21,6 +21,7 @@ from tasks.migrations import database_revision, live_database_elsewhere, migrati
 from tasks.monitoring import MetricsUnavailable, metrics_url, scrape
 from tasks.process_state import running_pid
 from tasks.processes import Advice, run
+from tasks.served_version import served_version
 from tasks.source import branch_head, current_sha
 
 
@@ -66,8 +67,7 @@ def check_environment(config: EnvironmentConfig) -> list[CheckResult]:
         answer = probe(config.service.base_url + config.health.api_path, config.health.timeout_seconds)
         if not answer.ok:
             raise _Fail(answer.describe())
-        version = (answer.body or {}).get("version", "no version reported")
-        return f"{answer.url} ok, serves {str(version)[:12]}"
+        return f"{answer.url} ok, {served_version(config, answer.body, 'check health').describe('serves')}"
 
     def database() -> str:
         if not app_env:

@@ -1,6 +1,6 @@
 """post-deployment-verification: runbook phase 3.
 
-    check-health               step 7: /health and /api/health healthy, serving the new SHA, and
+    check-health               step 7: /health and /api/health healthy, shown to serve the new SHA, and
                                holding so over the stability window ([health] stable_checks, stable_seconds)
     run-critical-path-tests    step 8: job scraping, AI analysis, document generation, email
     check-performance          step 9: metrics received; error rate and p95 within range and vs baseline

@@ -7,7 +7,8 @@
     restore-backup             the verified pre-deployment backup ... or verify-database-revision
     check-out-previous-release
     restart-application        skipped when the failed release never ran (stopped before its reload):
-    check-health               the previous SHA is served and healthy (still in maintenance)
+    check-health               the previous SHA is served and healthy (still in maintenance); when the
+                               failed release never ran, healthy and not shown to serve another SHA
     resume-traffic
     renew-application          ... the previous release's processes are renewed here, with traffic on
     run-critical-path-tests    verify critical functionality works
@@ -118,7 +119,9 @@ def rollback(environment: str, failed_run_id: str = "", to: str = "", reason: st
             # the release coming back held its health before, and every second here is downtime.
             verify_health = check_health.with_options(retries=max(1, int(config.health.deadline_seconds)) - 1,
                                                       retry_delay_seconds=1)
-            verify_health(config, plan.to_sha, allow_maintenance=True, held=False)
+            # Processes that predate the failed release's checkout cannot be shown, by the workspace, to
+            # serve the previous one checked out after them: that waits for their renewal.
+            verify_health(config, plan.to_sha, allow_maintenance=True, held=False, unverified_ok=never_ran)
             ledger.update(subject.id, restored_at=datetime.now(timezone.utc))
             resume_traffic(config)
             if never_ran:

@@ -6,7 +6,7 @@
     run-release-tests                    the release's own tests, on a scratch worktree of the SHA
     run-security-scan                    no critical (high severity) finding
     test-migrations                      one head; upgrade, downgrade, upgrade on a copy of the live data
-    verify-staging                       staging healthy and serving the same SHA (production only)
+    verify-staging                       staging healthy and shown to serve the same SHA (production only)
 
 Approval, the last prerequisite, pauses the deploy run itself (see production_deployment).
 """
@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import flow
+from prefect.logging import get_run_logger
 
 from deployments.config import EnvironmentConfig
 from deployments.errors import DeployError, PreflightError
 from tasks.health import check_staging_health
 from tasks.migrations import MigrationStatus, check_migrations, test_migrations
 from tasks.quality import run_release_tests, run_security_scan
+from tasks.served_version import VersionNotVerified, VersionUnreadable
 from tasks.source import (
     ResolvedRelease,
     add_worktree,
@@ -62,20 +64,35 @@ def verify_prerequisites(config: EnvironmentConfig, staging: EnvironmentConfig |
     if config.prerequisites.migration_rehearsal:
         test_migrations(config, tree, config.state_dir / "rehearsal", status)
     if staging is not None:
-        verify_staging(staging, release.sha)
+        verify_staging(staging, release.sha, config.prerequisites.require_staging_version)
     return Prerequisites(release, noop=False, pending_migrations=[p.revision for p in status.pending],
                          migrations=status)
 
 
-def verify_staging(staging: EnvironmentConfig, sha: str) -> None:
-    """Prerequisite: staging deployment completed and verified, with this very SHA."""
-    staging_name = staging.name
+def verify_staging(staging: EnvironmentConfig, sha: str, require_version: bool = True) -> None:
+    """Prerequisite: staging deployment completed and verified, with this very SHA. A staging whose
+    served SHA nothing can show fails it, unless `require_version` is off: then it passes, and the
+    step and the run log say it was not verified."""
     try:
-        check_staging_health.with_options(name="verify-staging", retries=0)(staging, sha)
+        report = check_staging_health.with_options(name="verify-staging", retries=0)(
+            staging, sha, unverified_ok=not require_version)
     except DeployError as exc:
-        # Deploying to staging first is the fix only when staging serves another SHA, not when it is down.
-        serves_another = f"expected {sha[:12]}" in exc.cause
-        action = (f"deploy {sha[:12]} to {staging_name} and verify it first" if serves_another
-                  else f"bring {staging_name} back to healthy (read its app log), then deploy again")
-        raise PreflightError("verify staging", f"{staging_name}: {exc.cause}",
-                             f"{action}; nothing was changed") from None
+        raise staging_not_ready(staging.name, sha, exc) from None
+    if not report.served.verified:
+        get_run_logger().warning("verify staging: %s: %s; accepted, as prerequisites.require_staging_version = "
+                                 "false", staging.name, report.served.describe())
+
+
+def staging_not_ready(staging_name: str, sha: str, exc: DeployError) -> PreflightError:
+    """The failed prerequisite, with what to do about its cause."""
+    if isinstance(exc, VersionNotVerified):
+        action = (f"set health.version_command in {staging_name}'s file, or set "
+                  "prerequisites.require_staging_version = false to accept an unverified staging")
+    elif isinstance(exc, VersionUnreadable):
+        action = f"{exc.action} (in {staging_name}'s file)"
+    # Deploying to staging first is the fix only when staging serves another SHA, not when it is down.
+    elif f"expected {sha[:12]}" in exc.cause:
+        action = f"deploy {sha[:12]} to {staging_name} and verify it first"
+    else:
+        action = f"bring {staging_name} back to healthy (read its app log), then deploy again"
+    return PreflightError("verify staging", f"{staging_name}: {exc.cause}", f"{action}; nothing was changed")

@@ -270,11 +270,14 @@ def staging_state(staging: EnvironmentConfig | None, sha: str) -> str:
     name = staging.name
     at = datetime.now(timezone.utc).strftime("%H:%M UTC")
     try:
-        report = assess(staging, sha, f"check {name}")
+        report = assess(staging, sha, f"check {name}", unverified_ok=True)
     except DeployError as exc:
         return f"`{name}` is **not healthy** at {at}: {_md(exc.cause)}"
-    served = "this release" if report.version == sha else "**not this release**"
-    return f"`{name}` is healthy at {at} and serves `{str(report.version)[:12]}` ({served})"
+    served = report.served
+    if served.source == "health":
+        return f"`{name}` is healthy at {at} and serves `{str(served.sha)[:12]}` (this release)"
+    verdict = "this release" if served.is_release(sha) else "**not verified**"
+    return f"`{name}` is healthy at {at}; {_md(served.describe())} ({verdict})"
 
 
 _MARKDOWN = re.compile(r"([\\`*_\[\]<>|#])")

@@ -32,6 +32,7 @@ from tasks.steps import read_step
 from tasks.health import assess, probe
 from tasks.app_commands import expand_argv
 from tasks.processes import Advice, Command, child_env, spawn
+from tasks.served_version import Processes
 from tasks.service import scan_log
 from tasks.smoke import run_critical_path_tests
 from tasks.waiting import wait_until
@@ -43,11 +44,11 @@ def check_canary(config: EnvironmentConfig, sha: str) -> str:
     step = f"check canary ({config.name})"
     if config.service.canary is None:
         return "no [service.canary] in the environment file: the release meets traffic unchecked"
-    with canary(config) as (url, log):
+    with canary(config) as (url, log, processes):
         started = time.monotonic()
         canary_config = config.model_copy(update={"service": config.service.model_copy(update={"base_url": url})})
         try:
-            health = assess(canary_config, sha, step)
+            health = assess(canary_config, sha, step, processes=processes)
             checked = "health"
             if config.service.canary.critical_paths and config.critical_paths:
                 checked += f" and {len(run_critical_path_tests.fn(canary_config).results)} critical paths"
@@ -60,13 +61,14 @@ def check_canary(config: EnvironmentConfig, sha: str) -> str:
                                      f"{exc.cause}{seen}",
                                f"{config.name} still runs the previous release, which never stopped serving, and "
                                f"{undo}; fix the release for {config.name}'s data and settings") from None
-        return (f"{checked} passed on a canary at {url} serving {str(health.version or sha)[:12]} "
+        seen = health.served.describe()
+        return (f"{checked} passed on a canary at {url}{' ' if seen.startswith('serving') else ', '}{seen} "
                 f"({time.monotonic() - started:.1f} s of checks)")
 
 
 @contextmanager
-def canary(config: EnvironmentConfig) -> Iterator[tuple[str, Path]]:
-    """The release running on a free loopback port until the block ends: (its URL, its log)."""
+def canary(config: EnvironmentConfig) -> Iterator[tuple[str, Path, Processes]]:
+    """The release running on a free loopback port until the block ends: (its URL, its log, its processes)."""
     assert config.service.canary is not None
     settings = config.service.canary
     step = f"check canary ({config.name})"
@@ -93,7 +95,7 @@ def canary(config: EnvironmentConfig) -> Iterator[tuple[str, Path]]:
                             stdout=out, stderr=subprocess.STDOUT, new_session=True, die_signal=signal.SIGTERM)
         _wait_until_answering(process, url + config.health.path, settings.timeout_seconds,
                               config.health.timeout_seconds, log, step)
-        yield url, log
+        yield url, log, Processes(process.pid, env)
     finally:
         if process is not None:
             _stop_group(process)

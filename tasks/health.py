@@ -1,5 +1,9 @@
 """Health of the app: `/health` (liveness) and `/api/health` (services and the SHA it serves).
 
+Which release is served is what `tasks.served_version` shows: the health answer's `version`, or, for
+an app that reports none, its version command or file, or the workspace. A check that expects a SHA
+fails when another one is shown, and when none is, unless its caller can go on without (`unverified_ok`).
+
 After a reload, health must hold, not just appear (`hold`): good within the deadline, then good on
 `stable_checks` consecutive checks spanning at least `stable_seconds`. A release that answers 200 as
 it boots and 500 a few seconds later fails there, on a quiet machine or a loaded one, instead of
@@ -12,6 +16,7 @@ Every request has a total deadline, so an endpoint that accepts and never answer
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,6 +29,7 @@ from deployments.config import EnvironmentConfig
 from deployments.errors import HealthCheckFailed
 from deployments.logs import run_log
 from tasks import http
+from tasks.served_version import UNSEEN_ACTION, Processes, Served, VersionNotVerified, served_version
 from tasks.steps import read_step
 
 
@@ -89,7 +95,8 @@ def _ms(started: float) -> float:
 class HealthReport:
     liveness: Probe
     api: Probe
-    version: str | None
+    version: str | None  # what the health answer says, whether or not it is checked
+    served: Served
     checks: int = 1  # consecutive good checks behind this report
     held_seconds: float = 0.0  # from the first of them to the last
 
@@ -97,11 +104,13 @@ class HealthReport:
         held = f"; held for {self.checks} checks over {self.held_seconds:.1f} s" if self.checks > 1 else ""
         return (f"{self.liveness.url} HTTP {self.liveness.status_code}; {self.api.url} HTTP "
                 f"{self.api.status_code}, status {(self.api.body or {}).get('status')!r}, "
-                f"serves {(self.version or 'unknown')[:12]}{held}")
+                f"{self.served.describe('serves')}{held}")
 
 
-def assess(config: EnvironmentConfig, expected_sha: str | None, step: str, allow_maintenance: bool = False) -> HealthReport:
-    """Both endpoints healthy, every required service ok and, when asked, the expected SHA served."""
+def assess(config: EnvironmentConfig, expected_sha: str | None, step: str, allow_maintenance: bool = False,
+           unverified_ok: bool = False, processes: Processes | None = None) -> HealthReport:
+    """Both endpoints healthy, every required service ok and, when asked, the expected SHA served: shown
+    served, or (`unverified_ok`) at least not shown to be another one. `processes`: a canary's."""
     base = config.service.base_url
     timeout = config.health.timeout_seconds
     liveness = probe(base + config.health.path, timeout)
@@ -128,11 +137,17 @@ def assess(config: EnvironmentConfig, expected_sha: str | None, step: str, allow
     if config.health.check_version and expected_sha is not None and version != expected_sha:
         raise HealthCheckFailed(step, f"{api.url} serves {str(version)[:12]}, expected {expected_sha[:12]}",
                                 "the reload did not take; read the app's log")
-    return HealthReport(liveness, api, version)
+    served = served_version(config, api.body, step, processes)
+    if expected_sha is not None and served.verified and not served.is_release(expected_sha):
+        raise HealthCheckFailed(step, f"{served.describe()}, expected {expected_sha[:12]}",
+                                "the reload did not take; read the app's log")
+    if expected_sha is not None and not served.verified and not unverified_ok:
+        raise VersionNotVerified(step, f"{served.describe()} (expected {expected_sha[:12]})", UNSEEN_ACTION)
+    return HealthReport(liveness, api, version, served)
 
 
 def hold(config: EnvironmentConfig, expected_sha: str | None, step: str, log: Callable[[str], None],
-         allow_maintenance: bool = False, clock: Callable[[], float] = time.monotonic,
+         allow_maintenance: bool = False, unverified_ok: bool = False, clock: Callable[[], float] = time.monotonic,
          sleep: Callable[[float], None] = time.sleep) -> HealthReport:
     """Health good within `deadline_seconds`, then good on `stable_checks` consecutive checks spanning
     at least `stable_seconds`, checked once a second at most. Before the first good check a failure is
@@ -145,7 +160,7 @@ def hold(config: EnvironmentConfig, expected_sha: str | None, step: str, log: Ca
     said_waiting = False
     while True:
         try:
-            report = assess(config, expected_sha, step, allow_maintenance)
+            report = assess(config, expected_sha, step, allow_maintenance, unverified_ok)
         except HealthCheckFailed as exc:
             now = clock()
             if first_good is not None:
@@ -169,24 +184,26 @@ def hold(config: EnvironmentConfig, expected_sha: str | None, step: str, log: Ca
                     f"{settings.stable_seconds:g} s")
         good += 1
         if good >= settings.stable_checks and now - first_good >= settings.stable_seconds:
-            return HealthReport(report.liveness, report.api, report.version, good, round(now - first_good, 1))
+            return dataclasses.replace(report, checks=good, held_seconds=round(now - first_good, 1))
         sleep(interval)
 
 
 @read_step("check-staging-health", retries=2)
-def check_staging_health(staging: EnvironmentConfig, expected_sha: str | None = None) -> HealthReport:
+def check_staging_health(staging: EnvironmentConfig, expected_sha: str | None = None,
+                         unverified_ok: bool = False) -> HealthReport:
     """Runbook step 1: staging answers HTTP 200 and every service is operational."""
-    return assess(staging, expected_sha, f"check staging health ({staging.name})")
+    return assess(staging, expected_sha, f"check staging health ({staging.name})", unverified_ok=unverified_ok)
 
 
 @read_step("check-health", retries=0)
 def check_health(config: EnvironmentConfig, expected_sha: str | None, allow_maintenance: bool = False,
-                 held: bool = True) -> HealthReport:
+                 held: bool = True, unverified_ok: bool = False) -> HealthReport:
     """Runbook step 7: /health and /api/health healthy, serving the deployed SHA, and holding so over
     the stability window (`hold`). `held=False` takes the first good answer: the rollback, which
     brings back a release that already held, calls it so with `.with_options(retries=...)`.
-    During a rollback the app is in maintenance: its services and version still count."""
+    During a rollback the app is in maintenance: its services and version still count.
+    `unverified_ok`: a served SHA nothing can show passes, said as not verified (never another SHA)."""
     step = f"check health ({config.name})"
     if not held:
-        return assess(config, expected_sha, step, allow_maintenance)
-    return hold(config, expected_sha, step, run_log().info, allow_maintenance)
+        return assess(config, expected_sha, step, allow_maintenance, unverified_ok)
+    return hold(config, expected_sha, step, run_log().info, allow_maintenance, unverified_ok)

@@ -1,9 +1,9 @@
 """What the kernel says about the app's processes: the master its pid file names, whether a process
-lives, a master's workers, how long a process has run, and whether a worker accepts connections.
+lives, a master's workers, when a process started, and whether a worker accepts connections.
 
 Read through psutil, except what it does not expose: the sockets a process holds and what an epoll
 instance watches come from /proc/PID/fd and /proc/PID/fdinfo, where a sleeping worker waits from
-/proc/PID/wchan.
+/proc/PID/wchan, when a process started (to the tick) from /proc/PID/stat.
 """
 
 from __future__ import annotations
@@ -64,10 +64,23 @@ def children(pid: int) -> list[int]:
 
 def age(pid: int) -> float:
     """Seconds since `pid` started; 0 for a process that has gone."""
+    started = started_at(pid)
+    return 0.0 if started is None else time.time() - started
+
+
+def started_at(pid: int) -> float | None:
+    """When `pid` started, in epoch seconds to the clock tick; None for a process that has gone.
+
+    Not psutil's create_time: it adds the start to a boot time rounded down to the second, which can put
+    a process up to a second before it started, too coarse to order it against a checkout a moment
+    earlier. The kernel counts the start in ticks since boot; the boot clock ties that to the wall clock."""
     try:
-        return time.time() - psutil.Process(pid).create_time()
-    except psutil.Error:
-        return 0.0
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22, counted after the command name, which may hold spaces and parentheses itself.
+    since_boot = int(stat.rpartition(")")[2].split()[19]) / os.sysconf("SC_CLK_TCK")
+    return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - since_boot)
 
 
 def serving(master: int, workers: int, settle: float = 1.5) -> bool:

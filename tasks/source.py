@@ -14,6 +14,7 @@ place, `_git`, through GitPython (`git.Repo(workspace).git.<command>(...)`), nev
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -184,6 +185,23 @@ def branch_head(config: EnvironmentConfig) -> str | None:
 
 def current_sha(workspace: Path) -> str:
     return _git(workspace, "rev-parse", "--verify", "HEAD", step="read live release").stdout.strip()
+
+
+def checked_out_at(workspace: Path, head: str) -> float | None:
+    """When the workspace's HEAD moved to `head` (epoch seconds), read from HEAD's reflog: git writes the
+    move after the files, so the log's modification time is no earlier than the checkout. None when the
+    log's last entry is not that move (no reflog, or HEAD moved without one)."""
+    relative = _git(workspace, "rev-parse", "--git-path", "logs/HEAD", step="read live release").stdout.strip()
+    try:
+        with open(workspace / relative, "rb") as log:
+            size = os.fstat(log.fileno()).st_size
+            # Only the last entry counts: a reflog of years of checkouts is not read whole.
+            log.seek(max(0, size - 4096))
+            last = log.read().rstrip(b"\n").rpartition(b"\n")[2]
+            moved_at = os.fstat(log.fileno()).st_mtime
+    except OSError:
+        return None
+    return moved_at if last.split(b" ")[1:2] == [head.encode()] else None
 
 
 def local_changes(workspace: Path) -> list[str]:

@@ -5,6 +5,7 @@ fail a bad one before it takes traffic, and leave no process and no scratch dire
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -110,6 +111,27 @@ def test_a_good_release_passes_health_and_the_critical_paths_on_the_canary(tmp_p
     assert f"serving {SHA[:12]}" in detail
     assert seen(tmp_path)["database"] == f"sqlite:///{tmp_path}/secret.db", "the canary gets the app's secrets"
     assert_cleaned_up(tmp_path)
+
+
+def test_a_release_that_reports_no_version_is_shown_by_the_canary_it_started(tmp_path: Path) -> None:
+    environment(tmp_path, "good")
+    text = (tmp_path / "production.toml").read_text().replace("check_version = true", "check_version = false")
+    (tmp_path / "production.toml").write_text(text)
+    workspace = tmp_path / "production" / "app"
+    subprocess.run(["git", "init", "-q"], cwd=workspace, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-q", "--allow-empty",
+                    "-m", "release"], cwd=workspace, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=workspace, check=True, capture_output=True,
+                          text=True).stdout.strip()
+    time.sleep(0.1)  # the canary starts after the checkout, as it does after the migrations
+    detail = check_canary.fn(load_environment_file(tmp_path / "production.toml"), head)
+    assert re.search(rf"^health and 4 critical paths passed on a canary at http://127\.0\.0\.1:\d+, workspace at "
+                     rf"{head[:12]} and every canary process started after its checkout \(", detail), detail
+    # A version command runs with the canary's variables: SHA is one of them, not production's.
+    (tmp_path / "production.toml").write_text(text.replace("check_version = false", "check_version = false\n"
+                                                           "version_command = [\"printenv\", \"SHA\"]"))
+    detail = check_canary.fn(load_environment_file(tmp_path / "production.toml"), SHA)
+    assert f"serving {SHA[:12]} (per health.version_command) (" in detail
 
 
 @pytest.mark.parametrize(("mode", "cause"), [

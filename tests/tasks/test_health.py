@@ -294,9 +294,16 @@ def test_the_wrong_version_fails_when_checked(app: App, tmp_path: Path) -> None:
 
 
 def test_the_version_is_accepted_when_not_checked(app: App, tmp_path: Path) -> None:
+    # The answer's version is the app's own (a build number, say); the served SHA is what the version file
+    # shows. Without one, nothing would show it: tests/tasks/test_served_version.py.
     app.answer("/api/health", (200, api_body(version=OTHER_SHA), {}))
-    report = check_health.fn(environment(tmp_path, app.base_url, check_version=False), SHA)
+    config = environment(tmp_path, app.base_url, check_version=False)
+    config = config.model_copy(update={"health": config.health.model_copy(update={"version_file": "served-sha"})})
+    config.app_dir().mkdir(parents=True)
+    (config.app_dir() / "served-sha").write_text(SHA + "\n")
+    report = check_health.fn(config, SHA)
     assert report.version == OTHER_SHA
+    assert report.served.describe() == f"serving {SHA[:12]} (per served-sha)"
 
 
 def test_maintenance_mode_is_accepted_only_when_allowed(app: App, tmp_path: Path) -> None:
