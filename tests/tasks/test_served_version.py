@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from deployments.config import EnvironmentConfig, load_environment_file
+from deployments.config import EnvironmentConfig, HealthConfig
 from deployments.errors import HealthCheckFailed
 from flows.verify_prerequisites import staging_not_ready
 from tasks.health import assess, check_health, check_staging_health
@@ -23,12 +23,11 @@ from tasks.served_version import VersionNotVerified, VersionUnreadable
 from tasks.source import checked_out_at
 from tasks.waiting import wait_until
 from tests.conftest import free_ports
+from tests.tasks.gunicorn_app import environment
 
 APP = """\
 import json, os, sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-open(sys.argv[2], "w").write(str(os.getpid()))
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -44,7 +43,9 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+open(sys.argv[2], "w").write(str(os.getpid()))  # once it listens
+server.serve_forever()
 """
 
 
@@ -68,43 +69,17 @@ class Sandbox:
         self.git("commit", "-q", "-m", release)
         return self.git("rev-parse", "HEAD")
 
-    def config(self, health: str = "", env: str = "") -> EnvironmentConfig:
-        (self.root / "production.toml").write_text(textwrap.dedent(f"""\
-            name = "production"
-            state_dir = "state"
-
-            [source]
-            repository = "origin.git"
-            workspace = "workspace"
-
-            [service]
-            base_url = "http://127.0.0.1:{self.port}"
-            python = "{sys.executable}"
-            start_command = ["{{python}}", "app.py"]
-            pid_file = "run/app.pid"
-            startup_log = "logs/app.log"
-            env = {{ {env} }}
-
-            [database]
-            url = {{ env = "SERVED_VERSION_TEST_DATABASE_URL" }}
-
-            [backups]
-            directory = "backups"
-
-            [health]
-            check_version = false
-            required_services = []
-            timeout_seconds = 2
-            deadline_seconds = 2
-            stable_checks = 1
-            stable_seconds = 0
-        """) + health)
-        return load_environment_file(self.root / "production.toml")
+    def config(self, env: dict[str, str] | None = None, **health: Any) -> EnvironmentConfig:
+        """The gunicorn tests' environment (tests/tasks/gunicorn_app) for this app, which reports no version."""
+        base = environment(self.root, self.port)
+        settings = HealthConfig(check_version=False, required_services=[], timeout_seconds=2, deadline_seconds=2,
+                                stable_checks=1, stable_seconds=0, **health)
+        return base.model_copy(update={"health": settings, "service": base.service.model_copy(update={"env": env or {}})})
 
     def start(self) -> int:
         """The app, started now from the workspace; its pid once it answers."""
         self.stop()
-        pid_file = self.root / "run" / "app.pid"
+        pid_file = self.config().service.pid_file
         pid_file.unlink(missing_ok=True)
         self.process = subprocess.Popen([sys.executable, str(self.root / "app.py"), str(self.port), str(pid_file)],
                                         cwd=self.workspace)
@@ -120,7 +95,7 @@ class Sandbox:
 
 @pytest.fixture
 def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
-    monkeypatch.setenv("SERVED_VERSION_TEST_DATABASE_URL", f"sqlite:///{tmp_path / 'app.db'}")
+    monkeypatch.setenv("SERVICE_TEST_DATABASE_URL", f"sqlite:///{tmp_path / 'app.db'}")
     (tmp_path / "app.py").write_text(APP)
     (tmp_path / "run").mkdir()
     box = Sandbox(tmp_path, free_ports(1)[0])
@@ -138,8 +113,8 @@ def later() -> None:
 def test_a_version_command_shows_the_served_sha(sandbox: Sandbox) -> None:
     v1 = sandbox.commit("v1")
     # Run in the app's directory with the app's environment: the SHA here comes from its variables.
-    config = sandbox.config('version_command = ["{python}", "-c", "import os; print(os.environ[\'SERVED\'])"]\n',
-                            env=f'SERVED = "{v1[:7]}"')
+    config = sandbox.config({"SERVED": v1[:7]},
+                            version_command=["{python}", "-c", "import os; print(os.environ['SERVED'])"])
     sandbox.start()
     report = check_health.fn(config, v1, held=False)
     assert report.served.verified and report.served.describe() == f"serving {v1[:7]} (per health.version_command)"
@@ -151,7 +126,7 @@ def test_a_version_command_shows_the_served_sha(sandbox: Sandbox) -> None:
 
 def test_a_version_file_shows_the_served_sha(sandbox: Sandbox) -> None:
     v1 = sandbox.commit("v1")
-    config = sandbox.config('version_file = "run/served-sha"\n')
+    config = sandbox.config(version_file="run/served-sha")
     (sandbox.workspace / "run").mkdir()
     (sandbox.workspace / "run" / "served-sha").write_text(v1 + "\n")
     sandbox.start()
@@ -216,17 +191,17 @@ def test_a_workspace_this_host_cannot_read_shows_nothing(sandbox: Sandbox) -> No
 def test_a_version_command_that_prints_garbage_or_fails_is_named(sandbox: Sandbox) -> None:
     sandbox.commit("v1")
     sandbox.start()
-    garbage = sandbox.config('version_command = ["echo", "v1.4.2"]\n')
+    garbage = sandbox.config(version_command=["echo", "v1.4.2"])
     with pytest.raises(VersionUnreadable) as caught:
         check_health.fn(garbage, "f" * 40, held=False)
     assert caught.value.cause == "health.version_command (echo v1.4.2) printed 'v1.4.2', not a SHA (7 to 64 hex digits)"
     assert caught.value.action == "fix health.version_command: it must print the SHA the app serves on its first line"
     assert "in staging's file" in staging_not_ready("staging", "f" * 40, caught.value).action
-    failing = sandbox.config('version_command = ["sh", "-c", "echo no release here >&2; exit 3"]\n')
+    failing = sandbox.config(version_command=["sh", "-c", "echo no release here >&2; exit 3"])
     with pytest.raises(VersionUnreadable, match=r"health\.version_command \(sh -c echo no release here >&2; exit 3\) "
                                                 r"failed: no release here"):
         assess(failing, None, "check health")
-    missing = sandbox.config('version_file = "run/served-sha"\n')
+    missing = sandbox.config(version_file="run/served-sha")
     with pytest.raises(VersionUnreadable, match=r"health\.version_file .*/workspace/run/served-sha cannot be read "
                                                 r"\(No such file or directory\)"):
         assess(missing, None, "check health")
