@@ -221,10 +221,11 @@ def test_migrations(config: EnvironmentConfig, release_tree: Path, scratch_dir: 
     url = resolve_database_url(config)
     step = "test migrations"
     _refuse_live_database_elsewhere(config, app_env, url, step)
-    before = _live_state(config, url, step)
     try:
         with scratch_copy(url, scratch_dir, config.backups.pg_dump, config.backups.pg_restore,
                           config.database.lock_timeout_ms, step) as copy:
+            # Read after the copy: a lock on the live database fails the copy first, naming its holder.
+            before = _live_state(config, url, step)
             try:
                 return _rehearse_on(config, release_tree, status, app_env, copy, step)
             finally:
