@@ -49,7 +49,7 @@ class DeployRecord:
         return self.ledger.get(self.release_id)
 
     @contextmanager
-    def recorded(self, cleanup: Any = None) -> Iterator[None]:
+    def recorded(self, cleanup: Callable[[], None] | None = None) -> Iterator[None]:
         """Every step into the ledger; a DeployError ends the row as failed or aborted, and is re-raised.
         `cleanup` (a callable) runs however the block ends."""
         try:

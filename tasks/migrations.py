@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from deployments.config import EnvironmentConfig
 from deployments.errors import BackupFailed, LiveDatabaseTouched, MigrationFailed, PreflightError
-from deployments.secrets import database_env, redact, resolve_app_environment, resolve_database_url
+from deployments.secrets import DEFAULT_PORTS, database_env, redact, resolve_app_environment, resolve_database_url
 from deployments.logs import run_log
 from tasks.steps import change_step, read_step
 from tasks.backups import scratch_copy
@@ -271,7 +271,7 @@ def _same_database(value: str, live: Any) -> bool:
         other = make_url(value.strip())
     except Exception:  # noqa: BLE001 - not a URL after all
         return False
-    port = {"postgresql": 5432, "mysql": 3306}.get(live.get_backend_name())
+    port = DEFAULT_PORTS.get(live.get_backend_name())
     return (other.get_backend_name() == live.get_backend_name() and other.database == live.database
             and (other.host or "localhost") == (live.host or "localhost") and (other.port or port) == (live.port or port))
 
