@@ -20,6 +20,7 @@ from tasks.health import probe
 from tasks.migrations import database_revision, live_database_elsewhere, migration_status
 from tasks.monitoring import MetricsUnavailable, metrics_url, scrape
 from tasks.process_state import running_pid
+from tasks.release_environments import live_environment, release_environment
 from tasks.processes import Advice, run
 from tasks.served_version import served_version
 from tasks.source import branch_head, current_sha
@@ -30,6 +31,11 @@ class CheckResult:
     name: str
     ok: bool
     detail: str
+    warning: bool = False  # passed, with something the operator should know
+
+
+class _Warn(Exception):
+    """A check that passes with a caveat."""
 
 
 def check_environment(config: EnvironmentConfig) -> list[CheckResult]:
@@ -54,8 +60,31 @@ def check_environment(config: EnvironmentConfig) -> list[CheckResult]:
 
     def interpreter() -> str:
         if not os.access(config.service.python, os.X_OK):
+            if config.dependencies is not None:
+                raise _Fail(f"no live environment in {config.dependencies.directory} yet: "
+                            f"`deployctl dependencies {config.name}` builds the workspace's release's and makes it live")
             raise _Fail(f"{config.service.python} is not an executable; set service.python")
         return str(config.service.python)
+
+    def dependencies() -> str:
+        if config.dependencies is None:
+            return f"no [dependencies]: every release runs in {config.service.python} as it is"
+        live, wanted = live_environment(config), release_environment(config, config.app_dir())
+        if live is None or not live.complete:
+            raise _Fail(f"no live environment in {config.dependencies.directory}: `deployctl dependencies "
+                        f"{config.name}` builds the workspace's release's and makes it live")
+        if live.key != wanted.key:
+            raise _Fail(f"current links {live.key}, but the workspace's {', '.join(config.dependencies.files)} key "
+                        f"{wanted.key}: `deployctl dependencies {config.name} --activate` builds it and makes it live")
+        built = live.facts().get("built_at", "?")
+        return f"live environment {live.key} matches the workspace's {', '.join(config.dependencies.files)} (built {built})"
+
+    def rollback_order() -> str:
+        if config.service.maintenance_on_command:
+            return "maintenance mode stops traffic while a rollback undoes the database"
+        raise _Warn("no service.maintenance_on_command: a rollback cannot stop traffic, so it reverts the code "
+                    "before it undoes an expand-only migration, and a destructive one's downgrade meets live "
+                    "traffic; give the app a maintenance mode if it has one")
 
     def process() -> str:
         pid = running_pid(config)
@@ -160,6 +189,7 @@ def check_environment(config: EnvironmentConfig) -> list[CheckResult]:
         ("source repository", repository),
         ("workspace", workspace),
         ("app interpreter", interpreter),
+        ("dependencies", dependencies),
         ("app imports", app_imports),
         ("app process", process),
         ("health", health),
@@ -169,11 +199,14 @@ def check_environment(config: EnvironmentConfig) -> list[CheckResult]:
         ("metrics", metrics),
         ("critical paths", critical_paths),
         ("backups", backups),
+        ("rollback order", rollback_order),
     ]
     results = []
     for name, check in checks:
         try:
             results.append(CheckResult(name, True, check()))
+        except _Warn as exc:
+            results.append(CheckResult(name, True, str(exc), warning=True))
         except (_Fail, DeployError, MetricsUnavailable, OSError) as exc:
             results.append(CheckResult(name, False, str(exc)))
     return results

@@ -100,6 +100,13 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("environment")
     check.set_defaults(handler=_check)
 
+    dependencies = commands.add_parser("dependencies", help="build (or reuse) the environment of the workspace's "
+                                                            "release ([dependencies]); make it live when none is")
+    dependencies.add_argument("environment")
+    dependencies.add_argument("--activate", action="store_true",
+                              help="make it live even though another one is (the app then needs a reload)")
+    dependencies.set_defaults(handler=_dependencies)
+
     approve = commands.add_parser("approve", help="answer a deploy that waits for approval")
     approve.add_argument("run_id", help="the flow run id (shown in the UI and the run's log)")
     approve.add_argument("--as", dest="approver", required=True, help="your full name")
@@ -193,11 +200,35 @@ def _check(args: argparse.Namespace) -> int:
     print(f"environment file: {config.name} is valid")
     results = check_environment(config)
     for result in results:
-        mark = "ok  " if result.ok else "FAIL"
+        mark = "warn" if result.warning else "ok  " if result.ok else "FAIL"
         print(f"  {mark} {result.name:<22} {result.detail}")
     failed = sum(not result.ok for result in results)
     print(f"{failed} of {len(results)} checks failed" if failed else f"all {len(results)} checks passed")
     return 1 if failed else 0
+
+
+def _dependencies(args: argparse.Namespace) -> int:
+    """Before the first deploy with [dependencies] (or after changing it): the workspace's release gets
+    its environment, and `current` links it when nothing is live yet, so the app can be started from it."""
+    from deployments.config import load_environment
+    from tasks.dependencies import ensure_environment, switch_environment
+    from tasks.release_environments import live_environment
+
+    config = load_environment(args.environment)
+    if config.dependencies is None:
+        print(f"dependencies: {config.name} has no [dependencies]; the app runs in {config.service.python}",
+              file=sys.stderr)
+        return 2
+    environment, seconds = ensure_environment(config, config.app_dir())
+    print(f"environment {environment.key} " + ("reused" if seconds is None else f"built in {seconds:.1f} s")
+          + f" for the workspace's release, in {environment.path}")
+    live = live_environment(config)
+    if live is not None and live.key != environment.key and not args.activate:
+        print(f"current still links {live.key}: --activate makes {environment.key} live (then reload the app)")
+        return 0
+    print(switch_environment.fn(config, environment.key))
+    print(f"the app's interpreter: {config.service.python}")
+    return 0
 
 
 def _stack(args: argparse.Namespace) -> int:

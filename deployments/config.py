@@ -235,6 +235,41 @@ class BackupConfig(Model):
     )
 
 
+class DependenciesConfig(Model):
+    """Each release's own Python environment, so a release that changes its requirements runs (tests,
+    rehearsal, canary, migrations, the app) with exactly its own packages, and a rollback returns to
+    exactly the previous release's. `<directory>/<key>` is one environment, keyed by the contents of
+    `files` with the install command, its variables and `python`: a release that changes none of them
+    reuses its predecessor's. `<directory>/current` links the live one; the app's interpreter is
+    `<directory>/current/bin/python`, which `service.python` becomes."""
+
+    directory: FilePath = Field(description="where the environments live, one directory per environment file")
+    python: FilePath = Field(description="the interpreter each environment is created from (`python -m venv`)")
+    venv_options: list[str] = Field(default_factory=list, description=(
+        'options of `python -m venv`, e.g. ["--without-pip"] when the install brings its own installer '
+        "(uv, or `pip --python {python}`)"))
+    files: list[str] = Field(["requirements.txt"], min_length=1, description=(
+        "the dependency files, in the app's directory; their contents key the environment"))
+    install_command: list[str] = Field(["{python}", "-m", "pip", "install", "-r", "requirements.txt"], min_length=1,
+                                       description="argv run in the release's app directory; `{python}` is the "
+                                                   "new environment's interpreter")
+    check_command: list[str] = Field(["{python}", "-m", "pip", "check"], description=(
+        "argv that proves the installed environment consistent; empty: none"))
+    env: dict[str, str] = Field(default_factory=dict, description=(
+        "plain variables of the install command only (e.g. PIP_INDEX_URL, PIP_FIND_LINKS); it gets no "
+        "variable of the app"))
+    keep: int = Field(5, ge=2, le=100, description="environments kept beyond those of the live and previous release")
+    timeout_seconds: float = Field(900.0, gt=0, le=7200, description="for one install")
+
+    @field_validator("files")
+    @classmethod
+    def _inside_the_app(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                raise ValueError(f"{name!r}: a path in the app's directory, e.g. \"requirements.txt\"")
+        return value
+
+
 class HealthConfig(Model):
     path: str = "/health"
     api_path: str = "/api/health"
@@ -401,6 +436,8 @@ class EnvironmentConfig(Model):
     rollback: RollbackConfig = RollbackConfig()
     prerequisites: PrerequisiteConfig = PrerequisiteConfig()
     metrics: MetricsConfig = MetricsConfig()
+    dependencies: DependenciesConfig | None = Field(None, description=(
+        "each release's own Python environment; without it the app runs in service.python as it is"))
 
     @field_validator("name")
     @classmethod
@@ -409,6 +446,36 @@ class EnvironmentConfig(Model):
         if expected is not None and value != expected:
             raise ValueError(f"name must match the file name: name = {expected!r}")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _interpreter_of_the_live_release(cls, data: Any) -> Any:
+        """With [dependencies] the app's interpreter is the live release's environment's."""
+        dependencies, service = (data.get("dependencies"), data.get("service")) if isinstance(data, dict) else (None, None)
+        if not isinstance(dependencies, dict) or not isinstance(service, dict) or "directory" not in dependencies:
+            return data
+        if "python" in service:
+            raise ValueError("service.python: leave it out with [dependencies]: the app's interpreter is then the "
+                             "live release's environment, <dependencies.directory>/current/bin/python "
+                             "(dependencies.python is the one environments are created from)")
+        live = str(Path(str(dependencies["directory"])) / "current" / "bin" / "python")
+        return {**data, "service": {**service, "python": live}}
+
+    @model_validator(mode="after")
+    def _reload_takes_the_new_environment(self) -> EnvironmentConfig:
+        if self.dependencies is None:
+            return self
+        if self.service.reload == "hup":
+            raise ValueError('reload = "hup" keeps the running master and its interpreter, so a release\'s new '
+                             'dependencies would be loaded only in part: with [dependencies] use reload = "usr2" '
+                             'or a reload_command that starts fresh processes')
+        if self.service.reload == "usr2" and self.service.start_command[0] != "{python}":
+            raise ValueError('with [dependencies] and reload = "usr2", start the app with its interpreter first, '
+                             'e.g. start_command = ["{python}", "{bin}/gunicorn", ...]: gunicorn re-executes its '
+                             "interpreter with its argv on USR2, and only `{python}` (the environment's `current` "
+                             "link) leads the new master to the new release's packages; a script's own #! line "
+                             "names the environment it was installed in")
+        return self
 
     @model_validator(mode="after")
     def _database_variables_are_the_databases(self) -> EnvironmentConfig:

@@ -2,6 +2,7 @@
 
     verify-environment       step 6: variables present, secrets resolved from their sources
     pull-release             step 4: check out the resolved SHA
+    switch-environment       ... and make its own environment live ([dependencies]; built in the prerequisites)
     run-migrations           step 5: upgrade to the release's head
     check-canary             the release, started beside production on a spare port, passes health and
                              the critical paths before it takes any traffic ([service.canary])
@@ -20,6 +21,7 @@ from prefect import flow
 from deployments.config import EnvironmentConfig
 from deployments.secrets import resolve_database_url
 from tasks.canary import check_canary
+from tasks.dependencies import switch_environment
 from records.ledger import Ledger
 from tasks.migrations import database_revision, run_migrations
 from tasks.service import log_offset, restart_application, verify_environment, watch_startup_logs
@@ -32,6 +34,8 @@ def deployment_execution(config: EnvironmentConfig, release_id: int, sha: str, a
     verify_environment(config)
     ledger.update(release_id, code_changed=True)
     pull_release(config, sha)
+    if config.dependencies is not None:
+        switch_environment(config)
     ledger.update(release_id, migration_started=True)
     run_migrations(config, application_name)
     revision = database_revision(resolve_database_url(config))

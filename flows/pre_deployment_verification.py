@@ -41,7 +41,8 @@ def pre_deployment_verification(config: EnvironmentConfig, staging: EnvironmentC
     migrations = check_migrations(config, release_tree(config, release_id), migrations)
     revision = database_revision(resolve_database_url(config))
     ledger.update(release_id, db_revision_before=revision, migrations=[
-        {"revision": p.revision, "message": p.message, "has_downgrade": p.has_downgrade} for p in migrations.pending])
+        {"revision": p.revision, "message": p.message, "has_downgrade": p.has_downgrade, "expand_only": p.expand_only}
+        for p in migrations.pending])
     backup = None
     if not dry_run:
         backup = backup_database(config, revision, ledger.get(release_id).previous_sha or sha, run_id,

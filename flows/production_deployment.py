@@ -113,7 +113,7 @@ def production_deployment(environment: str, ref: str | int = "main", dry_run: bo
         with record.phase("verify-prerequisites"):
             prerequisites = verify_prerequisites(config=config, staging=staging, ref=ref,
                                                  release_id=record.release_id, force=force)
-            resolved(record, prerequisites.release)
+            resolved(record, prerequisites)
         release = prerequisites.release
         if prerequisites.noop:
             return record.finish("noop", f"{release.short} is already live; nothing to do")
@@ -143,11 +143,14 @@ def deploy_lock_unless(dry_run: bool, record: DeployRecord) -> AbstractContextMa
     return deploy_lock(record.config.name, record.ledger, record.release_id, holder_run_id=record.run_id)
 
 
-def resolved(record: DeployRecord, release: ResolvedRelease) -> None:
-    """The ref is a SHA now: the ledger learns what is deployed over what, the run is renamed for it."""
+def resolved(record: DeployRecord, prerequisites: Prerequisites) -> None:
+    """The ref is a SHA now: the ledger learns what is deployed over what (code, and with [dependencies]
+    the environment), the run is renamed for it."""
+    release = prerequisites.release
     name = rename_run(record.run_id, run_name(release.sha))
     record.update(target_sha=release.sha, previous_sha=release.live_sha, commit_time=release.committed_at,
-                  flow_run_name=name)
+                  flow_run_name=name, environment_before=prerequisites.live_environment,
+                  environment_after=prerequisites.environment)
 
 
 def approval_brief(record: DeployRecord, prerequisites: Prerequisites, staging: EnvironmentConfig | None) -> str:

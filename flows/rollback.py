@@ -3,9 +3,12 @@
     acquire-deploy-lock        waits for a dead deploy's lease to lapse (rollback.lock_wait_seconds)
     choose-rollback-plan       from the ledger: what the failed deploy changed (see tasks/rollback_plan)
     stop-traffic               immediate action: maintenance mode (503 + Retry-After)
+                               (without one, when the release's migrations only added to the schema, the
+                               previous code comes back and is healthy first, then the database is undone)
     downgrade-database         with the failed release's own scripts ... or, if that fails or cannot be,
     restore-backup             the verified pre-deployment backup ... or verify-database-revision
     check-out-previous-release
+    switch-back-environment    [dependencies]: the environment live before the failed release, as recorded
     restart-application        skipped when the failed release never ran (stopped before its reload):
     check-health               the previous SHA is served and healthy (still in maintenance); when the
                                failed release never ran, healthy and not shown to serve another SHA
@@ -35,11 +38,12 @@ from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
 from deployments.config import EnvironmentConfig, load_environment
-from deployments.errors import DeployError, InvalidInput, LockHeld, MigrationFailed, RollbackFailed
+from deployments.errors import DeployError, InvalidInput, LockHeld, MigrationFailed, PreflightError, RollbackFailed
 from deployments.logs import install_log_filters
 from deployments.secrets import resolve_database_url
 from tasks.steps import recording
 from tasks.backups import restore_database
+from tasks.dependencies import ensure_environment, switch_environment
 from tasks.health import check_health
 from records.ledger import Ledger, Release
 from tasks.locks import deploy_lock, release_dead_holder
@@ -106,9 +110,13 @@ def rollback(environment: str, failed_run_id: str = "", to: str = "", reason: st
                           flow_run_name=rename_run(run_id, planned_name(environment, subject, plan)))
             notify(config, f"Rollback of {environment} started", f"{plan.describe()}\nReason: {reason or '—'}")
             stop_traffic(config)
-            undo_database(config, plan, app_name)
+            code_first = code_before_database(config, plan)
+            if not code_first:
+                undo_database(config, plan, app_name)
             if plan.code:
                 pull_release.with_options(name="check-out-previous-release")(config, plan.to_sha)
+                if config.dependencies is not None:
+                    switch_environment.with_options(name="switch-back-environment")(config, subject.environment_before)
             # A release stopped before its reload (its canary failed) never ran: the app's processes
             # all predate its checkout and still run the previous code, so traffic need not wait for
             # a restart. They are renewed from the previous tree once traffic flows again.
@@ -122,6 +130,8 @@ def rollback(environment: str, failed_run_id: str = "", to: str = "", reason: st
             # Processes that predate the failed release's checkout cannot be shown, by the workspace, to
             # serve the previous one checked out after them: that waits for their renewal.
             verify_health(config, plan.to_sha, allow_maintenance=True, held=False, unverified_ok=never_ran)
+            if code_first:
+                undo_database(config, plan, app_name)
             ledger.update(subject.id, restored_at=datetime.now(timezone.utc))
             resume_traffic(config)
             if never_ran:
@@ -209,6 +219,20 @@ def never_served(config: EnvironmentConfig, ledger: Ledger, subject: Release) ->
     return checkout is not None and started_before(config, checkout.timestamp())
 
 
+def code_before_database(config: EnvironmentConfig, plan: RollbackPlan) -> bool:
+    """Without a maintenance mode traffic keeps flowing through the rollback. When the release's
+    migrations only added to the schema, the previous code works on it as it is: it comes back first,
+    and the database is undone under it, so the new code never meets the old schema. Otherwise (or with
+    maintenance on) the database goes first, as the runbook lists it."""
+    if config.service.maintenance_on_command or not plan.code or not plan.expand_only:
+        return False
+    if plan.database not in ("downgrade", "restore"):
+        return False
+    get_run_logger().info("No maintenance mode, and the release's migrations only added to the schema: the "
+                          "previous release comes back first, then the database is undone (%s).", plan.database)
+    return True
+
+
 def undo_database(config: EnvironmentConfig, plan: RollbackPlan, app_name: str) -> None:
     url = resolve_database_url(config)
     end_orphaned_sessions(url, "deploy-")
@@ -221,9 +245,11 @@ def undo_database(config: EnvironmentConfig, plan: RollbackPlan, app_name: str) 
     if plan.database == "downgrade" and plan.from_sha:
         tree = add_worktree(config, plan.from_sha, config.state_dir / "worktrees" / f"{config.name}-rollback")
         try:
+            if config.dependencies is not None:  # its scripts run in its own environment; kept, else made again
+                ensure_environment(config, config.app_dir(tree), step="downgrade database")
             downgrade_database(config, tree, plan.to_revision, app_name)
             return
-        except MigrationFailed as exc:
+        except (MigrationFailed, PreflightError) as exc:
             get_run_logger().warning("Downgrade failed (%s); restoring the backup instead.", exc.cause)
         finally:
             remove_worktree(config, tree)

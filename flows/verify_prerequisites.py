@@ -1,6 +1,8 @@
 """verify-prerequisites: the runbook's prerequisites, before anything in the environment changes.
 
     fetch-release · resolve-release      the ref, as a 40-hex SHA; a deploy of the live SHA is a noop
+    install-dependencies                 the release's own environment ([dependencies]), built or reused
+    check-migrations                     what is pending, read with the release's scripts
     check-merged-to-main                 code changes merged to the release branch
     check-workspace                      no hand-made changes a deploy would overwrite
     run-release-tests                    the release's own tests, on a scratch worktree of the SHA
@@ -21,9 +23,11 @@ from prefect.logging import get_run_logger
 
 from deployments.config import EnvironmentConfig
 from deployments.errors import DeployError, PreflightError
+from tasks.dependencies import install_dependencies
 from tasks.health import check_staging_health
 from tasks.migrations import MigrationStatus, check_migrations, test_migrations
 from tasks.quality import run_release_tests, run_security_scan
+from tasks.release_environments import ReleaseEnvironment, live_environment, release_environment
 from tasks.served_version import VersionNotVerified, VersionUnreadable
 from tasks.source import (
     ResolvedRelease,
@@ -41,6 +45,8 @@ class Prerequisites:
     noop: bool
     pending_migrations: list[str]
     migrations: MigrationStatus | None = None  # the live revision and what is pending, for the approvers
+    environment: str | None = None  # with [dependencies]: the release's environment ...
+    live_environment: str | None = None  # ... and the live one
 
 
 def release_tree(config: EnvironmentConfig, release_id: int) -> Path:
@@ -54,9 +60,13 @@ def verify_prerequisites(config: EnvironmentConfig, staging: EnvironmentConfig |
     fetch_release(config)
     release = resolve_release(config, ref)
     tree = add_worktree(config, release.sha, release_tree(config, release_id))
+    install_dependencies(config, tree)
+    environments = {} if config.dependencies is None else {
+        "environment": release_environment(config, config.app_dir(tree)).key,
+        "live_environment": _key(live_environment(config))}
     status = check_migrations(config, tree)
     if release.sha == release.live_sha and not status.pending and not force:
-        return Prerequisites(release, noop=True, pending_migrations=[], migrations=status)
+        return Prerequisites(release, noop=True, pending_migrations=[], migrations=status, **environments)
     check_merged_to_main(config, release.sha)
     check_workspace(config)
     run_release_tests(config, tree)
@@ -66,7 +76,11 @@ def verify_prerequisites(config: EnvironmentConfig, staging: EnvironmentConfig |
     if staging is not None:
         verify_staging(staging, release.sha, config.prerequisites.require_staging_version)
     return Prerequisites(release, noop=False, pending_migrations=[p.revision for p in status.pending],
-                         migrations=status)
+                         migrations=status, **environments)
+
+
+def _key(environment: ReleaseEnvironment | None) -> str | None:
+    return environment.key if environment is not None else None
 
 
 def verify_staging(staging: EnvironmentConfig, sha: str, require_version: bool = True) -> None:

@@ -52,6 +52,9 @@ class Release(Base):
     commit_time: Mapped[datetime | None]
     db_revision_before: Mapped[str | None] = mapped_column(String(64))
     db_revision_after: Mapped[str | None] = mapped_column(String(64))
+    # With [dependencies]: the key of the Python environment live before the deploy, and of its own.
+    environment_before: Mapped[str | None] = mapped_column(String(64))
+    environment_after: Mapped[str | None] = mapped_column(String(64))
     backup_tag: Mapped[str | None] = mapped_column(String(80))
     backup_manifest: Mapped[dict[str, Any] | None]
     approvals: Mapped[list[Any]] = mapped_column(JSON, default=list)

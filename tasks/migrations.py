@@ -27,6 +27,7 @@ from tasks.database_state import DatabaseState, read_state
 from tasks.databases import connect, session_name
 from tasks.processes import Advice, Command, child_env, run
 from tasks.lock_waits import LockWatch, watching_lock_waits
+from tasks.release_environments import interpreter
 
 
 def database_revision(url: str, application_name: str | None = None) -> str | None:
@@ -62,6 +63,7 @@ class PendingRevision:
     revision: str
     message: str
     has_downgrade: bool
+    expand_only: bool = False  # it only adds: the previous release's code works on the schema after it
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,8 @@ def run_runner(
     env["PGAPPNAME"] = application_name
     # Its source is passed with -c: run as a file, its directory (this package) would come first on
     # the app's sys.path and our `health` or `service` could shadow the app's modules of that name.
-    argv = [str(config.service.python), "-c", RUNNER.read_text(), *args, "--config", config.database.alembic_config]
+    python = interpreter(config, cwd)
+    argv = [str(python), "-c", RUNNER.read_text(), *args, "--config", config.database.alembic_config]
     # The app's env.py may set its own lock_timeout (or none): the watch names any lock the runner
     # waits for within a second, and cancels a wait the bound did not end.
     url = database or resolve_database_url(config)
@@ -108,7 +111,7 @@ def run_runner(
         try:
             result = run(Command.of(argv, cwd=config.app_dir(cwd), env=env, timeout=config.database.statement_timeout_ms / 1000 + 60,
                                     name="alembic"), step=step, error=MigrationFailed, advice=Advice(
-                start=f"check service.python ({config.service.python}) in the environment file",
+                start=f"check service.python ({python}) in the environment file",
                 slow="look for a blocking session in the database, then roll back or run again"))
         except MigrationFailed as exc:
             if watch.seen is None:
@@ -159,7 +162,8 @@ def migration_status(config: EnvironmentConfig, app_env: Mapping[str, str], cwd:
     return MigrationStatus(
         heads=list(payload["heads"]),
         current=payload["current"],
-        pending=[PendingRevision(p["revision"], p["message"], bool(p["has_downgrade"])) for p in payload["pending"]],
+        pending=[PendingRevision(p["revision"], p["message"], bool(p["has_downgrade"]), bool(p.get("expand_only")))
+                 for p in payload["pending"]],
         known=bool(payload["known"]),
     )
 

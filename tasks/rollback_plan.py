@@ -39,6 +39,7 @@ class RollbackPlan:
     code: bool
     backup_tag: str | None
     reason: str
+    expand_only: bool = False  # every migration undone only added: the previous code runs on either schema
 
     @property
     def nothing_to_do(self) -> bool:
@@ -58,8 +59,10 @@ class RollbackPlan:
 def decide(release: Release, steps: list[StepRecord], backend: str, live_revision: str | None) -> RollbackPlan:
     """The plan for undoing `release`, a deploy that failed (or is being undone by hand)."""
     migration = next((s.status for s in reversed(steps) if s.name == "run-migrations"), None)
+    pending = release.migrations or []
     base = dict(release_id=release.id, from_sha=release.target_sha, to_sha=release.previous_sha,
-                to_revision=release.db_revision_before, backup_tag=release.backup_tag)
+                to_revision=release.db_revision_before, backup_tag=release.backup_tag,
+                expand_only=bool(pending) and all(p.get("expand_only") for p in pending))
     if release.outcome in DONE:
         return RollbackPlan(**base, database="none", code=False, reason=f"the release is already {release.outcome}")
     if not release.code_changed and not release.migration_started:
@@ -68,7 +71,6 @@ def decide(release: Release, steps: list[StepRecord], backend: str, live_revisio
     if not release.migration_started:
         return RollbackPlan(**base, database="none", code=code, reason="only the code changed")
     if migration == "completed":
-        pending = release.migrations or []
         if not pending:
             return RollbackPlan(**base, database="verify", code=code, reason="the release had no migration")
         if all(p.get("has_downgrade") for p in pending):

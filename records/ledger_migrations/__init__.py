@@ -30,7 +30,7 @@ VERSION_TABLE = "ledger_alembic_version"
 BASELINE = "0001"
 # The newest revision in versions/; a test holds it to Alembic's own answer. A ledger already there is
 # opened without importing Alembic, whose import alone costs more than all of a deploy's ledger writes.
-HEAD = "0001"
+HEAD = "0002"
 # PostgreSQL's advisory lock for changing the ledger's schema; any number nothing else uses.
 _SCHEMA_LOCK = 0x1ED6E5
 

@@ -18,9 +18,13 @@ def test_every_check_runs_and_names_what_is_missing(tmp_path: Path, monkeypatch:
     config = environment(tmp_path / "env", port)
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     results = {r.name: r for r in check_environment(config)}
-    assert list(results) == ["secrets", "source repository", "workspace", "app interpreter", "app imports",
-                             "app process", "health", "database", "database variables", "migrations", "metrics",
-                             "critical paths", "backups"]
+    assert list(results) == ["secrets", "source repository", "workspace", "app interpreter", "dependencies",
+                             "app imports", "app process", "health", "database", "database variables", "migrations",
+                             "metrics", "critical paths", "backups", "rollback order"]
+    assert results["dependencies"].ok and "no [dependencies]" in results["dependencies"].detail
+    # No maintenance mode: it passes, with what that means for a rollback.
+    assert results["rollback order"].ok and results["rollback order"].warning
+    assert "reverts the code before it undoes an expand-only migration" in results["rollback order"].detail
     assert results["database variables"].ok
     assert not results["migrations"].ok and "does not exist" in results["migrations"].detail
     assert not results["metrics"].ok and "did not answer" in results["metrics"].detail

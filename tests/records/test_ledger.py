@@ -19,7 +19,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import MetaData, create_engine, inspect
 
 from records import ledger_migrations
 from records.ledger import OUTCOMES, TERMINAL, Base, Ledger
@@ -229,9 +229,18 @@ VALUES (1, 'backup-database', 'completed', '{"tag": "pre-deployment-20260105-100
 """
 
 
-def sqlite_schema(path: Path) -> list[tuple[str, str, str | None]]:
+def sqlite_schema(path: Path) -> list[tuple[str, str, object]]:
+    """Every table's columns (name, type, not null, default, key) and every index's columns, in a form
+    that does not depend on the order columns were added in (a migration's ADD COLUMN appends)."""
     with sqlite3.connect(path) as conn:
-        return sorted(conn.execute("SELECT type, name, sql FROM sqlite_master"))
+        objects = list(conn.execute("SELECT type, name FROM sqlite_master"))
+        shape: list[tuple[str, str, object]] = []
+        for kind, name in objects:
+            if kind == "table":
+                shape.append((kind, name, sorted(tuple(row[1:]) for row in conn.execute(f"PRAGMA table_info('{name}')"))))
+            elif kind == "index":
+                shape.append((kind, name, [row[2] for row in conn.execute(f"PRAGMA index_info('{name}')")]))
+        return sorted(shape, key=lambda item: (item[0], item[1]))
 
 
 def version(path: Path) -> list[str]:
@@ -295,21 +304,31 @@ def test_a_ledger_made_before_migrations_keeps_its_rows_and_gains_the_newer_colu
     assert version(tmp_path / "state" / "ledger.db") == [ledger_migrations.HEAD]
 
 
-def test_a_ledger_the_last_code_before_migrations_made_is_only_stamped(tmp_path: Path) -> None:
+def baseline_metadata() -> MetaData:
+    """The tables as the last code before the ledger had migrations made them (revision 0001's)."""
+    engine = create_engine("sqlite://")
+    with engine.connect() as connection:
+        script = ScriptDirectory.from_config(ledger_migrations.config(connection))
+        return script.get_revision(ledger_migrations.BASELINE).module.metadata  # type: ignore[no-any-return]
+
+
+def test_a_ledger_the_last_code_before_migrations_made_is_stamped_then_upgraded(tmp_path: Path) -> None:
     engine = create_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
-    Base.metadata.create_all(engine)
+    baseline_metadata().create_all(engine)
     engine.dispose()
-    before = sqlite_schema(tmp_path / "ledger.db")
     Ledger(f"sqlite:///{tmp_path / 'ledger.db'}").engine.dispose()
+    models = create_engine(f"sqlite:///{tmp_path / 'models.db'}")
+    Base.metadata.create_all(models)
+    models.dispose()
     after = sqlite_schema(tmp_path / "ledger.db")
-    assert [row for row in after if ledger_migrations.VERSION_TABLE not in row[1]] == before
+    assert [row for row in after if ledger_migrations.VERSION_TABLE not in row[1]] == sqlite_schema(tmp_path / "models.db")
     assert version(tmp_path / "ledger.db") == [ledger_migrations.HEAD]
 
 
 @pytest.mark.postgres
 def test_a_ledger_made_before_migrations_on_postgresql_gains_the_column_it_lacks(postgres_database: str) -> None:
     engine = create_engine(postgres_database)
-    Base.metadata.create_all(engine)
+    baseline_metadata().create_all(engine)
     with engine.begin() as conn:
         conn.exec_driver_sql("ALTER TABLE releases DROP COLUMN watch")
         conn.exec_driver_sql("INSERT INTO releases (environment, ref, reason, dry_run, approvals, phase, code_changed,"
