@@ -86,7 +86,11 @@ def environment_file(findings: Findings, name: str, repo: Path, port: int, stagi
     upper = re.sub(r"[^A-Z0-9]", "_", name.upper())
     f = findings
     pid_file = directory.resolve() / "run" / name / "app.pid"
-    start = (["{bin}/gunicorn", "-k", "uvicorn_worker.UvicornWorker"] if f.asgi else ["{bin}/gunicorn"])
+    installs = _install(f.dependency_files)
+    # With an environment per release, gunicorn is started by the environment's interpreter: its USR2
+    # re-exec then follows the `current` link to the new release's packages.
+    gunicorn = ["{python}", "{bin}/gunicorn"] if installs else ["{bin}/gunicorn"]
+    start = ([*gunicorn, "-k", "uvicorn_worker.UvicornWorker"] if f.asgi else gunicorn)
     start += ["--bind", f"127.0.0.1:{port}", "--pid", str(pid_file), f.app_module or "TODO:module:app"]
     lines = [
         f"# The {name} environment of the app in {repo}, as `deployctl init` read the repository.",
@@ -103,7 +107,7 @@ def environment_file(findings: Findings, name: str, repo: Path, port: int, stagi
         "",
         "[service]",
         f'base_url = "http://127.0.0.1:{port}"  # GUESS',
-        'python = "/srv/venv/bin/python"  # TODO: the interpreter of the environment the app runs in',
+        *([] if installs else ['python = "/srv/venv/bin/python"  # TODO: the interpreter of the environment the app runs in']),
         "start_command = " + _toml_list(start) + ("  # GUESS" if f.app_module else "  # TODO: your app object"),
         'reload = "usr2"  # gunicorn: a new master takes over, then the old one retires',
         f'pid_file = "{pid_file}"',
@@ -137,11 +141,38 @@ def environment_file(findings: Findings, name: str, repo: Path, port: int, stagi
         lines += ["", "[approvals]", 'required_roles = ["team-lead", "product-owner"]  # two people, as the runbook says']
         if staging and staging != name:
             lines += ["", "[prerequisites]", f'staging_environment = "{staging}"  # must serve the same SHA first']
-    if f.dependency_files:
+    if installs:
+        files, command = installs
+        lines += ["", "[dependencies]",
+                  "# Each release gets its own environment, built from these files before anything runs it, and",
+                  "# made live with its code; a rollback returns to the previous one. The app runs in",
+                  "# <directory>/current/bin/python (so service.python is left out).",
+                  f'directory = "/srv/{name}/envs"  # TODO: one directory per environment, beside the workspace',
+                  'python = "/usr/bin/python3"  # TODO: the interpreter environments are created from',
+                  f"files = {_toml_list(files)}  # found in the app's directory",
+                  f"install_command = {_toml_list(command)}  # GUESS: runs in the release's app directory"]
+        if command[0] != "{python}":
+            lines += ['check_command = []  # GUESS: the installer above checks what it resolves',
+                      'venv_options = ["--without-pip"]  # the installer brings its own']
+    elif f.dependency_files:
         lines += ["", f"# Dependencies: {', '.join(f.dependency_files)} found; install them into service.python's "
-                  "environment before a release that changes them."]
+                  "environment before a release that changes them, or add a [dependencies] section."]
     lines += [f"# Note: {note}" for note in f.notes]
     return "\n".join(lines) + "\n"
+
+
+def _install(found: list[str]) -> tuple[list[str], list[str]] | None:
+    """The dependency files that key a release's environment and the command that installs them."""
+    if "uv.lock" in found:
+        return ["uv.lock", "pyproject.toml"], ["uv", "sync", "--frozen", "--no-dev", "--active"]
+    if "poetry.lock" in found:
+        return ["poetry.lock", "pyproject.toml"], ["poetry", "install", "--only", "main", "--no-root"]
+    for name in ("requirements.lock", "requirements.txt"):
+        if name in found:
+            return [name], ["{python}", "-m", "pip", "install", "-r", name]
+    if "pyproject.toml" in found:
+        return ["pyproject.toml"], ["{python}", "-m", "pip", "install", "."]
+    return None
 
 
 def write_environment_files(repo: Path, directory: Path, names: tuple[str, ...] = ("staging", "production"),

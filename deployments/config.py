@@ -258,7 +258,9 @@ class DependenciesConfig(Model):
     env: dict[str, str] = Field(default_factory=dict, description=(
         "plain variables of the install command only (e.g. PIP_INDEX_URL, PIP_FIND_LINKS); it gets no "
         "variable of the app"))
-    keep: int = Field(5, ge=2, le=100, description="environments kept beyond those of the live and previous release")
+    keep: int | None = Field(None, ge=1, le=100, description=(
+        "the newest environments kept (default: backups.keep, as many as there are backups to go back to); "
+        "the live one and the one a rollback would return to are never removed"))
     timeout_seconds: float = Field(900.0, gt=0, le=7200, description="for one install")
 
     @field_validator("files")

@@ -183,17 +183,18 @@ def switch_environment(config: EnvironmentConfig, key: str | None = None) -> str
 
 
 def prune_environments(config: EnvironmentConfig, keep: set[str]) -> list[str]:
-    """Remove the environments beyond dependencies.keep, oldest first, never one in `keep` (the live one,
+    """Remove the environments beyond dependencies.keep (else backups.keep), oldest first, never one in `keep` (the live one,
     the one being deployed) nor one a recent release of the ledger recorded (a rollback's target)."""
     assert config.dependencies is not None
-    for release in Ledger.for_state_dir(config.state_dir).releases(config.name, limit=config.dependencies.keep):
+    count = config.dependencies.keep or config.backups.keep
+    for release in Ledger.for_state_dir(config.state_dir).releases(config.name, limit=count):
         keep |= {key for key in (release.environment_before, release.environment_after) if key}
     directory = config.dependencies.directory
     built = sorted((p for p in directory.iterdir() if p.is_dir() and not p.is_symlink() and (p / MARKER).is_file()),
                    key=lambda p: (p / MARKER).stat().st_mtime, reverse=True)
     removed: list[str] = []
     with building_lock(config):
-        for path in built[config.dependencies.keep:]:
+        for path in built[count:]:
             if path.name not in keep:
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path.name)

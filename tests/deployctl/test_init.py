@@ -76,6 +76,11 @@ def test_the_files_written_load_as_they_are_and_say_what_was_found(tmp_path: Pat
                                              "POSTGRES_PORT": "port", "POSTGRES_SERVER": "host", "POSTGRES_USER": "user"}
     assert production.service.start_command[-1] == "app.main:app"
     assert "uvicorn_worker.UvicornWorker" in production.service.start_command
+    # uv.lock: each release's environment is built by uv from it, and the app runs in the live one.
+    assert production.dependencies is not None and production.dependencies.files == ["uv.lock", "pyproject.toml"]
+    assert production.dependencies.install_command[:2] == ["uv", "sync"]
+    assert production.service.start_command[:2] == ["{python}", "{bin}/gunicorn"]
+    assert production.service.python == production.dependencies.directory / "current" / "bin" / "python"
     assert str(production.service.pid_file) in production.service.start_command  # the same file, both sides
     assert production.health.path == "/utils/health-check/" and not production.health.check_version
     assert production.monitoring.source == "none"
