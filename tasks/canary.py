@@ -34,6 +34,7 @@ from tasks.app_commands import expand_argv
 from tasks.processes import Advice, Command, child_env, spawn
 from tasks.served_version import Processes
 from tasks.service import scan_log
+from tasks.migrations import live_schema_unmoved
 from tasks.smoke import run_critical_path_tests
 from tasks.waiting import wait_until
 
@@ -44,7 +45,9 @@ def check_canary(config: EnvironmentConfig, sha: str) -> str:
     step = f"check canary ({config.name})"
     if config.service.canary is None:
         return "no [service.canary] in the environment file: the release meets traffic unchecked"
-    with canary(config) as (url, log, processes):
+    # The canary runs on the live database (the migrations are done); its schema must not move under it.
+    with live_schema_unmoved(config, step, "the canary", "ran only the release's code on it"), \
+            canary(config) as (url, log, processes):
         started = time.monotonic()
         canary_config = config.model_copy(update={"service": config.service.model_copy(update={"base_url": url})})
         try:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -18,7 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from deployments.config import EnvironmentConfig
-from deployments.errors import BackupFailed, LiveDatabaseTouched, MigrationFailed, PreflightError
+from deployments.errors import BackupFailed, DeployError, LiveDatabaseTouched, MigrationFailed, PreflightError
 from deployments.secrets import DEFAULT_PORTS, database_env, redact, resolve_app_environment, resolve_database_url
 from deployments.logs import run_log
 from tasks.steps import change_step, read_step
@@ -311,16 +313,37 @@ def _live_state(config: EnvironmentConfig, url: str, step: str) -> DatabaseState
         engine.dispose()
 
 
-def _live_database_unmoved(config: EnvironmentConfig, url: str, before: DatabaseState, step: str) -> None:
-    """The guard after the rehearsal: whatever the configuration, the live database is as it was."""
+def _live_database_unmoved(config: EnvironmentConfig, url: str, before: DatabaseState, step: str,
+                           what: str = "the rehearsal", pointed: str = "was pointed at a copy") -> None:
+    """The guard after the rehearsal, the release's tests and the canary: whatever the configuration,
+    the live database's revision and schema are as they were."""
     after = _live_state(config, url, step)
     moved = before.differences(after)
     if moved:
         raise LiveDatabaseTouched(
-            step, f"the rehearsal changed the LIVE database of {config.name} ({'; '.join(moved)}), though the app "
-                  "was pointed at a copy: it reaches its database in a way the environment file does not describe",
+            step, f"{what} changed the LIVE database of {config.name} ({'; '.join(moved)}), though the app "
+                  f"{pointed}: it reaches its database in a way the environment file does not describe",
             "check the live database now and restore its last backup if needed; then make the app take every "
             "database setting from the variables of [database] before deploying again")
+
+
+@contextmanager
+def live_schema_unmoved(config: EnvironmentConfig, step: str, what: str, pointed: str) -> Iterator[None]:
+    """Around a step that runs the release but must never change the live schema (its tests, its canary):
+    the live revision and schema fingerprint are read before and compared after, even when it fails."""
+    url = resolve_database_url(config)
+    before = _live_state(config, url, step)
+    try:
+        yield
+    except BaseException:
+        try:
+            _live_database_unmoved(config, url, before, step, what, pointed)
+        except LiveDatabaseTouched:
+            raise
+        except DeployError:
+            pass  # the guard could not read the database again: the step's own failure says more
+        raise
+    _live_database_unmoved(config, url, before, step, what, pointed)
 
 
 def _rehearse_on(config: EnvironmentConfig, release_tree: Path, status: MigrationStatus, app_env: Mapping[str, str],

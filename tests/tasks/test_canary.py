@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from deployments.config import EnvironmentConfig, load_environment_file
-from deployments.errors import ConfigError, ServiceError
+from deployments.errors import ConfigError, LiveDatabaseTouched, ServiceError
 from tasks.canary import check_canary
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -35,6 +36,11 @@ if mode == "exit":
     sys.exit(3)
 if mode == "silent":
     time.sleep(600)
+if mode == "creates-tables":  # an app that "helpfully" makes its tables as it starts
+    import sqlite3
+    sqlite3.connect(os.environ["JOBAPP_DATABASE_URL"].removeprefix("sqlite:///")).execute(
+        "CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY)")
+    mode = "good"
 SERVICES = ["database", "scraper", "ai", "documents", "email"]
 ANSWERS = {"/api/scrape": {"scraped": 1, "job_ids": [7]}, "/api/analyze": {"score": 0.5, "matched": [], "model": "m"},
            "/api/documents/cover-letter": {"document_id": 1, "bytes": 10, "sha256": "x"},
@@ -79,6 +85,7 @@ def environment(tmp_path: Path, mode: str, timeout: float = 20.0) -> Environment
     (tmp_path / "mode").write_text(mode)
     (tmp_path / "production" / "app").mkdir(parents=True)
     (tmp_path / "sandbox.env").write_text(f"JOBAPP_PRODUCTION_DATABASE_URL=sqlite:///{tmp_path}/secret.db\n")
+    sqlite3.connect(tmp_path / "secret.db").close()  # production's database, whose schema the canary must not move
     text = (PROJECT / "deployments" / "production.toml").read_text()
     text = text.replace("../.sandbox", str(tmp_path)).replace('"../.venv/bin/python"', json.dumps(sys.executable))
     start, end = text.index("[service.canary]"), text.index("[database]")
@@ -110,6 +117,13 @@ def test_a_good_release_passes_health_and_the_critical_paths_on_the_canary(tmp_p
     assert detail.startswith("health and 4 critical paths passed on a canary at http://127.0.0.1:")
     assert f"serving {SHA[:12]}" in detail
     assert seen(tmp_path)["database"] == f"sqlite:///{tmp_path}/secret.db", "the canary gets the app's secrets"
+    assert_cleaned_up(tmp_path)
+
+
+def test_a_canary_that_changes_the_live_schema_fails_loudly(tmp_path: Path) -> None:
+    with pytest.raises(LiveDatabaseTouched) as caught:
+        check_canary.fn(environment(tmp_path, "creates-tables"), SHA)
+    assert "the canary changed the LIVE database of production (schema fingerprint" in str(caught.value)
     assert_cleaned_up(tmp_path)
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from deployments.config import EnvironmentConfig, load_environment_file
-from deployments.errors import PreflightError
+from deployments.errors import LiveDatabaseTouched, PreflightError
 from tasks.quality import ScanReport, run_release_tests, run_security_scan
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -26,6 +27,16 @@ def environment(tmp_path: Path, test_command: str = PYTEST, scan_command: str | 
         text = text.replace("[prerequisites]\n", f"[prerequisites]\nscan_command = {scan_command}\n")
     (tmp_path / "production.toml").write_text(text)
     return load_environment_file(tmp_path / "production.toml")
+
+
+@pytest.fixture(autouse=True)
+def live_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Production's database, which the release's tests are never given (and must never change)."""
+    path = tmp_path / "live.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE jobs (id INTEGER PRIMARY KEY)")
+    monkeypatch.setenv("JOBAPP_PRODUCTION_DATABASE_URL", f"sqlite:///{path}")
+    return path
 
 
 def release_tree(tmp_path: Path, files: dict[str, str]) -> Path:
@@ -48,6 +59,17 @@ def test_passing_release_tests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     summary = run_release_tests.fn(environment(tmp_path), tree)
     assert re.fullmatch(r"2 passed in [\d.]+s", summary), summary
     assert not (tree / ".pytest_cache").exists()
+
+
+def test_release_tests_that_reach_the_live_database_anyway_fail_loudly(tmp_path: Path, live_database: Path) -> None:
+    # Given no database setting, a suite whose settings fall back to production's file still finds it.
+    tree = release_tree(tmp_path, {"tests/test_app.py": (
+        "import sqlite3\n\n\ndef test_migrates_what_it_finds():\n"
+        f"    sqlite3.connect({str(live_database)!r}).execute('ALTER TABLE jobs ADD COLUMN salary INTEGER')\n")})
+    with pytest.raises(LiveDatabaseTouched) as caught:
+        run_release_tests.fn(environment(tmp_path), tree)
+    assert "the release's tests changed the LIVE database of production" in str(caught.value)
+    assert caught.value.changed_production
 
 
 def test_failing_release_tests_stop_the_deploy(tmp_path: Path) -> None:
