@@ -18,6 +18,7 @@ from tasks.app_commands import expand_argv
 from tasks.dependencies import ensure_environment, prune_environments, switch_environment
 from tasks.release_environments import MARKER, interpreter, live_environment, release_environment
 from tests.conftest import free_ports
+from tests.tasks.gunicorn_app import APP as RELEASE_APP
 from tests.tasks.gunicorn_app import WORKERS, App, gunicorn_conf
 from tests.wheels import build_wheel
 
@@ -26,23 +27,8 @@ BASE_PYTHON = Path(os.path.realpath(sys.executable))
 INSTALL = Path(__file__).with_name("install_shared.py")
 
 # The app serves the version of the library its environment holds.
-APP = '''\
-import greetlib
-
-
-async def app(scope, receive, send):
-    if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-    body = greetlib.__version__.encode()
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
-    await send({"type": "http.response.body", "body": body})
-'''
+APP = RELEASE_APP.replace('RELEASE = (Path(__file__).resolve().parent / "release.txt").read_text().strip()',
+                          "import greetlib\n\nRELEASE = greetlib.__version__")
 
 
 @pytest.fixture(scope="module")
