@@ -187,8 +187,12 @@ def _init(args: argparse.Namespace) -> int:
     written = write_environment_files(args.repository, args.dir, names)
     for path in written:
         print(f"wrote {path}")
+    dependencies = any("[dependencies]" in path.read_text() for path in written if path.suffix == ".toml")
     print(f"Edit the lines marked GUESS and TODO, put each database URL in {args.dir / 'app.env'}, then:\n"
-          f"  export DEPLOY_ENVIRONMENTS_DIR={args.dir.resolve()}\n  deployctl check {names[0]}")
+          f"  export DEPLOY_ENVIRONMENTS_DIR={args.dir.resolve()}\n"
+          + (f"  deployctl dependencies {names[0]}     # the live release's environment, to start the app from\n"
+             if dependencies else "")
+          + f"  deployctl check {names[0]}")
     return 0
 
 
