@@ -1,0 +1,32 @@
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+from sqlalchemy import insert, select
+
+from app.core.db import engine
+from app.models import items
+
+router = APIRouter(prefix="/items", tags=["items"])
+
+
+class ItemCreate(BaseModel):
+    title: str = Field(min_length=1, max_length=200)
+    description: str | None = Field(None, max_length=1000)
+
+
+class ItemPublic(ItemCreate):
+    id: int
+
+
+@router.get("/")
+def read_items(skip: int = 0, limit: int = 100) -> list[ItemPublic]:
+    query = (select(items.c.id, items.c.title, items.c.description)
+             .order_by(items.c.id).offset(skip).limit(limit))
+    with engine.connect() as conn:
+        return [ItemPublic(**row) for row in conn.execute(query).mappings()]
+
+
+@router.post("/", status_code=201)
+def create_item(item: ItemCreate) -> ItemPublic:
+    with engine.begin() as conn:
+        new_id = conn.execute(insert(items).values(**item.model_dump()).returning(items.c.id)).scalar_one()
+    return ItemPublic(id=new_id, **item.model_dump())
