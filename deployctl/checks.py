@@ -107,9 +107,10 @@ def check_environment(config: EnvironmentConfig) -> list[CheckResult]:
 
     def backups() -> str:
         target = config.backups.directory
-        parent = target if target.exists() else target.parent
-        if not os.access(parent, os.W_OK):
-            raise _Fail(f"{target} is not writable")
+        existing = next(path for path in (target, *target.parents) if path.exists())  # the step makes the rest
+        if not os.access(existing, os.W_OK):
+            raise _Fail(f"{target} is not writable" if existing == target else
+                        f"{target} cannot be made: {existing} is not writable")
         url = resolve_database_url(config) if app_env else ""
         if url.startswith("postgresql"):
             for tool in (config.backups.pg_dump, config.backups.pg_restore):

@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import git
+
 from deployments.errors import InvalidInput
 
 SKIPPED = {".git", ".venv", "venv", "node_modules", "__pycache__", ".tox", ".mypy_cache", "build", "dist", "site-packages"}
@@ -64,6 +66,7 @@ def inspect_repository(repo: Path) -> Findings:
     found.app_directory = app_dir.relative_to(repo).as_posix() if app_dir != repo else "."
     found.database_variables = _database_variables(app_dir)
     sources = [p for p in _files(app_dir, "*.py") if "migrations" not in p.parts and "alembic" not in p.parts]
+    mounted = _router_prefix(sources)
     for path in sources:
         text = _read(path)
         framework = _FRAMEWORK.search(text)
@@ -72,7 +75,8 @@ def inspect_repository(repo: Path) -> Findings:
             variable = _MODULE_APP.search(text)
             found.app_module = f"{module}:{variable.group(1) if variable else 'app'}"
             found.asgi = framework.group(1) != "Flask"
-        found.health_paths += [_with_prefix(route, text) for route in _HEALTH_ROUTE.findall(text)]
+        routes = [_with_prefix(route, text) for route in _HEALTH_ROUTE.findall(text)]
+        found.health_paths += [(mounted + route if "APIRouter(" in text else route) for route in routes]
         if "prometheus_client" in text or "prometheus_fastapi_instrumentator" in text:
             found.metrics = True
     found.dependency_files = [name for name in DEPENDENCY_FILES if (app_dir / name).is_file()]
@@ -100,7 +104,7 @@ def environment_file(findings: Findings, name: str, repo: Path, port: int, stagi
         f'state_dir = "state/{name}"',
         "",
         "[source]",
-        f'repository = "{repo}"',
+        *_repository_lines(repo),
         'branch = "main"  # GUESS: releases must be merged to this branch',
         f'workspace = "/srv/{name}/app"  # TODO: the checkout {name} serves, deployed in place',
         f'app_directory = "{f.app_directory}"' + ("" if f.app_directory == "." else "  # where alembic.ini is"),
@@ -217,6 +221,36 @@ def _database_variables(app_dir: Path) -> dict[str, str]:
     if parts and not {"name", "url"} & set(parts.values()):
         return {}  # parts without the database's name cannot be pointed at a copy: ask instead
     return parts
+
+
+_MOUNT = re.compile(r"""\.include_router\(\s*[\w.]+\s*,\s*prefix\s*=\s*(?:["']([^"']+)["']|(?:[\w]+\.)?([A-Z][A-Z0-9_]*))""")
+
+
+def _repository_lines(repo: Path) -> list[str]:
+    """Where releases are fetched from: the checkout's `origin`, which is what a team pushes to, else
+    the checkout itself."""
+    try:
+        origin = git.Repo(repo).remotes.origin.url
+    except (AttributeError, IndexError, ValueError, git.GitError):
+        return [f'repository = "{repo}"  # TODO: the repository releases are fetched from (no origin found)']
+    if not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://|^[^/:]+@[^/:]+:", origin) and not Path(origin).is_absolute():
+        origin = str((repo / origin).resolve())  # a path relative to the checkout
+    return [f'repository = "{origin}"  # GUESS: the checkout\'s origin; credentials come from git\'s own setup']
+
+
+def _router_prefix(sources: list[Path]) -> str:
+    """The prefix the app mounts its routers under (`app.include_router(api_router, prefix=settings.API_V1_STR)`),
+    when there is one; a setting it names is looked up where it is given a literal default."""
+    prefixes = set()
+    texts = [_read(path) for path in sources]
+    for text in texts:
+        for literal, setting in _MOUNT.findall(text):
+            if literal:
+                prefixes.add(literal)
+                continue
+            pattern = re.compile(rf"""^\s*{setting}\s*(?::\s*\w+)?\s*=\s*["']([^"']+)["']""", re.M)
+            prefixes.update(match.group(1) for t in texts for match in [pattern.search(t)] if match)
+    return prefixes.pop().rstrip("/") if len(prefixes) == 1 else ""
 
 
 def _with_prefix(route: str, text: str) -> str:

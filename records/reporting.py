@@ -36,8 +36,13 @@ PHASES = ("verify-prerequisites", "approvals", "pre-deployment-verification", "d
 @dataclass(frozen=True)
 class Criterion:
     name: str
-    met: bool | None  # None: not measured (there was nothing to measure it with), which is not a pass
+    met: bool | None  # None: not measured or not checked (nothing to do it with), which is not a pass
     evidence: str
+
+    @property
+    def unknown(self) -> str:
+        """How a criterion that is neither met nor failed is said: its evidence's first words."""
+        return "not checked" if self.evidence.startswith("not checked") else "not measured"
 
 
 class Progress:
@@ -67,7 +72,8 @@ def success_criteria(release: Release, steps: list[StepRecord], notified: bool) 
         Criterion("Application health checks passing", "check-health" in done, evidence("check-health")),
         Criterion("Database migrations completed successfully", "run-migrations" in done,
                   evidence("run-migrations")),
-        Criterion("Critical functionality verified", "run-critical-path-tests" in done,
+        Criterion("Critical functionality verified",
+                  None if evidence("run-critical-path-tests").startswith("not checked") else "run-critical-path-tests" in done,
                   evidence("run-critical-path-tests")),
         Criterion("No critical errors in application logs", "watch-startup-logs" in done,
                   evidence("watch-startup-logs")),
@@ -93,7 +99,7 @@ def summary_text(release: Release, criteria: list[Criterion]) -> str:
         "Timings: " + ", ".join(f"{phase} {seconds:.0f} s" for phase, seconds in release.timings.items()),
         "Checks:",
     ]
-    lines += [f"  {_met(c.met, 'ok', 'NOT MET', 'NOT MEASURED')}  {c.name}" for c in criteria
+    lines += [f"  {_met(c.met, 'ok', 'NOT MET', c.unknown.upper())}  {c.name}" for c in criteria
               if not c.name.startswith("Stakeholders")]
     return redact("\n".join(lines))
 
@@ -138,7 +144,7 @@ def summary_markdown(release: Release, steps: list[StepRecord], criteria: list[C
         lines += ["", "## Success criteria", "- not evaluated: nothing was deployed"]
     else:
         lines += ["", "## Success criteria", "| criterion | met | evidence |", "|---|---|---|"]
-        lines += [f"| {c.name} | {_met(c.met, 'yes', '**NO**', '**not measured**')} | {_cell(c.evidence, DETAIL)} |"
+        lines += [f"| {c.name} | {_met(c.met, 'yes', '**NO**', f'**{c.unknown}**')} | {_cell(c.evidence, DETAIL)} |"
                   for c in criteria]
     lines += ["", f"## Every check ({len(steps)})", "| step | status | seconds | detail |", "|---|---|---|---|"]
     lines += [f"| {s.name} | {s.status} | {_seconds(s.seconds)} | {_cell(s.detail, DETAIL)} |" for s in steps]

@@ -102,9 +102,10 @@ class HealthReport:
 
     def describe(self) -> str:
         held = f"; held for {self.checks} checks over {self.held_seconds:.1f} s" if self.checks > 1 else ""
-        return (f"{self.liveness.url} HTTP {self.liveness.status_code}; {self.api.url} HTTP "
-                f"{self.api.status_code}, status {(self.api.body or {}).get('status')!r}, "
-                f"{self.served.describe('serves')}{held}")
+        status = (self.api.body or {}).get("status")  # an app whose answer is a bare `true` says none
+        said = f", status {status!r}" if status is not None else ""
+        api = "" if self.api.url == self.liveness.url else f"; {self.api.url} HTTP {self.api.status_code}"
+        return f"{self.liveness.url} HTTP {self.liveness.status_code}{api}{said}, {self.served.describe('serves')}{held}"
 
 
 def assess(config: EnvironmentConfig, expected_sha: str | None, step: str, allow_maintenance: bool = False,

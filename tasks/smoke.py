@@ -97,6 +97,8 @@ class SmokeReport:
     results: list[PathResult]
 
     def describe(self) -> str:
+        if not self.results:
+            return "not checked: no [[critical_paths]] in the environment file"
         return "; ".join(f"{r.name}: {'ok' if r.ok else 'FAILED'} ({r.detail})" for r in self.results)
 
 

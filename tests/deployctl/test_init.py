@@ -39,7 +39,9 @@ FILES = {
     "backend/app/alembic/env.py": "from app.core.config import settings\nurl = settings.SQLALCHEMY_DATABASE_URI\n",
     "backend/app/alembic/versions/e2412789c190_initialize.py": '"""Initialize."""\nrevision = "e2412789c190"\n',
     "backend/app/core/config.py": SETTINGS,
-    "backend/app/main.py": "from fastapi import FastAPI\n\napp = FastAPI(title='template')\n",
+    "backend/app/main.py": ("from fastapi import FastAPI\n\nfrom app.api.main import api_router\n"
+                            "from app.core.config import settings\n\napp = FastAPI(title='template')\n"
+                            "app.include_router(api_router, prefix=settings.API_V1_STR)\n"),
     "backend/app/api/routes/utils.py": ("from fastapi import APIRouter\n\nrouter = APIRouter(prefix=\"/utils\", "
                                         "tags=[\"utils\"])\n\n\n@router.get(\"/health-check/\")\n"
                                         "async def health_check() -> bool:\n    return True\n"),
@@ -62,7 +64,7 @@ def test_a_monorepo_app_of_five_database_variables_is_read_as_such(tmp_path: Pat
     assert found.database_variables == {"POSTGRES_DB": "name", "POSTGRES_PASSWORD": "password", "POSTGRES_PORT": "port",
                                         "POSTGRES_SERVER": "host", "POSTGRES_USER": "user"}
     assert found.app_module == "app.main:app" and found.asgi
-    assert found.health_paths == ["/utils/health-check/"]
+    assert found.health_paths == ["/api/v1/utils/health-check/"]  # the routers are mounted under API_V1_STR
     assert found.metrics is False and found.dependency_files == ["uv.lock", "pyproject.toml"]
 
 
@@ -82,7 +84,7 @@ def test_the_files_written_load_as_they_are_and_say_what_was_found(tmp_path: Pat
     assert production.service.start_command[:2] == ["{python}", "{bin}/gunicorn"]
     assert production.service.python == production.dependencies.directory / "current" / "bin" / "python"
     assert str(production.service.pid_file) in production.service.start_command  # the same file, both sides
-    assert production.health.path == "/utils/health-check/" and not production.health.check_version
+    assert production.health.path == "/api/v1/utils/health-check/" and not production.health.check_version
     assert production.monitoring.source == "none"
     assert production.approvals.required_roles and production.prerequisites.staging_environment == "staging"
     assert not staging.approvals.required_roles and staging.service.base_url != production.service.base_url

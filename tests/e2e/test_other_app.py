@@ -120,7 +120,7 @@ def story(tmp_path_factory: pytest.TempPathFactory, postgres_admin_url: str) -> 
         written = init(checkout, directory)
         for environment, port in zip(ENVIRONMENTS, app_ports):
             host = root / "hosts" / environment
-            text = fill_in(written[f"{environment}.toml"], checkout, origin.path, host, port, wheelhouse)
+            text = fill_in(written[f"{environment}.toml"], host, port, wheelhouse)
             if environment == "production":
                 text = with_critical_paths(text)
             (directory / f"{environment}.toml").write_text(text)
@@ -147,6 +147,8 @@ def test_init_reads_the_monorepo_and_the_operator_fills_in_the_rest(story: Story
     assert '"uvicorn_worker.UvicornWorker"' in written and '"app.main:app"]' in written
     assert 'source = "none"' in written and 'start_command = ["{python}", "{bin}/gunicorn", ' in written
     assert re.search(r'^files = \["requirements.txt"\]', written, re.M)
+    assert f'repository = "{story.origin.path}"  # GUESS' in written  # the checkout's origin
+    assert f'path = "{HEALTH}"  # GUESS' in written  # the route under the prefix its routers are mounted at
 
     production = story.config("production")
     assert production.source.repository == str(story.origin.path)

@@ -77,16 +77,14 @@ def edit(text: str, old: str | re.Pattern[str], new: str) -> str:
     return edited
 
 
-def fill_in(text: str, checkout: Path, origin: Path, host: Path, port: int, wheelhouse: Path) -> str:
-    """One environment file as its operator finishes it: the origin rather than their own checkout,
-    the workspace and the releases' environments on the host, a port of its own, the health route
-    under the API prefix init did not see, and the install as these hosts do it."""
+def fill_in(text: str, host: Path, port: int, wheelhouse: Path) -> str:
+    """One environment file as its operator finishes it: the workspace and the releases' environments
+    on the host, a port of its own, and the install as these hosts do it. (The origin and the health
+    route under the API prefix are init's own findings.)"""
     guessed_port = re.search(r'base_url = "http://127\.0\.0\.1:(\d+)"', text)
     assert guessed_port, text
-    text = edit(text, f'repository = "{checkout}"', f'repository = "{origin}"')
     text = edit(text, re.compile(r"^workspace = .*$", re.M), f'workspace = "{host / "app"}"')
     text = edit(text, f"127.0.0.1:{guessed_port[1]}", f"127.0.0.1:{port}")  # base_url and --bind
-    text = edit(text, '"/utils/health-check/"', f'"{HEALTH}"')
     text = edit(text, re.compile(r"^directory = \"/srv/.*$", re.M), f'directory = "{host / "envs"}"')
     text = edit(text, re.compile(r"^python = .*$", re.M), f'python = "{BASE_PYTHON}"')
     text = edit(text, re.compile(r"^files = .*$", re.M),
