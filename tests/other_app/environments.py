@@ -38,8 +38,8 @@ env = {{ SHARED_SITE_PACKAGES = "{shared}", PIP_NO_INDEX = "1", PIP_FIND_LINKS =
 WATCH = """
 [watch]
 # No metrics: the watch samples health only. Short, so the story sees it end.
-duration_seconds = 20
-interval_seconds = 5
+duration_seconds = 10
+interval_seconds = 3
 """
 
 CRITICAL_PATHS = """
@@ -86,6 +86,9 @@ def fill_in(text: str, host: Path, port: int, wheelhouse: Path) -> str:
     text = edit(text, re.compile(r"^workspace = .*$", re.M), f'workspace = "{host / "app"}"')
     text = edit(text, f"127.0.0.1:{guessed_port[1]}", f"127.0.0.1:{port}")  # base_url and --bind
     text = edit(text, re.compile(r"^directory = \"/srv/.*$", re.M), f'directory = "{host / "envs"}"')
+    # Tests wait less than a team would: a second of startup grace, health held over two checks.
+    text = edit(text, 'reload = "usr2"', 'grace_seconds = 1\nreload = "usr2"')
+    text = edit(text, "required_services = []", "required_services = []\nstable_checks = 2\nstable_seconds = 1")
     text = edit(text, re.compile(r"^python = .*$", re.M), f'python = "{BASE_PYTHON}"')
     text = edit(text, re.compile(r"^files = .*$", re.M),
                 'files = ["requirements.txt", "scripts/install_dependencies.py"]')

@@ -3,6 +3,7 @@ migrations, the tests and the scan run there, in the workspace and in a scratch 
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import textwrap
 from pathlib import Path
@@ -138,4 +139,5 @@ def test_migrations_are_found_and_rehearsed_in_the_app_directory(tmp_path: Path,
 def test_the_release_tests_run_in_the_app_directory(tmp_path: Path, monorepo: Path) -> None:
     command = '["{python}", "-c", "import os; print(\'ran in\', os.getcwd())"]'
     config = environment(tmp_path, tmp_path / "elsewhere", test_command=command)
+    sqlite3.connect(tmp_path / "live.db").close()  # the live database, whose schema the tests must leave alone
     assert run_release_tests.fn(config, monorepo) == f"ran in {monorepo / 'backend'}"

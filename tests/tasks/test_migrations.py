@@ -36,7 +36,8 @@ PYTHON = PROJECT / ".venv" / "bin" / "python"
 URL_VARIABLE = "TASKS_TEST_MIGRATIONS_DATABASE_URL"
 PASSWORD = "s3cret-Migr4tion-pw"
 PRODUCTION_COUNTS = {"jobs": 200, "applications": 400, "documents": 40, "outbox": 120, "user_sessions": 60}
-SALARY = PendingRevision("0002", "Salary range on jobs, and an index on jobs.company.", True)
+# Two nullable columns and an index: it only expands, so v1's code keeps working on its schema.
+SALARY = PendingRevision("0002", "Salary range on jobs, and an index on jobs.company.", True, expand_only=True)
 
 
 @pytest.fixture(scope="module")

@@ -118,7 +118,7 @@ def test_a_version_command_shows_the_served_sha(sandbox: Sandbox) -> None:
     sandbox.start()
     report = check_health.fn(config, v1, held=False)
     assert report.served.verified and report.served.describe() == f"serving {v1[:7]} (per health.version_command)"
-    assert report.describe().endswith(f"status None, serves {v1[:7]} (per health.version_command)")
+    assert report.describe().endswith(f"api/health HTTP 200, serves {v1[:7]} (per health.version_command)")
     with pytest.raises(HealthCheckFailed) as caught:
         check_health.fn(config, "f" * 40, held=False)
     assert caught.value.cause == f"serving {v1[:7]} (per health.version_command), expected ffffffffffff"
@@ -142,7 +142,7 @@ def test_without_either_the_workspace_shows_it_when_every_process_started_after_
     seen = f"workspace at {v1[:12]} and every app process started after its checkout"
     assert check_health.fn(config, v1).served.describe() == seen
     # Staging, for production's prerequisite: another environment's workspace, readable on this host.
-    assert check_staging_health.fn(config, v1).describe().endswith(f"status None, {seen}")
+    assert check_staging_health.fn(config, v1).describe().endswith(f"api/health HTTP 200, {seen}")
 
 
 def test_a_process_older_than_the_checkout_leaves_it_not_verified(sandbox: Sandbox) -> None:
@@ -169,7 +169,7 @@ def test_a_process_older_than_the_checkout_leaves_it_not_verified(sandbox: Sandb
     assert str(refused) == (f"verify staging: staging: {why} (expected {v2[:12]}). set health.version_command in "
                             "staging's file, or set prerequisites.require_staging_version = false to accept an "
                             "unverified staging; nothing was changed")
-    assert check_staging_health.fn(config, v2, unverified_ok=True).describe().endswith(f"status None, {why}")
+    assert check_staging_health.fn(config, v2, unverified_ok=True).describe().endswith(f"api/health HTTP 200, {why}")
     # Never another SHA, though: a workspace shown to be elsewhere fails whatever the file accepts.
     later()
     sandbox.start()
