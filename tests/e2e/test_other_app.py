@@ -251,6 +251,7 @@ def test_r2_goes_to_staging_then_production_with_two_approvals(story: Story) -> 
     # and its summary must not say otherwise.
     staging = story.artifact("staging", "deploy-staging-summary")
     assert not re.search(r"\| Critical functionality verified \| yes \| *\|", staging), staging
+    assert "| Critical functionality verified | **not checked** | not checked: no [[critical_paths]]" in staging
 
 
 def test_the_watch_checks_health_only_and_ends_clean(story: Story) -> None:
