@@ -55,8 +55,6 @@ CHECK_TIMEOUT = 120.0
 LOCK_FILE = ".lock"
 
 
-
-
 @contextmanager
 def building_lock(config: EnvironmentConfig, step: str = STEP) -> Iterator[None]:
     """`<directory>/.lock`, waited for at most dependencies.timeout_seconds."""
@@ -82,7 +80,8 @@ def building_lock(config: EnvironmentConfig, step: str = STEP) -> Iterator[None]
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def ensure_environment(config: EnvironmentConfig, app_dir: Path, step: str = STEP) -> tuple[ReleaseEnvironment, float | None]:
+def ensure_environment(config: EnvironmentConfig, app_dir: Path,
+                       step: str = STEP) -> tuple[ReleaseEnvironment, float | None]:
     """The release's environment, built if it is not whole yet; with the seconds the build took (None: reused)."""
     environment = release_environment(config, app_dir)
     if environment.complete:
@@ -107,8 +106,8 @@ def _build(config: EnvironmentConfig, environment: ReleaseEnvironment, app_dir: 
     dependencies = config.dependencies
     assert dependencies is not None
     unchanged = "; nothing was changed"
-    run(Command.of([dependencies.python, "-m", "venv", *dependencies.venv_options, environment.path], timeout=VENV_TIMEOUT, name="python -m venv"),
-        step=step, error=PreflightError, advice=Advice(
+    venv = [dependencies.python, "-m", "venv", *dependencies.venv_options, environment.path]
+    run(Command.of(venv, timeout=VENV_TIMEOUT, name="python -m venv"), step=step, error=PreflightError, advice=Advice(
             start=f"check dependencies.python ({dependencies.python}){unchanged}",
             slow=f"check the disk of {dependencies.directory}{unchanged}",
             failed=f"check dependencies.python (its venv module; Debian: python3-venv){unchanged}"))
