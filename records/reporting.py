@@ -95,6 +95,8 @@ def summary_text(release: Release, criteria: list[Criterion]) -> str:
         f"Reason: {release.reason or '—'}",
         f"Database: {release.db_revision_before or '—'} -> {release.db_revision_after or release.db_revision_before or '—'}",
         f"Backup: {release.backup_tag or 'none taken'}",
+        *([f"Python environment: {release.environment_before or '—'} -> {release.environment_after}"]
+          if release.environment_after else []),
         "Approvals: " + (", ".join(f"{a['approver']} ({a['role']})" for a in release.approvals) or "not required"),
         "Timings: " + ", ".join(f"{phase} {seconds:.0f} s" for phase, seconds in release.timings.items()),
         "Checks:",
@@ -119,6 +121,9 @@ def summary_markdown(release: Release, steps: list[StepRecord], criteria: list[C
         f"| code | {_short(release.previous_sha)} | {_short(release.target_sha if release.outcome == 'succeeded' else release.previous_sha)} |",
         f"| database revision | `{release.db_revision_before or '—'}` | `{release.db_revision_after or release.db_revision_before or '—'}` |",
         f"| backup | | {_backup(release)} |",
+        *([f"| Python environment | `{release.environment_before or '—'}` | "
+           f"`{release.environment_after if release.outcome == 'succeeded' else release.environment_before or '—'}` |"]
+          if release.environment_after else []),
         "",
         "## What changed" if release.outcome == "succeeded" else "## What the release would have changed",
         *_what_changed(release, commits),

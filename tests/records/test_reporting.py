@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from records.ledger import Release, StepRecord
-from records.reporting import DETAIL, Criterion, _outcome, summary_markdown
+from records.reporting import DETAIL, Criterion, _outcome, summary_markdown, summary_text
 from tasks.source import Commit
 
 V2, V1 = "688dd2f0a0d11be9d3a4510f05b307fe2db2e07c", "04b09fd813f40c99a88f79813c1070a399b59706"
@@ -49,6 +49,18 @@ def test_a_succeeded_deploy_says_what_changed_who_approved_how_long_and_every_ch
     assert "| Application health checks passing | yes | HTTP 200 |" in text
     assert "| Stakeholders notified of successful deployment | **NO** | not sent |" in text
     assert "| run-migrations | completed | 0.94 | database at 0002 after 0.15 s |" in text
+
+
+def test_the_python_environment_a_release_brought_is_shown_beside_its_code_and_only_with_dependencies() -> None:
+    assert "Python environment" not in summary_markdown(release(), STEPS, CRITERIA)
+    text = summary_markdown(release(environment_before="a1b2c3d4e5f60718", environment_after="0f1e2d3c4b5a6978"),
+                            STEPS, CRITERIA)
+    assert "| Python environment | `a1b2c3d4e5f60718` | `0f1e2d3c4b5a6978` |" in text
+    failed = summary_markdown(release(outcome="rolled_back", environment_before="a1b2c3d4e5f60718",
+                                      environment_after="0f1e2d3c4b5a6978"), STEPS, CRITERIA)
+    assert "| Python environment | `a1b2c3d4e5f60718` | `a1b2c3d4e5f60718` |" in failed
+    assert "Python environment: a1b2c3d4e5f60718 -> 0f1e2d3c4b5a6978" in summary_text(
+        release(environment_before="a1b2c3d4e5f60718", environment_after="0f1e2d3c4b5a6978"), CRITERIA)
 
 
 def test_table_cells_stay_one_short_line() -> None:
