@@ -155,6 +155,11 @@ def environment_file(findings: Findings, name: str, repo: Path, port: int, stagi
                   'python = "/usr/bin/python3"  # TODO: the interpreter environments are created from',
                   f"files = {_toml_list(files)}  # found in the app's directory",
                   f"install_command = {_toml_list(command)}  # GUESS: runs in the release's app directory"]
+        declared = " ".join(_read(repo / f.app_directory / name) for name in files).lower().replace("_", "-")
+        missing = [name for name in (["gunicorn"] + (["uvicorn-worker"] if f.asgi else [])) if name not in declared]
+        if missing:
+            lines.append(f"# TODO: add {' and '.join(missing)} to {files[0]}: the start command runs gunicorn from "
+                         "the release's own environment, which holds only what its files declare")
         if command[0] != "{python}":
             lines += ['check_command = []  # GUESS: the installer above checks what it resolves',
                       'venv_options = ["--without-pip"]  # the installer brings its own']

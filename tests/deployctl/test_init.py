@@ -90,6 +90,8 @@ def test_the_files_written_load_as_they_are_and_say_what_was_found(tmp_path: Pat
     assert not staging.approvals.required_roles and staging.service.base_url != production.service.base_url
     text = production_file.read_text()
     assert "# GUESS" in text and "# TODO" in text and "uv.lock" in text
+    # The server runs from the release's own environment: what the files do not declare, it will not have.
+    assert "# TODO: add gunicorn and uvicorn-worker to uv.lock" in text
 
 
 def test_jobapp_is_read_as_it_is_deployed(tmp_path: Path) -> None:
