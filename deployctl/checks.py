@@ -8,13 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import httpx
 from sqlalchemy.engine import make_url
 
 from deployments.config import EnvironmentConfig
 from deployments.errors import DeployError, ServiceError
 from deployments.secrets import resolve_app_environment, resolve_database_url
-from tasks import http
 from tasks.app_commands import app_command
 from tasks.health import probe
 from tasks.migrations import database_revision, live_database_elsewhere, migration_status
@@ -23,6 +21,7 @@ from tasks.process_state import running_pid
 from tasks.release_environments import live_environment, release_environment
 from tasks.processes import Advice, run
 from tasks.served_version import served_version
+from tasks.smoke import check_secrets, run_checks
 from tasks.source import branch_head, current_sha
 
 
@@ -166,21 +165,14 @@ def check_environment(config: EnvironmentConfig) -> list[CheckResult]:
                 f"{len(snapshot.buckets)} latency buckets")
 
     def critical_paths() -> str:
-        """The paths that read (GET) answer as expected; those that write are left to a deploy."""
-        reads = [check for check in config.critical_paths if check.method == "GET"]
+        """The paths that only read (GET, HEAD, OPTIONS, or marked read_only: a login, say) answer as
+        expected, in their order; those that write are left to a deploy."""
+        reads = [check for check in config.critical_paths if check.only_reads]
         if not reads:
-            return "none that only read (GET); the others run in a deploy"
-        failed = []
-        with http.client(base_url=config.service.base_url, timeout=config.health.timeout_seconds) as client:
-            for check in reads:
-                try:
-                    answer = client.get(check.path)
-                except httpx.HTTPError as exc:
-                    failed.append(f"{check.name}: GET {check.path} got no answer ({type(exc).__name__})")
-                    continue
-                if answer.status_code != check.expect_status:
-                    failed.append(f"{check.name}: GET {check.path} answered {answer.status_code}, "
-                                  f"expected {check.expect_status}")
+            return "none that only read (GET, or read_only = true); the others run in a deploy"
+        secrets = {check.name: check_secrets(config, check) for check in reads}
+        results = run_checks(config.service.base_url, reads, config.health.timeout_seconds, secrets=secrets)
+        failed = [f"{result.name}: {result.detail}" for result in results if not result.ok]
         if failed:
             raise _Fail("; ".join(failed))
         return f"{len(reads)} answered as expected: {', '.join(c.name for c in reads)}"

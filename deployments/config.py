@@ -302,19 +302,66 @@ class HealthConfig(Model):
         return self
 
 
+class Expectation(Model):
+    """A value the answer must hold at `at` (a JSON path: `items.0.title`; empty: the whole answer)."""
+
+    at: str = Field("", description="where in the JSON answer: keys and list indices joined by dots")
+    equals: Any = Field(None, description="the value itself (a number, a string, true, ...)")
+    contains: Any = Field(None, description="a substring of a string, an element of a list, a key of an object")
+    matches: str | None = Field(None, description="a regular expression the value (as text) must match")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Expectation:
+        given = [name for name in ("equals", "contains", "matches") if name in self.model_fields_set]
+        if len(given) != 1:
+            raise ValueError("give exactly one of equals, contains or matches")
+        if self.matches is not None:
+            try:
+                re.compile(self.matches)
+            except re.error as exc:
+                raise ValueError(f"{self.matches!r} is not a valid regular expression: {exc}") from exc
+        return self
+
+
+READ_ONLY_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
 class CriticalPathCheck(Model):
+    """One request of the critical-path tests, and what its answer must be. Any string in `path`,
+    `query`, `headers`, `json` or `form` may hold `{{ earlier-check.key.0 }}` (a value from an earlier
+    check's JSON answer) or `{{ secrets.NAME }}` (a value from this check's `secrets`, never written in
+    the file and masked everywhere). Cookies an answer sets are sent with the later checks."""
+
     name: str
-    method: Literal["GET", "POST", "PUT"] = "GET"
+    method: Literal["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"] = "GET"
     path: str
-    json_body: dict[str, Any] | None = Field(
+    query: dict[str, str] = Field(default_factory=dict, description="query parameters")
+    headers: dict[str, str] = Field(default_factory=dict, description='e.g. Authorization = "Bearer {{ login.access_token }}"')
+    json_body: Any = Field(
         None,
         alias="json",
-        description='request body; "{{ other-check.key.0 }}" takes a value from an earlier check\'s answer',
+        description='JSON request body; "{{ other-check.key.0 }}" takes a value from an earlier check\'s answer',
     )
+    form: dict[str, str] | None = Field(None, description="a form body (application/x-www-form-urlencoded), e.g. "
+                                                          "an OAuth2 password login")
+    secrets: dict[str, ValueSource] = Field(default_factory=dict, description=(
+        "values this check uses as {{ secrets.NAME }}: { env = ... } or { secret = ... }"))
     expect_status: int = 200
     expect_keys: list[str] = Field(default_factory=list)
+    expect: list[Expectation] = Field(default_factory=list, description="values the answer must hold")
+    budget_seconds: float | None = Field(None, gt=0, le=600, description="the answer must come within this")
+    read_only: bool | None = Field(None, description=(
+        "it changes nothing, so `deployctl check` may run it; default: true for GET, HEAD and OPTIONS"))
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,59}", value) or value == "secrets":
+            raise ValueError("lowercase letters, digits and dashes (a later check names it in {{ name.key }}); "
+                             "\"secrets\" is taken")
+        return value
 
     @field_validator("path")
     @classmethod
@@ -322,6 +369,16 @@ class CriticalPathCheck(Model):
         if not value.startswith("/"):
             raise ValueError("a path starts with /, e.g. /api/scrape")
         return value
+
+    @model_validator(mode="after")
+    def _one_body(self) -> CriticalPathCheck:
+        if self.json_body is not None and self.form is not None:
+            raise ValueError("give json or form, not both")
+        return self
+
+    @property
+    def only_reads(self) -> bool:
+        return self.read_only if self.read_only is not None else self.method in READ_ONLY_METHODS
 
 
 class MonitoringConfig(Model):
@@ -578,7 +635,8 @@ def _explain(error: Mapping[str, Any], raw: Mapping[str, Any]) -> str:
 
 
 def _is_secret_field(location: tuple[Any, ...]) -> bool:
-    return tuple(location[:2]) == ("database", "url") or tuple(location[:2]) == ("service", "secrets")
+    return (tuple(location[:2]) in (("database", "url"), ("service", "secrets"))
+            or (location[:1] == ("critical_paths",) and "secrets" in location))
 
 
 def _known_keys(location: tuple[Any, ...]) -> list[str]:

@@ -1,23 +1,27 @@
-"""Critical-path tests: each configured check is one HTTP call whose answer must have a status and keys.
+"""Critical-path tests: each configured check is one HTTP call whose answer must have a status, keys
+and values, within its budget. Its request is a template (tasks/request_templates): values from
+earlier answers and from the check's secrets go anywhere in it. The checks share one client, so a
+session cookie a login sets is sent with the checks after it.
 
-A check's body may take a value from an earlier check's answer: `"{{ job-scraping.job_ids.0 }}"`
-is the first element of `job_ids` in the answer of the check named `job-scraping`.
+What a result says is the request (method and path, never a header, a body or a secret) and what
+failed; every value a secret source gave, and every answer value sent in a header (a token), is masked.
 """
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import httpx
 
 from deployments.config import CriticalPathCheck, EnvironmentConfig
 from deployments.errors import HealthCheckFailed
+from deployments.secrets import redact, register_secret, resolve
+from tasks.request_templates import fill, unmet
 from tasks.steps import read_step
 
-REFERENCE = re.compile(r"^\{\{\s*([a-z0-9-]+)\.([A-Za-z0-9_.]+)\s*\}\}$")
+DEFAULT_HEADERS = {"X-User-Id": "release-check", "User-Agent": "deployctl-smoke"}
 
 
 @dataclass(frozen=True)
@@ -29,63 +33,76 @@ class PathResult:
     detail: str
 
 
-def fill(value: Any, answers: dict[str, Any]) -> Any:
-    """`value` with every `{{ check.key.path }}` replaced from earlier answers."""
-    if isinstance(value, dict):
-        return {k: fill(v, answers) for k, v in value.items()}
-    if isinstance(value, list):
-        return [fill(v, answers) for v in value]
-    if isinstance(value, str) and (match := REFERENCE.match(value)):
-        current: Any = answers.get(match[1])
-        for part in match[2].split("."):
-            if isinstance(current, list) and part.isdigit() and int(part) < len(current):
-                current = current[int(part)]
-            elif isinstance(current, dict) and part in current:
-                current = current[part]
-            else:
-                raise LookupError(f"{value} has no value (check {match[1]!r} answered {answers.get(match[1])!r:.120})")
-        return current
-    return value
+def check_secrets(config: EnvironmentConfig, check: CriticalPathCheck) -> dict[str, str]:
+    """The check's secret values, resolved now (and registered, so every message masks them)."""
+    return {name: resolve(source, f"critical_paths.{check.name}.secrets.{name}", config)
+            for name, source in check.secrets.items()}
 
 
 def run_checks(base_url: str, checks: list[CriticalPathCheck], timeout: float,
-               transport: httpx.BaseTransport | None = None) -> list[PathResult]:
-    """Run every check in order; a check whose input depends on a failed one fails too, saying so."""
+               transport: httpx.BaseTransport | None = None,
+               secrets: Mapping[str, Mapping[str, str]] | None = None) -> list[PathResult]:
+    """Run every check in order; a check whose input depends on a failed one fails too, saying so.
+    `secrets`: each check's resolved secret values, by check name."""
     answers: dict[str, Any] = {}
     results = []
-    headers = {"X-User-Id": "release-check", "User-Agent": "deployctl-smoke"}
-    with httpx.Client(base_url=base_url, timeout=timeout, follow_redirects=False, headers=headers,
+    with httpx.Client(base_url=base_url, timeout=timeout, follow_redirects=False, headers=DEFAULT_HEADERS,
                       transport=transport) as client:
         for check in checks:
-            started = time.perf_counter()
-            try:
-                body = fill(check.json_body, answers) if check.json_body is not None else None
-                response = client.request(check.method, check.path, json=body)
-            except LookupError as exc:
-                results.append(PathResult(check.name, False, None, 0.0, f"not run: {exc}"))
-                continue
-            except httpx.HTTPError as exc:
-                results.append(PathResult(check.name, False, None, _ms(started),
-                                          f"{check.method} {check.path} did not answer ({type(exc).__name__})"))
-                continue
-            elapsed = _ms(started)
-            try:
-                answer = response.json()
-            except ValueError:
-                answer = None
-            missing = [k for k in check.expect_keys if not isinstance(answer, dict) or k not in answer]
-            if response.status_code != check.expect_status:
-                results.append(PathResult(check.name, False, response.status_code, elapsed,
-                                          f"{check.method} {check.path} answered HTTP {response.status_code}, "
-                                          f"expected {check.expect_status}: {response.text[:160]}"))
-            elif missing:
-                results.append(PathResult(check.name, False, response.status_code, elapsed,
-                                          f"{check.method} {check.path} answer lacks {', '.join(missing)}"))
-            else:
-                answers[check.name] = answer
-                results.append(PathResult(check.name, True, response.status_code, elapsed,
-                                          f"{check.method} {check.path} HTTP {response.status_code} in {elapsed:.0f} ms"))
+            result = _run(client, check, answers, (secrets or {}).get(check.name, {}))
+            results.append(PathResult(result.name, result.ok, result.status_code, result.elapsed_ms,
+                                      redact(result.detail)))
     return results
+
+
+def _run(client: httpx.Client, check: CriticalPathCheck, answers: dict[str, Any], secrets: Mapping[str, str]) -> PathResult:
+    request = f"{check.method} {check.path}"
+    try:
+        path = fill(check.path, answers, secrets)
+        headers = {name: str(fill(value, answers, secrets)) for name, value in check.headers.items()}
+        for name, value in headers.items():
+            if value != check.headers[name]:
+                register_secret(value.split()[-1] if " " in value else value)  # a token taken from an answer
+        query = {name: str(fill(value, answers, secrets)) for name, value in check.query.items()}
+        body = fill(check.json_body, answers, secrets) if check.json_body is not None else None
+        form = {name: str(fill(value, answers, secrets)) for name, value in check.form.items()} if check.form else None
+    except LookupError as exc:
+        return PathResult(check.name, False, None, 0.0, f"{request} not run: {exc}")
+    request = f"{check.method} {path}"
+    started = time.perf_counter()
+    try:
+        response = client.request(check.method, str(path), params=query or None, headers=headers or None,
+                                  json=body, data=form, timeout=check.budget_seconds or httpx.USE_CLIENT_DEFAULT)
+    except httpx.TimeoutException:
+        limit = f"its budget of {check.budget_seconds:g} s" if check.budget_seconds else "the health timeout"
+        return PathResult(check.name, False, None, _ms(started), f"{request} did not answer within {limit}")
+    except httpx.HTTPError as exc:
+        return PathResult(check.name, False, None, _ms(started), f"{request} did not answer ({type(exc).__name__})")
+    elapsed = _ms(started)
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
+    if response.status_code != check.expect_status:
+        return PathResult(check.name, False, response.status_code, elapsed,
+                          f"{request} answered HTTP {response.status_code}, expected {check.expect_status}: "
+                          f"{response.text[:160]}")
+    missing = [k for k in check.expect_keys if not isinstance(answer, dict) or k not in answer]
+    if missing:
+        return PathResult(check.name, False, response.status_code, elapsed, f"{request} answer lacks {', '.join(missing)}")
+    try:  # an expected value may be a template too: the id an earlier check created, say
+        expected = [e.model_copy(update={name: fill(getattr(e, name), answers, secrets) for name in e.model_fields_set
+                                         if name != "at"}) for e in check.expect]
+    except LookupError as exc:
+        return PathResult(check.name, False, response.status_code, elapsed, f"{request}: {exc}")
+    problems = [problem for problem in (unmet(e, answer) for e in expected) if problem is not None]
+    if problems:
+        return PathResult(check.name, False, response.status_code, elapsed, f"{request}: {'; '.join(problems)}")
+    if check.budget_seconds is not None and elapsed > check.budget_seconds * 1000:
+        return PathResult(check.name, False, response.status_code, elapsed,
+                          f"{request} took {elapsed / 1000:.2f} s, over its budget of {check.budget_seconds:g} s")
+    answers[check.name] = answer
+    return PathResult(check.name, True, response.status_code, elapsed, f"{request} HTTP {response.status_code} in {elapsed:.0f} ms")
 
 
 def _ms(started: float) -> float:
@@ -105,7 +122,9 @@ class SmokeReport:
 @read_step("run-critical-path-tests", retries=0)
 def run_critical_path_tests(config: EnvironmentConfig) -> SmokeReport:
     """Runbook step 8: job scraping, AI analysis, document generation, email integration."""
-    results = run_checks(config.service.base_url, config.critical_paths, config.health.timeout_seconds)
+    secrets = {check.name: check_secrets(config, check) for check in config.critical_paths}
+    results = run_checks(config.service.base_url, config.critical_paths, config.health.timeout_seconds,
+                         secrets=secrets)
     failed = [r for r in results if not r.ok]
     if failed:
         raise HealthCheckFailed(f"run critical path tests ({config.name})",

@@ -14,7 +14,7 @@ import pytest
 
 from deployments.config import CriticalPathCheck, EnvironmentConfig, load_environment_file
 from deployments.errors import HealthCheckFailed
-from tasks.smoke import SmokeReport, fill, run_checks, run_critical_path_tests
+from tasks.smoke import SmokeReport, run_checks, run_critical_path_tests
 from tests.conftest import free_ports
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -84,47 +84,6 @@ def by_name(results: list[Any]) -> dict[str, Any]:
     return {r.name: r for r in results}
 
 
-def test_fill_replaces_references_anywhere_in_the_body() -> None:
-    answers = {"job-scraping": {"job_ids": [11, 12], "meta": {"source": {"name": "sample"}}}}
-    body = {
-        "job_id": "{{ job-scraping.job_ids.1 }}",
-        "nested": {"list": ["{{job-scraping.meta.source.name}}", 3, None], "flag": True},
-        "all": "{{ job-scraping.job_ids }}",
-        "text": "about {{ job-scraping.job_ids.0 }}",  # only a whole-value reference is one
-        "plain": "no braces",
-    }
-    assert fill(body, answers) == {
-        "job_id": 12,  # the answer's type, not a string
-        "nested": {"list": ["sample", 3, None], "flag": True},
-        "all": [11, 12],
-        "text": "about {{ job-scraping.job_ids.0 }}",
-        "plain": "no braces",
-    }
-    assert body["job_id"] == "{{ job-scraping.job_ids.1 }}"  # the check's own body is not changed
-
-
-@pytest.mark.parametrize(("reference", "answered"), [
-    ("{{ job-scraping.job_ids.5 }}", "{'job_ids': [11, 12]}"),  # index past the end
-    ("{{ job-scraping.ids.0 }}", "{'job_ids': [11, 12]}"),  # no such key
-    ("{{ job-scraping.job_ids.first }}", "{'job_ids': [11, 12]}"),  # a list takes indexes only
-    ("{{ job-scraping.job_ids.0.x }}", "{'job_ids': [11, 12]}"),  # past a leaf
-    ("{{ ai-analysis.score }}", "None"),  # a check that has not answered
-])
-def test_fill_missing_value_says_which_reference_and_what_was_answered(reference: str, answered: str) -> None:
-    with pytest.raises(LookupError) as caught:
-        fill({"outer": [{"job_id": reference}]}, {"job-scraping": {"job_ids": [11, 12]}})
-    check = reference.split()[1].split(".")[0]
-    assert str(caught.value) == f"{reference} has no value (check {check!r} answered {answered})"
-
-
-def test_fill_shortens_a_long_answer_in_its_message() -> None:
-    answers = {"job-scraping": {"job_ids": list(range(1000))}}
-    with pytest.raises(LookupError) as caught:
-        fill("{{ job-scraping.nothing }}", answers)
-    shown = str(caught.value).split("answered ", 1)[1]
-    assert len(shown) == 121 and shown.startswith("{'job_ids': [0, 1, 2") and shown.endswith(")")
-
-
 def test_every_critical_path_passes_on_a_healthy_app(app: App, tmp_path: Path) -> None:
     config = environment(tmp_path, app.base_url)
     results = run_checks(app.base_url, config.critical_paths, 2.0)
@@ -165,8 +124,8 @@ def test_a_check_that_depends_on_a_failed_one_is_not_run(app: App, tmp_path: Pat
     assert results["job-scraping"].detail.startswith("POST /api/scrape answered HTTP 500, expected 200")
     for name in ("ai-analysis", "document-generation"):
         assert not results[name].ok and results[name].status_code is None
-        assert results[name].detail == ("not run: {{ job-scraping.job_ids.0 }} has no value "
-                                        "(check 'job-scraping' answered None)")
+        assert results[name].detail.endswith(" not run: {{ job-scraping.job_ids.0 }} has no value: no earlier "
+                                             "check 'job-scraping' answered")
     assert results["email-integration"].ok  # it needs nothing from the scrape
     assert [path for _m, path, _b, _u in app.received] == ["/api/scrape", "/api/email"]
 
@@ -177,7 +136,7 @@ def test_connection_refused(tmp_path: Path) -> None:
     results = by_name(run_checks(base_url, environment(tmp_path, base_url).critical_paths, 2.0))
     assert results["job-scraping"].detail == "POST /api/scrape did not answer (ConnectError)"
     assert results["email-integration"].detail == "POST /api/email did not answer (ConnectError)"
-    assert results["ai-analysis"].detail.startswith("not run: ")
+    assert results["ai-analysis"].detail.startswith("POST /api/analyze not run: ")
     assert not any(r.ok for r in results.values())
 
 
@@ -196,7 +155,7 @@ def test_run_critical_path_tests_names_every_failed_check(app: App, tmp_path: Pa
     error = caught.value
     assert error.step == "run critical path tests (production)"
     assert error.cause.startswith("job-scraping: POST /api/scrape answered HTTP 500, expected 200")
-    for name in ("ai-analysis: not run", "document-generation: not run",
+    for name in ("ai-analysis: POST /api/analyze not run", "document-generation: POST /api/documents/cover-letter not run",
                  'email-integration: POST /api/email answered HTTP 503, expected 200: {"detail": "smtp down"}'):
         assert name in error.cause
     assert error.action == "the release breaks a critical path; it will be rolled back"
