@@ -470,6 +470,12 @@ class MetricsConfig(Model):
 
 class PrerequisiteConfig(Model):
     test_command: list[str] = Field(default_factory=list, description="the release's own tests; empty skips")
+    env: dict[str, str] = Field(default_factory=dict, description="plain variables the release's tests are given")
+    secrets: dict[str, ValueSource] = Field(default_factory=dict, description=(
+        "variables of the release's tests whose values are secret: variable -> { env = ... } or { secret = ... }"))
+    test_database: bool = Field(False, description=(
+        "give the tests a database of their own: created empty beside the live one for the run, migrated to "
+        "the release's head, given to them through [database]'s variables, dropped after"))
     scan_command: list[str] | None = Field(None, description="default: bandit on the release, fail on high")
     migration_rehearsal: bool = True
     staging_environment: str | None = Field(None, description="must serve the same SHA before this one")
@@ -635,7 +641,7 @@ def _explain(error: Mapping[str, Any], raw: Mapping[str, Any]) -> str:
 
 
 def _is_secret_field(location: tuple[Any, ...]) -> bool:
-    return (tuple(location[:2]) in (("database", "url"), ("service", "secrets"))
+    return (tuple(location[:2]) in (("database", "url"), ("service", "secrets"), ("prerequisites", "secrets"))
             or (location[:1] == ("critical_paths",) and "secrets" in location))
 
 

@@ -232,6 +232,28 @@ def scratch_copy(url: str, workdir: Path, pg_dump: str = "pg_dump", pg_restore: 
         yield copy
 
 
+@contextmanager
+def empty_database(url: str, workdir: Path, purpose: str, step: str, lock_timeout_ms: int = 5000) -> Iterator[str]:
+    """A new, empty database beside the one at `url` (PostgreSQL: on its server; SQLite: a file in
+    `workdir`), dropped after the block; its URL."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        admin = connect(url, session_name(purpose), lock_timeout_ms=lock_timeout_ms)
+        try:
+            with postgres.scratch_database(admin, parsed, purpose, step) as name:
+                yield parsed.set(database=name).render_as_string(hide_password=False)
+        finally:
+            admin.dispose()
+        return
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / f"{purpose}-{os.getpid()}-{os.urandom(4).hex()}.db"
+    try:
+        yield parsed.set(database=str(path)).render_as_string(hide_password=False)
+    finally:
+        for leftover in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            leftover.unlink(missing_ok=True)
+
+
 @change_step("backup-database")
 def backup_database(config: EnvironmentConfig, revision: str | None, git_sha: str, run_id: str | None,
                     protected: set[str]) -> Manifest:

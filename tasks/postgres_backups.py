@@ -116,7 +116,7 @@ def dump_and_prove(parsed: URL, target: Path, tools: Tools, expected_revision: s
     step = "backup database"
     source = connect(url, f"{tools.session}-backup", lock_timeout_ms=tools.lock_timeout_ms)
     try:
-        with _scratch_database(source, parsed, "verify", step) as scratch, source.connect() as conn, \
+        with scratch_database(source, parsed, "verify", step) as scratch, source.connect() as conn, \
                 watching_lock_waits(url, tools.session, step, tools.bound_seconds, logger) as watch:
             try:
                 conn.exec_driver_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -147,7 +147,7 @@ def dump_and_prove(parsed: URL, target: Path, tools: Tools, expected_revision: s
             restored = _state_of(parsed.set(database=scratch), tools)
         problems = dumped.differences(restored)
         if not problems:
-            with _scratch_database(source, parsed, "verify", step) as empty:
+            with scratch_database(source, parsed, "verify", step) as empty:
                 schema_seconds = _restore_schema(target, parsed, tools, empty)
                 restore_seconds += schema_seconds
                 alone = _state_of(parsed.set(database=empty), tools, counts=False)
@@ -231,7 +231,7 @@ def scratch_copy(parsed: URL, tools: Tools, logger: Logger, step: str) -> Iterat
     url = parsed.render_as_string(hide_password=False)
     admin = connect(url, f"{tools.session}-copy", lock_timeout_ms=tools.lock_timeout_ms)
     try:
-        with _scratch_database(admin, parsed, "rehearsal", step) as scratch:
+        with scratch_database(admin, parsed, "rehearsal", step) as scratch:
             with watching_lock_waits(url, tools.session, step, tools.bound_seconds, logger) as watch:
                 stream = _Stream(logger, step)
                 # Nothing is kept of this copy's archive: not compressed, it costs neither end any CPU.
@@ -289,7 +289,7 @@ def _drop_tables_not_in(engine: Engine, keep_tables: set[str]) -> None:
 
 
 @contextmanager
-def _scratch_database(admin: Engine, parsed: URL, purpose: str, step: str) -> Iterator[str]:
+def scratch_database(admin: Engine, parsed: URL, purpose: str, step: str) -> Iterator[str]:
     """An empty database beside the source, dropped (with any session still in it) after the block."""
     name = f"{(parsed.database or 'db')[:30]}_{purpose}_{secrets.token_hex(4)}"
     try:

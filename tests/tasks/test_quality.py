@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import textwrap
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, inspect
+from sqlalchemy import text as text_
 
 from deployments.config import EnvironmentConfig, load_environment_file
 from deployments.errors import LiveDatabaseTouched, PreflightError
-from tasks.quality import ScanReport, run_release_tests, run_security_scan
+from tasks.quality import ScanReport, failing_tests, run_release_tests, run_security_scan, runner_result_line
+from tests.alembic_projects import alembic_project, env_py
 
 PROJECT = Path(__file__).resolve().parents[2]
 PYTHON = PROJECT / ".venv" / "bin" / "python"
@@ -72,6 +76,87 @@ def test_release_tests_that_reach_the_live_database_anyway_fail_loudly(tmp_path:
     assert caught.value.changed_production
 
 
+@pytest.mark.parametrize(("stdout", "stderr", "summary"), [
+    ("....\n4 passed in 0.12s\n", "", "4 passed in 0.12s"),
+    ("== 1 failed, 3 passed, 2 warnings in 1.50s ==\n", "", "1 failed, 3 passed, 2 warnings in 1.50s"),
+    # A suite that migrates first: alembic's INFO lines come last, on stderr; the runner's line is the one.
+    ("..\n2 passed in 0.30s\n", "INFO  [alembic.runtime.migration] Running upgrade  -> 0001\n", "2 passed in 0.30s"),
+    ("", "....\n----------------------------------------------------------------------\nRan 4 tests in 0.004s\n\nOK\n",
+     "Ran 4 tests in 0.004s"),
+    ("all good\n", "", None),
+])
+def test_the_summary_is_the_test_runners_own_result_line(stdout: str, stderr: str, summary: str | None) -> None:
+    assert runner_result_line(stdout, stderr) == summary
+
+
+def test_the_failing_tests_are_named_from_the_short_summary() -> None:
+    out = ("F.E\n=== short test summary info ===\nFAILED tests/test_a.py::test_one - assert 1 == 2\n"
+           "ERROR tests/test_b.py::test_two - RuntimeError\n1 failed, 1 passed, 1 error in 0.2s\n")
+    assert failing_tests(out) == ["tests/test_a.py::test_one", "tests/test_b.py::test_two"]
+
+
+def test_the_tests_get_their_settings_and_a_database_of_their_own_migrated_to_the_release(
+        tmp_path: Path, live_database: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELEASE_TEST_TOKEN", "tok-release-tests")
+    tree = tmp_path / "release"
+    alembic_project(tree, {"0001": (None, 'op.execute("CREATE TABLE items (id INTEGER PRIMARY KEY)")',
+                                    "def downgrade():\n    op.drop_table('items')\n")}, env_py("JOBAPP_DATABASE_URL"))
+    (tree / "test_release.py").write_text(textwrap.dedent(f"""\
+        import os, sqlite3
+
+        def test_its_settings_and_its_own_database():
+            assert os.environ["TEST_MODE"] == "1" and os.environ["API_TOKEN"] == "tok-release-tests"
+            url = os.environ["JOBAPP_DATABASE_URL"]
+            assert url.startswith("sqlite:///") and {str(live_database)!r} not in url
+            tables = {{row[0] for row in sqlite3.connect(url.removeprefix("sqlite:///")).execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}}
+            assert {{"items", "alembic_version"}} <= tables
+            open("{tmp_path / 'seen-url'}", "w").write(url)
+        """))
+    config = environment(tmp_path)
+    text = (tmp_path / "production.toml").read_text().replace("[prerequisites]\n", (
+        '[prerequisites]\ntest_database = true\nenv = { TEST_MODE = "1" }\n'
+        'secrets = { API_TOKEN = { env = "RELEASE_TEST_TOKEN" } }\n'))
+    (tmp_path / "production.toml").write_text(text)
+    summary = run_release_tests.fn(load_environment_file(tmp_path / "production.toml"), tree)
+    assert re.fullmatch(r"1 passed in [\d.]+s \(on a database of their own, migrated to the release's head\)", summary)
+    scratch = Path((tmp_path / "seen-url").read_text().removeprefix("sqlite:///"))
+    assert not scratch.exists(), "the tests' database is dropped after them"
+    with sqlite3.connect(live_database) as conn:  # production's was never touched
+        assert [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")] == ["jobs"]
+    assert config.prerequisites.test_database is False  # the committed file asks for none
+
+
+@pytest.mark.postgres
+def test_on_postgresql_the_tests_database_is_made_beside_the_live_one_and_dropped(
+        tmp_path: Path, postgres_database: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOBAPP_PRODUCTION_DATABASE_URL", postgres_database)
+    tree = tmp_path / "release"
+    alembic_project(tree, {"0001": (None, 'op.execute("CREATE TABLE items (id INTEGER PRIMARY KEY)")',
+                                    "def downgrade():\n    op.drop_table('items')\n")}, env_py("JOBAPP_DATABASE_URL"))
+    (tree / "test_release.py").write_text(textwrap.dedent(f"""\
+        import os
+        from sqlalchemy import create_engine, inspect
+
+        def test_its_own_database():
+            url = os.environ["JOBAPP_DATABASE_URL"]
+            assert url.rsplit("/", 1)[1] != {postgres_database.rsplit("/", 1)[1]!r}
+            assert "items" in inspect(create_engine(url)).get_table_names()
+            open("{tmp_path / 'seen-url'}", "w").write(url.rsplit("/", 1)[1])
+        """))
+    environment(tmp_path)
+    text = (tmp_path / "production.toml").read_text().replace("[prerequisites]\n", "[prerequisites]\ntest_database = true\n")
+    (tmp_path / "production.toml").write_text(text)
+    summary = run_release_tests.fn(load_environment_file(tmp_path / "production.toml"), tree)
+    assert summary.startswith("1 passed in ")
+    seen = (tmp_path / "seen-url").read_text()
+    engine = create_engine(postgres_database)
+    with engine.connect() as conn:
+        assert conn.execute(text_("SELECT count(*) FROM pg_database WHERE datname = :n"), {"n": seen}).scalar() == 0
+        assert inspect(conn).get_table_names() == []  # the live database: untouched
+    engine.dispose()
+
+
 def test_failing_release_tests_stop_the_deploy(tmp_path: Path) -> None:
     tree = release_tree(tmp_path, {
         "test_ok.py": "def test_ok():\n    assert True\n",
@@ -80,7 +165,8 @@ def test_failing_release_tests_stop_the_deploy(tmp_path: Path) -> None:
     with pytest.raises(PreflightError) as caught:
         run_release_tests.fn(environment(tmp_path), tree)
     assert caught.value.step == "run release tests"
-    assert re.fullmatch(r"the release's tests failed \(1 failed, 1 passed in [\d.]+s\)", caught.value.cause)
+    assert re.fullmatch(r"the release's tests failed \(1 failed, 1 passed in [\d.]+s; failing: test_broken.py::test_broken\)",
+                        caught.value.cause)
     assert caught.value.action == "fix the release and push it again; nothing was changed"
 
 
