@@ -32,7 +32,7 @@ from tests.conftest import free_ports, prefect_server_database
 from tests.e2e.operator import FINAL, deployctl, flow_runs, run_of, trigger, wait_for
 from tests.other_app import wheels
 from tests.other_app.database import AppDatabases, app_databases
-from tests.other_app.environments import (HEALTH, bring_up, fill_in, fill_in_urls, init, load, stop,
+from tests.other_app.environments import (ADMIN_PASSWORD, HEALTH, bring_up, fill_in, fill_in_urls, init, load, stop,
                                           with_critical_paths)
 from tests.other_app.repository import REVISIONS, Origin, build_origin, clone
 from tests.prefect_servers import drain_prefect_queues
@@ -42,6 +42,7 @@ pytestmark = pytest.mark.slow
 ENVIRONMENTS = ("staging", "production")
 RUNTIME = "/api/v1/utils/runtime/"
 ITEMS = "/api/v1/items/"
+LOGIN = "/api/v1/login/access-token"
 
 
 @dataclass
@@ -58,8 +59,16 @@ class Story:
     def config(self, environment: str) -> EnvironmentConfig:
         return load(self.directory, environment)
 
+    def auth(self, environment: str) -> dict[str, str]:
+        """The admin's bearer token, from the app's form login."""
+        answer = httpx.post(self.config(environment).service.base_url + LOGIN, timeout=10,
+                            data={"username": "admin@example.com", "password": ADMIN_PASSWORD})
+        answer.raise_for_status()
+        return {"Authorization": f"Bearer {answer.json()['access_token']}"}
+
     def get(self, environment: str, path: str) -> Any:
-        answer = httpx.get(self.config(environment).service.base_url + path, timeout=10)
+        headers = self.auth(environment) if path.startswith(ITEMS) else None
+        answer = httpx.get(self.config(environment).service.base_url + path, timeout=10, headers=headers)
         answer.raise_for_status()
         return answer.json()
 
@@ -132,7 +141,8 @@ def story(tmp_path_factory: pytest.TempPathFactory, postgres_admin_url: str) -> 
         for environment in ENVIRONMENTS:
             config = story.config(environment)
             cleanup.callback(stop, config)
-            bring_up(config, origin.path, "r1", databases.variables(environment), operator)
+            bring_up(config, origin.path, "r1", {**databases.variables(environment),
+                                                 "FIRST_SUPERUSER_PASSWORD": ADMIN_PASSWORD}, operator)
             story.r1[environment] = story.get(environment, RUNTIME)
         starting.result()
         stack.up(log=lambda *_: None)
@@ -179,7 +189,8 @@ def test_both_environments_pass_deployctl_check(story: Story) -> None:
         assert f"head {REVISIONS['r1']}, nothing pending" in out, out
         assert re.search(r"ok\s+metrics\s+not measured", out), out
         if environment == "production":
-            assert re.search(r"ok\s+critical paths\s+1 answered as expected: list-items", out), out
+            # The login writes nothing (read_only) and the list only reads: check runs both, in order.
+            assert re.search(r"ok\s+critical paths\s+2 answered as expected: login, list-items", out), out
         assert result.returncode == 0 and re.search(r"all \d+ checks passed", out), out
 
 
@@ -240,9 +251,15 @@ def test_r2_goes_to_staging_then_production_with_two_approvals(story: Story) -> 
 
     summary = story.artifact("production", "deploy-production-summary")
     assert "Dana Whitfield" in summary and "Sam Okafor" in summary and "**succeeded**" in summary
-    assert "| Critical functionality verified | yes | list-items: ok" in summary, summary
+    assert re.search(r"\| Critical functionality verified \| yes \| login: ok \(POST /api/v1/login/access-token HTTP 200 ",
+                     summary), summary
+    steps = story.steps("production", story.release("production", "production"))
+    assert re.search(r"; create-item: ok \(POST /api/v1/items/ HTTP 201 in \d+ ms\); delete-item: ok \(DELETE "
+                     r"/api/v1/items/\d+ HTTP 200", steps["run-critical-path-tests"]), steps["run-critical-path-tests"]
+    tests = steps["run-release-tests"]
+    assert re.fullmatch(r"3 passed(, \d+ warnings?)? in [\d.]+s \(on a database of their own, migrated to the release's head\)", tests), tests
 
-    created = httpx.post(story.config("production").service.base_url + ITEMS, timeout=10,
+    created = httpx.post(story.config("production").service.base_url + ITEMS, timeout=10, headers=story.auth("production"),
                          json={"title": "restock shelf 4", "priority": 3})
     assert created.status_code == 201 and created.json()["priority"] == 3
     assert story.get("production", ITEMS)[0]["title"] == "restock shelf 4"
@@ -290,8 +307,9 @@ def test_a_rollback_by_hand_returns_production_to_r1_and_its_environment(story: 
     assert "| switch-back-environment | completed |" in summary, summary
 
 
-def test_no_log_or_artifact_holds_the_database_password(story: Story) -> None:
-    password = story.databases.password
+@pytest.mark.parametrize("secret", ["database password", "admin password"])
+def test_no_log_or_artifact_holds_a_password(story: Story, secret: str) -> None:
+    password = story.databases.password if secret == "database password" else ADMIN_PASSWORD
     leaks = [str(path) for base in (story.root, story.stack.home) for path in base.rglob("*")
              if path.is_file() and not path.is_symlink() and path != story.directory / "app.env"
              and password.encode() in path.read_bytes()]

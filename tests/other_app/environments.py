@@ -42,18 +42,53 @@ duration_seconds = 10
 interval_seconds = 3
 """
 
+# The app's own admin login: its password lives in app.env, like the database's.
+ADMIN_PASSWORD = "Inventory-admin-7c3e9f41"
+ADMIN_SECRET = """
+[service.secrets]
+FIRST_SUPERUSER_PASSWORD = { env = "INVENTORY_ADMIN_PASSWORD" }
+"""
+
+# Production's smoke test, as a team writes it for a token-authenticated API: an OAuth2 password
+# login (a form post, which writes nothing, so `check` may run it), then the token on the endpoints.
 CRITICAL_PATHS = """
+[[critical_paths]]
+name = "login"
+method = "POST"
+path = "/api/v1/login/access-token"
+form = { username = "admin@example.com", password = "{{ secrets.password }}" }
+secrets = { password = { env = "INVENTORY_ADMIN_PASSWORD" } }
+expect = [{ at = "token_type", equals = "bearer" }]
+read_only = true
+
 [[critical_paths]]
 name = "list-items"
 path = "/api/v1/items/"
+headers = { Authorization = "Bearer {{ login.access_token }}" }
+budget_seconds = 5
 
 [[critical_paths]]
 name = "create-item"
 method = "POST"
 path = "/api/v1/items/"
+headers = { Authorization = "Bearer {{ login.access_token }}" }
 json = { title = "release check" }
 expect_status = 201
-expect_keys = ["id", "title"]
+expect = [{ at = "title", equals = "release check" }]
+
+[[critical_paths]]
+name = "delete-item"
+method = "DELETE"
+path = "/api/v1/items/{{ create-item.id }}"
+headers = { Authorization = "Bearer {{ login.access_token }}" }
+expect = [{ at = "message", contains = "deleted" }]
+"""
+
+# The release's own tests, on a database made for them and migrated to the release's head.
+RELEASE_TESTS = """[prerequisites]
+test_command = ["{python}", "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"]
+test_database = true
+secrets = { FIRST_SUPERUSER_PASSWORD = { env = "INVENTORY_ADMIN_PASSWORD" } }
 """
 
 
@@ -94,19 +129,20 @@ def fill_in(text: str, host: Path, port: int, wheelhouse: Path) -> str:
                 'files = ["requirements.txt", "scripts/install_dependencies.py"]')
     text = edit(text, re.compile(r"^install_command = .*$", re.M),
                 INSTALL.format(shared=SHARED_SITE_PACKAGES, wheelhouse=wheelhouse))
-    return text + WATCH
+    return text + WATCH + ADMIN_SECRET
 
 
 def with_critical_paths(text: str) -> str:
-    """The items API, which production's users depend on, checked after every deploy and rollback."""
-    return text + CRITICAL_PATHS
+    """The items API, which production's users depend on, checked after every deploy and rollback, and
+    the release's own tests before it."""
+    return edit(text, "[prerequisites]\n", RELEASE_TESTS) + CRITICAL_PATHS
 
 
 def fill_in_urls(text: str, urls: Mapping[str, str]) -> str:
     """app.env with each environment's database URL where init left an example."""
     for variable, url in urls.items():
         text = edit(text, re.compile(rf"^# {variable}=.*$", re.M), f"{variable}={url}")
-    return text
+    return text + f"INVENTORY_ADMIN_PASSWORD={ADMIN_PASSWORD}\n"
 
 
 def bring_up(config: EnvironmentConfig, origin: Path, tag: str, variables: Mapping[str, str],

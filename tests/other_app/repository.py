@@ -41,7 +41,10 @@ def build_origin(root: Path) -> Origin:
     git(src, "init", "--quiet", "--initial-branch=main")
     shas = {}
     for tag in TAGS:
-        shutil.copytree(RELEASES / tag, src, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+        # shutil.copy, not copy2: a file copied with its old mtime over one of the same size would look
+        # unchanged to git's index (a fresh checkout gives both releases' files the same second).
+        shutil.copytree(RELEASES / tag, src, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"),
+                        copy_function=shutil.copy)
         git(src, "add", "--all")
         git(src, "commit", "--quiet", "-m", MESSAGES[tag])
         git(src, "tag", "-a", tag, "-m", f"release {tag}")

@@ -1,11 +1,12 @@
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
-from sqlalchemy import insert, select
+from sqlalchemy import delete, insert, select
 
+from app.api.deps import current_user
 from app.core.db import engine
 from app.models import items
 
-router = APIRouter(prefix="/items", tags=["items"])
+router = APIRouter(prefix="/items", tags=["items"], dependencies=[Depends(current_user)])
 
 
 class ItemCreate(BaseModel):
@@ -31,3 +32,11 @@ def create_item(item: ItemCreate) -> ItemPublic:
     with engine.begin() as conn:
         new_id = conn.execute(insert(items).values(**item.model_dump()).returning(items.c.id)).scalar_one()
     return ItemPublic(id=new_id, **item.model_dump())
+
+
+@router.delete("/{item_id}")
+def delete_item(item_id: int) -> dict[str, str]:
+    with engine.begin() as conn:
+        if conn.execute(delete(items).where(items.c.id == item_id)).rowcount == 0:
+            raise HTTPException(status_code=404, detail="Item not found")
+    return {"message": "Item deleted successfully"}
