@@ -27,6 +27,11 @@ if TYPE_CHECKING:  # imported only where used: it imports prefect, which must re
 # this, logging prints a traceback about the closed file at the very end of every run.
 logging.raiseExceptions = False
 
+# The other app's own suite is the release's, run by its deploys on a database of their own
+# (tests/e2e/test_other_app.py), never by ours.
+collect_ignore_glob = ["other_app/releases/*"]
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that needs a Prefect server is slow whether or not its module says so: `make test-fast`
     (-m "not slow") must never start one.
