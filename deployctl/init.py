@@ -16,6 +16,7 @@ from pathlib import Path
 
 import git
 
+from deployments.config import REMOTE_URL
 from deployments.errors import InvalidInput
 
 SKIPPED = {".git", ".venv", "venv", "node_modules", "__pycache__", ".tox", ".mypy_cache", "build", "dist", "site-packages"}
@@ -238,7 +239,7 @@ def _repository_lines(repo: Path) -> list[str]:
         origin = git.Repo(repo).remotes.origin.url
     except (AttributeError, IndexError, ValueError, git.GitError):
         return [f'repository = "{repo}"  # TODO: the repository releases are fetched from (no origin found)']
-    if not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://|^[^/:]+@[^/:]+:", origin) and not Path(origin).is_absolute():
+    if not REMOTE_URL.match(origin) and not Path(origin).is_absolute():
         origin = str((repo / origin).resolve())  # a path relative to the checkout
     return [f'repository = "{origin}"  # GUESS: the checkout\'s origin; credentials come from git\'s own setup']
 

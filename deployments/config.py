@@ -55,12 +55,12 @@ def _relative_to_file(value: Path, info: ValidationInfo) -> Path:
 FilePath = Annotated[Path, AfterValidator(_relative_to_file)]
 
 # What git takes for a remote rather than a path: scheme://..., or scp-like user@host:path.
-_REMOTE_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://|^[^/:]+@[^/:]+:")
+REMOTE_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://|^[^/:]+@[^/:]+:")
 
 
 def _repository_relative_to_file(value: str, info: ValidationInfo) -> str:
     """A repository given as a local path is relative to the file, like every path in it; a URL is kept."""
-    if _REMOTE_URL.match(value) or Path(value).is_absolute():
+    if REMOTE_URL.match(value) or Path(value).is_absolute():
         return value
     return str(_relative_to_file(Path(value), info))
 

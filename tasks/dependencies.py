@@ -35,6 +35,7 @@ from pathlib import Path
 
 from deployments.config import EnvironmentConfig
 from deployments.errors import DeployError, PreflightError
+from deployments.logs import run_log
 from records.ledger import Ledger
 from tasks.app_commands import expand_argv
 from tasks.processes import Advice, Command, child_env, run
@@ -48,6 +49,7 @@ from tasks.release_environments import (
     release_environment,
 )
 from tasks.steps import change_step, read_step
+from tasks.waiting import wait_until
 
 STEP = "install dependencies"
 VENV_TIMEOUT = 120.0
@@ -63,17 +65,18 @@ def building_lock(config: EnvironmentConfig, step: str = STEP) -> Iterator[None]
     directory.mkdir(parents=True, exist_ok=True)
     bound = config.dependencies.timeout_seconds
     with open(directory / LOCK_FILE, "a+") as handle:
-        deadline = time.monotonic() + bound
-        while True:
+        def taken() -> bool:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                return True
             except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise PreflightError(step, f"another install into {directory} held its lock for {bound:g} s",
-                                         "wait for it (another deploy or dry run of this environment) and run "
-                                         "again; nothing was changed") from None
-                time.sleep(0.2)
+                return False
+
+        if not taken():
+            run_log().info("Waiting up to %g s for the lock of %s: another install holds it.", bound, directory)
+            wait_until(taken, bound, f"the lock of {directory}", interval=0.2, on_timeout=lambda: PreflightError(
+                step, f"another install into {directory} held its lock for {bound:g} s",
+                "wait for it (another deploy or dry run of this environment) and run again; nothing was changed"))
         try:
             yield
         finally:

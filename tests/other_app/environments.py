@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import sysconfig
@@ -18,7 +17,8 @@ from pathlib import Path
 import httpx
 
 from deployments.config import EnvironmentConfig, load_environment_file
-from tasks.process_state import is_alive
+from tasks.app_commands import expand_argv
+from tasks.app_process import stop as stop_app
 from tests.other_app.repository import clone
 
 DEPLOYCTL = str(Path(sys.executable).with_name("deployctl"))
@@ -160,8 +160,7 @@ def bring_up(config: EnvironmentConfig, origin: Path, tag: str, variables: Mappi
     migrated = subprocess.run([python, "-m", "alembic", "upgrade", "head"], cwd=config.app_dir(), env=app_env,
                               capture_output=True, text=True, timeout=120)
     assert migrated.returncode == 0, migrated.stderr
-    argv = [part.replace("{python}", python).replace("{bin}", str(config.service.python.parent))
-            for part in config.service.start_command]
+    argv = expand_argv(config.service.start_command, config)
     config.service.pid_file.parent.mkdir(parents=True, exist_ok=True)
     config.service.startup_log.parent.mkdir(parents=True, exist_ok=True)
     with open(config.service.startup_log, "ab") as log:
@@ -179,19 +178,8 @@ def bring_up(config: EnvironmentConfig, origin: Path, tag: str, variables: Mappi
 
 
 def stop(config: EnvironmentConfig) -> None:
-    """The app's master, by its pid file; its workers end with it."""
-    try:
-        pid = int(config.service.pid_file.read_text())
-    except (OSError, ValueError):
-        return
-    if not is_alive(pid):
-        return
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 20
-    while is_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if is_alive(pid):
-        os.kill(pid, signal.SIGKILL)
+    """The app's master, by its pid file; its workers end with it (the tool's own stop)."""
+    stop_app(config, timeout=20)
 
 
 def load(directory: Path, name: str) -> EnvironmentConfig:
