@@ -44,8 +44,10 @@ class Sandbox:
 
 def fast(text: str) -> str:
     """Environment file tuned for tests: short grace time and stability window, the release's tests
-    skipped (tested apart)."""
+    skipped (tested apart), one gunicorn worker instead of two (each is a process that imports the
+    app at every start, canary and reload; tests/tasks/test_reload.py covers several workers)."""
     text = text.replace("grace_seconds = 5", "grace_seconds = 1").replace("stable_seconds = 6", "stable_seconds = 2")
+    text = text.replace("\nworkers = 2\n", "\nworkers = 1\n").replace('JOBAPP_WORKERS = "2"', 'JOBAPP_WORKERS = "1"')
     return re.sub(r"^test_command = .*$", "test_command = []", text, flags=re.M)
 
 
