@@ -113,10 +113,13 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
     api = os.environ["PREFECT_API_URL"]
     home, database = prefect_server_database(tmp_path_factory)
-    # The flows of these tests run in this process: no worker, no schedule, no automation. The server's
-    # loops that serve those would only spend a fifth of the module's CPU.
+    # The flows of these tests run in this process: no worker, no schedule, no automation, and nothing
+    # reads the event feed (task runs are recorded from their events all the same). The server's loops
+    # that serve those would only spend a fifth of the module's CPU.
     idle = {f"PREFECT_SERVER_SERVICES_{name}_ENABLED": "false" for name in (
-        "FOREMAN", "LATE_RUNS", "SCHEDULER", "REPOSSESSOR", "TRIGGERS", "CANCELLATION_CLEANUP", "CLEANUP_RECONCILER")}
+        "FOREMAN", "LATE_RUNS", "SCHEDULER", "REPOSSESSOR", "TRIGGERS", "CANCELLATION_CLEANUP", "CLEANUP_RECONCILER",
+        "EVENT_PERSISTER")}
+    idle["PREFECT_API_EVENTS_STREAM_OUT_ENABLED"] = "false"
     server = Stack(home=home, port=int(api.rsplit(":", 1)[1].split("/")[0]), database_url=database, extra_env=idle,
                    tied_to_caller=True)
     server.start_server()

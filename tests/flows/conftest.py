@@ -70,10 +70,11 @@ def make_sandbox(tmp_path_factory: pytest.TempPathFactory, db: str = "sqlite",
     if db == "sqlite":
         shutil.copytree(sandbox_template(tmp_path_factory), root, symlinks=True)
     staging_port, production_port = free_ports(2)
-    sandbox.up(root, db=db, ports={"staging": staging_port, "production": production_port}, log=lambda *_: None)
+    # Tuned as the files are written, before the apps start: a USR2 reload keeps the environment the
+    # master started with, so JOBAPP_WORKERS edited afterwards would never take.
+    sandbox.up(root, db=db, ports={"staging": staging_port, "production": production_port}, log=lambda *_: None,
+               edit=fast)
     box = Sandbox(root, db)
-    for env in ("staging", "production"):
-        box.edit(env, fast)
     previous = os.environ.get("DEPLOY_ENVIRONMENTS_DIR")
     os.environ["DEPLOY_ENVIRONMENTS_DIR"] = str(box.environments)
     try:

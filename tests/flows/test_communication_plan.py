@@ -15,7 +15,7 @@ import pytest
 
 from deployments.errors import ServiceError
 from tests.faults.releases import EMAIL_BROKEN, add_fault_releases
-from tests.faults.test_faults import deploy
+from tests.faults.driving import deploy
 from tests.flows.conftest import Sandbox, make_sandbox
 from tests.webhook import Receiver, receiving
 
