@@ -218,6 +218,46 @@ class DatabaseConfig(Model):
         return dict(self.app_variables) or {self.app_variable: "url"}
 
 
+# squawk's rules on style rather than on what a migration does to a running app: not shown unless asked.
+STYLE_RULES = ("prefer-bigint-over-int", "prefer-bigint-over-smallint", "prefer-identity", "prefer-text-field",
+               "prefer-timestamp-tz", "prefer-robust-stmts", "ban-char-field")
+
+
+class LintAllowance(Model):
+    revision: str = Field(min_length=1, description="the alembic revision")
+    rule: str = Field(min_length=1, description="the squawk rule, e.g. ban-drop-column")
+    reason: str = Field(min_length=3, description="why it is safe here; shown to the approvers")
+
+
+class MigrationSafetyConfig(Model):
+    """[migrations]: what the prerequisites check in a release's migrations before anyone approves them.
+
+    Each pending revision is written out as SQL (Alembic's offline mode, in the app's interpreter) and
+    checked by squawk; its findings warn, or block when their rule is in `block`, unless an [[migrations.allow]]
+    entry names the revision and the rule with a reason. The rehearsal on a copy of the database measures
+    each revision's locks; `max_lock_seconds` is the longest a revision may hold one that blocks writes."""
+
+    lint: bool = Field(True, description="lint the pending migrations with squawk")
+    block: list[str] = Field(default_factory=list, description=(
+        'squawk rules whose findings fail the prerequisite, e.g. ["ban-drop-column", "changing-column-type"]'))
+    ignore: list[str] = Field(default_factory=lambda: list(STYLE_RULES), description=(
+        "squawk rules not reported at all (by default its rules on style)"))
+    allow: list[LintAllowance] = Field(default_factory=list, description=(
+        "findings accepted for one revision and rule, with the reason approvers read"))
+    max_lock_seconds: float | None = Field(None, gt=0, le=3600, description=(
+        "the longest a revision may hold a lock that blocks writes (SHARE or stronger; SQLite: the database's "
+        "write lock), as measured on the rehearsal's copy; a longer one fails the prerequisite"))
+    squawk: str = Field("squawk", description="the squawk program (the one installed beside the tool by default)")
+
+    @model_validator(mode="after")
+    def _blocked_rules_are_reported(self) -> MigrationSafetyConfig:
+        both = sorted(set(self.block) & set(self.ignore))
+        if both:
+            raise ValueError(f"{', '.join(both)} in both block and ignore: an ignored rule can never block; "
+                             "remove it from one of them")
+        return self
+
+
 class BackupConfig(Model):
     directory: FilePath
     keep: int = Field(10, ge=1)
@@ -500,6 +540,7 @@ class EnvironmentConfig(Model):
     watch: WatchConfig = WatchConfig()
     rollback: RollbackConfig = RollbackConfig()
     prerequisites: PrerequisiteConfig = PrerequisiteConfig()
+    migrations: MigrationSafetyConfig = MigrationSafetyConfig()
     metrics: MetricsConfig = MetricsConfig()
     dependencies: DependenciesConfig | None = Field(None, description=(
         "each release's own Python environment; without it the app runs in service.python as it is"))

@@ -41,7 +41,8 @@ def pre_deployment_verification(config: EnvironmentConfig, staging: EnvironmentC
     migrations = check_migrations(config, release_tree(config, release_id), migrations)
     revision = database_revision(resolve_database_url(config))
     ledger.update(release_id, db_revision_before=revision, migrations=[
-        {"revision": p.revision, "message": p.message, "has_downgrade": p.has_downgrade, "expand_only": p.expand_only}
+        {"revision": p.revision, "message": p.message, "has_downgrade": p.has_downgrade, "expand_only": p.expand_only,
+         "kind": p.kind}
         for p in migrations.pending])
     backup = None
     if not dry_run:

@@ -155,7 +155,8 @@ def resolved(record: DeployRecord, prerequisites: Prerequisites) -> None:
 
 def approval_brief(record: DeployRecord, prerequisites: Prerequisites, staging: EnvironmentConfig | None) -> str:
     return release_brief(record.config, prerequisites.release, prerequisites.migrations,
-                         record.ledger.steps(record.release_id), record.release.reason, staging=staging).markdown()
+                         record.ledger.steps(record.release_id), record.release.reason, staging=staging,
+                         lint=prerequisites.lint, rehearsal=prerequisites.rehearsal).markdown()
 
 
 def plan(config: EnvironmentConfig, release: ResolvedRelease, migrations: str) -> str:

@@ -3,11 +3,13 @@
     fetch-release · resolve-release      the ref, as a 40-hex SHA; a deploy of the live SHA is a noop
     install-dependencies                 the release's own environment ([dependencies]), built or reused
     check-migrations                     what is pending, read with the release's scripts
+    lint-migrations                      each pending revision's SQL: expand, contract or destructive; squawk
     check-merged-to-main                 code changes merged to the release branch
     check-workspace                      no hand-made changes a deploy would overwrite
     run-release-tests                    the release's own tests, on a scratch worktree of the SHA
     run-security-scan                    no critical (high severity) finding
-    test-migrations                      one head; upgrade, downgrade, upgrade on a copy of the live data
+    test-migrations                      one head; upgrade, downgrade, upgrade on a copy of the live data,
+                                         each revision's time and strongest lock measured (max_lock_seconds)
     verify-staging                       staging healthy and shown to serve the same SHA (production only)
 
 Approval, the last prerequisite, pauses the deploy run itself (see production_deployment).
@@ -25,7 +27,8 @@ from deployments.config import EnvironmentConfig
 from deployments.errors import DeployError, PreflightError
 from tasks.dependencies import install_dependencies
 from tasks.health import check_staging_health
-from tasks.migrations import MigrationStatus, check_migrations, test_migrations
+from tasks.migration_lint import LintReport, lint_migrations, with_kinds
+from tasks.migrations import MigrationStatus, Rehearsal, check_migrations, test_migrations
 from tasks.quality import run_release_tests, run_security_scan
 from tasks.release_environments import ReleaseEnvironment, live_environment, release_environment
 from tasks.served_version import VersionNotVerified, VersionUnreadable
@@ -47,6 +50,8 @@ class Prerequisites:
     migrations: MigrationStatus | None = None  # the live revision and what is pending, for the approvers
     environment: str | None = None  # with [dependencies]: the release's environment ...
     live_environment: str | None = None  # ... and the live one
+    lint: LintReport | None = None  # what each pending revision does, and squawk's findings
+    rehearsal: Rehearsal | None = None  # each revision measured on a copy (None: no rehearsal)
 
 
 def release_tree(config: EnvironmentConfig, release_id: int) -> Path:
@@ -71,12 +76,16 @@ def verify_prerequisites(config: EnvironmentConfig, staging: EnvironmentConfig |
     check_workspace(config)
     run_release_tests(config, tree)
     run_security_scan(config, tree)
+    lint = lint_migrations(config, tree, status) if status.pending else None
+    if lint is not None:
+        status = with_kinds(status, lint)
+    rehearsal = None
     if config.prerequisites.migration_rehearsal:
-        test_migrations(config, tree, config.state_dir / "rehearsal", status)
+        rehearsal = test_migrations(config, tree, config.state_dir / "rehearsal", status)
     if staging is not None:
         verify_staging(staging, release.sha, config.prerequisites.require_staging_version)
     return Prerequisites(release, noop=False, pending_migrations=[p.revision for p in status.pending],
-                         migrations=status, **environments)
+                         migrations=status, lint=lint, rehearsal=rehearsal, **environments)
 
 
 def _key(environment: ReleaseEnvironment | None) -> str | None:

@@ -35,7 +35,8 @@ from deployments.secrets import redact, resolve_database_url
 from tasks.backups import Manifest, latest_manifest
 from tasks.health import assess
 from records.ledger import StepRecord
-from tasks.migrations import MigrationStatus, PendingRevision
+from tasks.migration_lint import MEANING, LintReport
+from tasks.migrations import MigrationStatus, PendingRevision, Rehearsal
 from tasks.source import Commit, ResolvedRelease, commits_between
 
 
@@ -144,7 +145,7 @@ def form_description(brief: str, given: list[Approval], waiting: list[str]) -> s
 
 
 # Prerequisites whose evidence the brief gives elsewhere: the headline, What changes, Staging.
-RESTATED = frozenset({"fetch-release", "resolve-release", "check-migrations", "verify-staging"})
+RESTATED = frozenset({"fetch-release", "resolve-release", "check-migrations", "lint-migrations", "verify-staging"})
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,8 @@ class ReleaseBrief:
     staging: str  # staging's state, as checked when the brief was written
     automatic_rollback: bool
     last_backup: Manifest | None = None  # the newest published backup: how long a restore takes
+    lint: LintReport | None = None  # each pending revision's kind and squawk's findings
+    rehearsal: Rehearsal | None = None  # each pending revision measured on a copy
 
     def markdown(self) -> str:
         release, env = self.release, self.environment
@@ -212,11 +215,38 @@ class ReleaseBrief:
     def _migrations(self) -> str:
         if not self.migrations:
             return f"No migration: the database stays at `{self.revision or 'base'}`."
-        lines = [f"{_count(self.migrations, 'migration')} to run, from revision `{self.revision or 'base'}`:"]
-        lines += [f"- `{m.revision}` {_md(_clip(m.message, 90))}"
-                  + ("" if m.has_downgrade else " (**no downgrade**: undoing it means restoring the backup)")
-                  for m in self.migrations]
+        lines = [f"{_count(self.migrations, 'migration')} to run, from revision `{self.revision or 'base'}`"
+                 + (f" (linted by {_md(self.lint.linter)}):" if self.lint is not None else ":")]
+        for m in self.migrations:
+            lines.append(f"- `{m.revision}` {_md(_clip(m.message, 80))}: {self._kind(m)}; rollback: "
+                         + ("downgrade" if m.has_downgrade else "**restore the backup** (no downgrade)"))
+            lines += [f"  - {line}" for line in self._evidence(m.revision)]
         return "\n".join(lines)
+
+    def _kind(self, migration: PendingRevision) -> str:
+        lint = self.lint.of(migration.revision) if self.lint is not None else None
+        if lint is None:
+            return "kind not read"
+        what = f" ({_md('; '.join(lint.why))})" if lint.why else ""
+        if lint.kind == "expand":
+            return f"expand{what}"
+        return f"**{lint.kind}**{what}: {MEANING[lint.kind]}"
+
+    def _evidence(self, revision: str) -> list[str]:
+        """What was measured on the copy, and the linter's findings, for one revision."""
+        lines = []
+        measure = self.rehearsal.of(revision) if self.rehearsal is not None else None
+        if measure is not None:
+            held = measure.lock.describe() if measure.lock is not None else "no lock on an existing table seen"
+            lines.append(f"on a copy of {self.environment}: {_md(held)}, {measure.seconds:.2f} s in all")
+        lint = self.lint.of(revision) if self.lint is not None else None
+        if lint is not None and not lint.rendered:
+            lines.append(f"not linted: {_md(lint.note)}")
+        for finding in lint.findings if lint is not None else []:
+            verdict = {"blocks": "**blocks**", "warns": "warns", "allowed": "allowed"}[finding.verdict]
+            why = f" ({_md(finding.reason)})" if finding.reason else ""
+            lines.append(f"{finding.rule} {verdict}{why}: `{_clip(finding.statement, 70).replace('`', '')}`")
+        return lines
 
     def _checks(self) -> str:
         shown = [c for c in self.checks if c.name not in RESTATED]
@@ -243,7 +273,8 @@ class ReleaseBrief:
 
 
 def release_brief(config: EnvironmentConfig, release: ResolvedRelease, migrations: MigrationStatus | None,
-                  checks: list[StepRecord], reason: str, staging: EnvironmentConfig | None = None) -> ReleaseBrief:
+                  checks: list[StepRecord], reason: str, staging: EnvironmentConfig | None = None,
+                  lint: LintReport | None = None, rehearsal: Rehearsal | None = None) -> ReleaseBrief:
     """Gathers the brief: the commits from the workspace, staging's state as it is now, the database kind.
     A brief with a gap is better than no approval form: git failing here is logged, not raised."""
     commits: list[Commit] | None
@@ -260,7 +291,7 @@ def release_brief(config: EnvironmentConfig, release: ResolvedRelease, migration
         revision=migrations.current if migrations else None, database=make_url(url).get_backend_name(),
         backup_directory=config.backups.directory, checks=checks,
         staging=staging_state(staging, release.sha), automatic_rollback=config.rollback.automatic,
-        last_backup=latest_manifest(config.backups.directory))
+        last_backup=latest_manifest(config.backups.directory), lint=lint, rehearsal=rehearsal)
 
 
 def staging_state(staging: EnvironmentConfig | None, sha: str) -> str:

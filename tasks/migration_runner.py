@@ -3,7 +3,9 @@
     python migration_runner.py status  --config alembic.ini --current REV
     python migration_runner.py upgrade --config alembic.ini --to REV
     python migration_runner.py downgrade --config alembic.ini --to REV
-    python migration_runner.py rehearse --config alembic.ini --to REV --back REV   (up, down, up again)
+    python migration_runner.py rehearse --config alembic.ini --to REV --back REV --revisions R1,R2
+                                          (up one revision at a time, timed; down; up again)
+    python migration_runner.py render --config alembic.ini --revisions R1,R2   (each one's SQL, offline)
 
 It depends only on the standard library and alembic (which an Alembic app has), and prints one JSON
 object on its last line of stdout. Upgrades and downgrades go through the app's own `env.py`, so the
@@ -21,11 +23,13 @@ import time
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("command", choices=["status", "upgrade", "downgrade", "rehearse"])
+    parser.add_argument("command", choices=["status", "upgrade", "downgrade", "rehearse", "render"])
     parser.add_argument("--config", default="alembic.ini")
     parser.add_argument("--current", default="")
     parser.add_argument("--to", default="heads")
     parser.add_argument("--back", default="base", help="rehearse: the revision the downgrade returns to")
+    parser.add_argument("--once", action="store_true", help="rehearse: only the upgrade (no downgrade to go back by)")
+    parser.add_argument("--revisions", default="", help="rehearse, render: the pending revisions, oldest first")
     args = parser.parse_args()
 
     from alembic import command
@@ -50,23 +54,61 @@ def main() -> int:
             # two heads the database may sit on one branch while the other is pending.
             done = _ancestry(script, current) if current else set()
             pending = [{"revision": rev.revision, "message": (rev.doc or "").strip(),
-                        "has_downgrade": _has_downgrade(rev), "expand_only": _expand_only(rev)}
+                        "has_downgrade": _has_downgrade(rev)}
                        for rev in script.walk_revisions() if rev.revision not in done]
         pending.reverse()
         _emit({"heads": heads, "current": current, "known": known, "pending": pending})
         return 0
+    revisions = [r for r in args.revisions.split(",") if r]
+    if args.command == "render":
+        _emit({"heads": heads, **_render(args.config, script, revisions)})
+        return 0
     started = time.perf_counter()
+    windows = []
     if args.command == "upgrade":
         command.upgrade(config, args.to)
     elif args.command == "downgrade":
         command.downgrade(config, args.to)
     else:  # one interpreter for the three steps: the app's imports are paid once, not three times
-        for name, run, target in (("upgrade", command.upgrade, args.to), ("downgrade", command.downgrade, args.back),
-                                  ("upgrade", command.upgrade, args.to)):
-            print(f"migration-runner: {name}", file=sys.stderr, flush=True)  # names the step that fails
+        print("migration-runner: upgrade", file=sys.stderr, flush=True)  # names the step that fails
+        # One revision at a time, each in its own transaction, so what each one locks and how long it
+        # takes is measured apart (the caller samples the database's locks in these windows).
+        for revision in revisions or [args.to]:
+            began = time.time()
+            command.upgrade(config, revision)
+            windows.append({"revision": revision, "started": began, "ended": time.time()})
+        command.upgrade(config, args.to)
+        for name, run, target in () if args.once else (("downgrade", command.downgrade, args.back),
+                                                       ("upgrade", command.upgrade, args.to)):
+            print(f"migration-runner: {name}", file=sys.stderr, flush=True)
             run(config, target)
-    _emit({"heads": heads, "seconds": round(time.perf_counter() - started, 3)})
+    _emit({"heads": heads, "seconds": round(time.perf_counter() - started, 3), "windows": windows})
     return 0
+
+
+def _render(config_file: str, script: object, revisions: list[str]) -> dict[str, object]:
+    """Each revision's upgrade as the SQL alembic's offline mode writes for it (the app's env.py decides
+    the dialect from the database it is pointed at; nothing connects). A revision whose upgrade needs a
+    connection (it reads the database, `op.get_bind()`) cannot be written out: its error says so."""
+    import io
+
+    from alembic import command
+    from alembic.config import Config
+
+    sql: dict[str, str] = {}
+    errors: dict[str, str] = {}
+    for revision in revisions:
+        down = script.get_revision(revision).down_revision  # type: ignore[attr-defined]
+        start = down[0] if isinstance(down, tuple) else down
+        buffer = io.StringIO()
+        config = Config(config_file, output_buffer=buffer)
+        try:
+            command.upgrade(config, f"{start}:{revision}" if start else revision, sql=True)
+        except Exception as exc:  # noqa: BLE001 - any failure of the app's script is the answer
+            errors[revision] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            continue
+        sql[revision] = buffer.getvalue()
+    return {"sql": sql, "errors": errors}
 
 
 def _ancestry(script: object, revision: str) -> set[str]:
@@ -93,61 +135,6 @@ def _has_downgrade(rev: object) -> bool:
             return bool(body) and not all(isinstance(stmt, (ast.Pass, ast.Raise))
                                           or (isinstance(stmt, ast.Return) and stmt.value is None) for stmt in body)
     return False
-
-
-# What only adds to a schema: code written for the schema before keeps working on the one after.
-EXPANDING = {"create_table", "add_column", "create_index", "bulk_insert"}
-
-
-def _expand_only(rev: object) -> bool:
-    """True when upgrade() only adds (tables, indexes, columns the old code need not write), each as a
-    plain `op.<operation>(...)` statement, batches included; anything else, or anything this reading
-    cannot follow (raw SQL, a connection, a helper, a branch), counts as not."""
-    tree = _parsed(rev)
-    upgrade = next((node for node in (tree.body if tree else []) if isinstance(node, ast.FunctionDef)
-                    and node.name == "upgrade"), None)
-    operations = _operations(upgrade.body, {"op"}) if upgrade is not None else None
-    return bool(operations) and all(name in EXPANDING and (name != "add_column" or _old_code_need_not_write(call))
-                                    for name, call in operations)
-
-
-def _operations(body: list[ast.stmt], ops: set[str]) -> list[tuple[str, ast.Call]] | None:
-    """The `op.<name>(...)` statements of `body`, or None when it holds anything else."""
-    found: list[tuple[str, ast.Call]] = []
-    for stmt in body:
-        if isinstance(stmt, ast.Pass) or (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)):
-            continue
-        if isinstance(stmt, ast.With) and all(_op_call(item.context_expr, ops) == "batch_alter_table"
-                                              for item in stmt.items):
-            aliases = {item.optional_vars.id for item in stmt.items if isinstance(item.optional_vars, ast.Name)}
-            inner = _operations(stmt.body, ops | aliases)
-            if inner is None:
-                return None
-            found += inner
-            continue
-        name = _op_call(stmt.value, ops) if isinstance(stmt, ast.Expr) else None
-        if name is None:
-            return None
-        found.append((name, stmt.value))  # type: ignore[arg-type, union-attr]
-    return found
-
-
-def _op_call(node: ast.expr, ops: set[str]) -> str | None:
-    func = node.func if isinstance(node, ast.Call) else None
-    if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id in ops:
-        return func.attr
-    return None
-
-
-def _old_code_need_not_write(call: ast.Call) -> bool:
-    """An added column the old code's INSERTs may leave out: nullable, or with a server default."""
-    columns = [arg for arg in call.args if isinstance(arg, ast.Call)]
-    for column in columns:
-        keywords = {k.arg: k.value for k in column.keywords}
-        nullable = keywords.get("nullable")
-        if (isinstance(nullable, ast.Constant) and nullable.value is False) and "server_default" not in keywords:
-            return False
-    return True
 
 
 def _parsed(rev: object) -> ast.Module | None:

@@ -28,6 +28,7 @@ from tasks.backups import scratch_copy
 from tasks.database_state import DatabaseState, read_state
 from tasks.databases import connect, session_name
 from tasks.processes import Advice, Command, child_env, run
+from tasks.lock_sampling import RevisionMeasure, sampling_locks, sqlite_measures
 from tasks.lock_waits import LockWatch, watching_lock_waits
 from tasks.release_environments import interpreter
 
@@ -66,6 +67,7 @@ class PendingRevision:
     message: str
     has_downgrade: bool
     expand_only: bool = False  # it only adds: the previous release's code works on the schema after it
+    kind: str = ""  # expand, contract or destructive, as lint-migrations read it from its SQL ("": not read)
 
 
 @dataclass(frozen=True)
@@ -164,8 +166,7 @@ def migration_status(config: EnvironmentConfig, app_env: Mapping[str, str], cwd:
     return MigrationStatus(
         heads=list(payload["heads"]),
         current=payload["current"],
-        pending=[PendingRevision(p["revision"], p["message"], bool(p["has_downgrade"]), bool(p.get("expand_only")))
-                 for p in payload["pending"]],
+        pending=[PendingRevision(p["revision"], p["message"], bool(p["has_downgrade"])) for p in payload["pending"]],
         known=bool(payload["known"]),
     )
 
@@ -177,12 +178,14 @@ def upgrade(config: EnvironmentConfig, app_env: Mapping[str, str], cwd: Path, ap
     return float(payload.get("seconds", 0.0))
 
 
-def rehearse(config: EnvironmentConfig, app_env: Mapping[str, str], cwd: Path, back_to: str,
-             application_name: str, database: str | None = None) -> float:
-    """Upgrade to the heads, downgrade to `back_to`, upgrade again, in one run of the app's interpreter."""
-    payload = run_runner(config, app_env, cwd, "rehearse", "--back", back_to, step="test migrations",
+def rehearse(config: EnvironmentConfig, app_env: Mapping[str, str], cwd: Path, back_to: str | None,
+             revisions: list[str], application_name: str, database: str | None = None) -> list[dict[str, Any]]:
+    """Upgrade revision by revision, then (`back_to` given) downgrade to it and upgrade again, in one run
+    of the app's interpreter. Each revision's window (wall-clock start and end) of the first upgrade."""
+    args = ["--revisions", ",".join(revisions)] + (["--back", back_to] if back_to is not None else ["--once"])
+    payload = run_runner(config, app_env, cwd, "rehearse", *args, step="test migrations",
                          application_name=application_name, database=database)
-    return float(payload.get("seconds", 0.0))
+    return list(payload.get("windows", []))
 
 
 def downgrade(config: EnvironmentConfig, app_env: Mapping[str, str], cwd: Path, to: str,
@@ -215,14 +218,28 @@ def check_migrations(config: EnvironmentConfig, release_tree: Path,
     return status
 
 
+@dataclass(frozen=True)
+class Rehearsal:
+    detail: str
+    measures: list[RevisionMeasure]
+
+    def describe(self) -> str:
+        measured = "; ".join(m.describe() for m in self.measures)
+        return f"{self.detail}. Measured on the copy, revision by revision: {measured}" if measured else self.detail
+
+    def of(self, revision: str) -> RevisionMeasure | None:
+        return next((m for m in self.measures if m.revision == revision), None)
+
+
 @read_step("test-migrations", retries=0)
 def test_migrations(config: EnvironmentConfig, release_tree: Path, scratch_dir: Path,
-                    status: MigrationStatus) -> str:
+                    status: MigrationStatus) -> Rehearsal:
     """Prerequisite: upgrade, downgrade, upgrade on a scratch copy of the live database, so a
-    migration that fails on production's data fails here, before anything changes. `status` is
+    migration that fails on production's data fails here, before anything changes; each revision's
+    time and strongest lock measured on the way up, against migrations.max_lock_seconds. `status` is
     check-migrations' answer for the same tree (one head, what is pending), taken just before."""
     if not status.pending:
-        return "No pending migrations; nothing to rehearse"
+        return Rehearsal("No pending migrations; nothing to rehearse", [])
     app_env = resolve_app_environment(config)
     url = resolve_database_url(config)
     step = "test migrations"
@@ -347,21 +364,40 @@ def live_schema_unmoved(config: EnvironmentConfig, step: str, what: str, pointed
 
 
 def _rehearse_on(config: EnvironmentConfig, release_tree: Path, status: MigrationStatus, app_env: Mapping[str, str],
-                 copy: str, step: str) -> str:
-    """The rehearsal proper, with the app pointed at the copy."""
+                 copy: str, step: str) -> Rehearsal:
+    """The rehearsal proper, with the app pointed at the copy; its locks sampled meanwhile."""
     rehearsal_env = {**app_env, **database_env(config, copy)}
     name = session_name("rehearsal")
+    round_trip = all(p.has_downgrade for p in status.pending)
+    revisions = [p.revision for p in status.pending]
     try:
-        if all(p.has_downgrade for p in status.pending):
-            rehearse(config, rehearsal_env, release_tree, status.current or "base", name, database=copy)
-        else:
-            upgrade(config, rehearsal_env, release_tree, name, database=copy)
+        with sampling_locks(copy, config.database.lock_timeout_ms) as sampler:
+            windows = rehearse(config, rehearsal_env, release_tree, (status.current or "base") if round_trip else None,
+                               revisions, name, database=copy)
+            if sampler is not None:
+                sampler.stop()
+                measures = sampler.measure(windows)
+            else:
+                measures = sqlite_measures(windows)
     except MigrationFailed as exc:
         raise PreflightError(step, f"on a copy of {config.name}'s data, {exc.cause}",
                              f"fix the migration in the release; {config.name} was not touched") from None
-    round_trip = "upgrade, downgrade, upgrade" if all(p.has_downgrade for p in status.pending) else (
+    _within_budget(config, measures, step)
+    how = "upgrade, downgrade, upgrade" if round_trip else (
         "upgrade (no downgrade in " + ", ".join(p.revision for p in status.pending if not p.has_downgrade) + ")")
-    return f"{round_trip} passed on a copy of {config.name}'s database: {status.describe()}"
+    return Rehearsal(f"{how} passed on a copy of {config.name}'s database: {status.describe()}", measures)
+
+
+def _within_budget(config: EnvironmentConfig, measures: list[RevisionMeasure], step: str) -> None:
+    budget = config.migrations.max_lock_seconds
+    over = [m for m in measures if budget is not None and m.blocking_seconds > budget]
+    if over:
+        worst = max(over, key=lambda m: m.blocking_seconds)
+        raise PreflightError(step, f"revision {worst.revision} held {worst.lock.describe() if worst.lock else ''} on a "
+                             f"copy of {config.name}'s database, over migrations.max_lock_seconds = {budget:g}",
+                             "make the migration hold its lock for less (CREATE INDEX CONCURRENTLY, a nullable column "
+                             "filled in batches, a NOT VALID constraint validated later), or raise the budget in "
+                             f"{config.name}'s file; {config.name} was not touched")
 
 
 @change_step("run-migrations")

@@ -7,18 +7,25 @@ from pathlib import Path
 
 
 def env_py(variable: str) -> str:
-    """An env.py that migrates the database whose URL is in `variable`, one transaction per revision."""
+    """An env.py that migrates the database whose URL is in `variable`, one transaction per revision;
+    in offline mode (`--sql`) it writes the SQL for that URL's dialect, as Alembic's template does."""
     return f"""\
 import os
 
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-engine = create_engine(os.environ["{variable}"], poolclass=pool.NullPool)
-with engine.connect() as connection:
-    context.configure(connection=connection, target_metadata=None, transaction_per_migration=True)
+if context.is_offline_mode():
+    context.configure(url=os.environ["{variable}"], target_metadata=None, literal_binds=True,
+                      transaction_per_migration=True)
     with context.begin_transaction():
         context.run_migrations()
+else:
+    engine = create_engine(os.environ["{variable}"], poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        context.configure(connection=connection, target_metadata=None, transaction_per_migration=True)
+        with context.begin_transaction():
+            context.run_migrations()
 """
 
 

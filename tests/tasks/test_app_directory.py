@@ -130,7 +130,7 @@ def test_migrations_are_found_and_rehearsed_in_the_app_directory(tmp_path: Path,
     status = check_migrations.fn(config, monorepo)
     assert [p.revision for p in status.pending] == ["0001"] and status.heads == ["0001"]
     summary = rehearse.fn(config, monorepo, tmp_path / "rehearsal", status)
-    assert summary == "upgrade, downgrade, upgrade passed on a copy of production's database: Pending: 0001 (Items.)"
+    assert summary.detail == "upgrade, downgrade, upgrade passed on a copy of production's database: Pending: 0001 (Items.)"
     with live.connect() as conn:
         assert conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'table'")).scalars().all() == ["jobs"]
     live.dispose()

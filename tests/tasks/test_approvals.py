@@ -154,7 +154,7 @@ def test_the_brief_says_what_changes_what_was_checked_the_backup_and_the_rollbac
 
 def test_a_migration_without_downgrade_means_restoring_the_backup() -> None:
     text = brief(migrations=[PendingRevision("0003", "Unique canonical URLs", has_downgrade=False)]).markdown()
-    assert "`0003` Unique canonical URLs (**no downgrade**: undoing it means restoring the backup)" in text
+    assert "`0003` Unique canonical URLs: kind not read; rollback: **restore the backup** (no downgrade)" in text
     assert "the backup restored (a migration has no downgrade)" in text
 
 

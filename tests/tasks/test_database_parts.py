@@ -133,7 +133,7 @@ def shape(url: str) -> tuple[str, list[str], int]:
 
 def rehearsal(config: EnvironmentConfig, tmp_path: Path) -> str:
     tree = config.source.workspace
-    return rehearse.fn(config, tree, tmp_path / "rehearsal", check_migrations.fn(config, tree))
+    return rehearse.fn(config, tree, tmp_path / "rehearsal", check_migrations.fn(config, tree)).detail
 
 
 # --- the variables, from the URL --------------------------------------------------------------------------

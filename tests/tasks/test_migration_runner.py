@@ -199,6 +199,45 @@ def test_rehearse_goes_back_to_base_unless_told_otherwise(
     assert revision_and_tables(rehearsed) == (["0002"], ["applications", "jobs", "trail"])
 
 
+def test_rehearse_times_each_revision_of_the_first_upgrade(
+        rehearsed: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    result = runner(monkeypatch, capsys, "rehearse", "--revisions", "0001,0002")
+    windows = result["windows"]
+    assert [w["revision"] for w in windows] == ["0001", "0002"]
+    assert all(w["started"] <= w["ended"] for w in windows) and windows[0]["ended"] <= windows[1]["started"]
+    assert trail(rehearsed) == ["down 0002", "down 0001"], "then down and up again, as before"
+
+
+def test_rehearse_once_only_upgrades(
+        rehearsed: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    runner(monkeypatch, capsys, "rehearse", "--revisions", "0001,0002", "--once")
+    assert not trail_exists(rehearsed)
+    assert revision_and_tables(rehearsed)[0] == ["0002"]
+
+
+def trail_exists(database: Path) -> bool:
+    with sqlite3.connect(database) as conn:
+        found = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'trail'").fetchone() is not None
+    conn.close()
+    return found
+
+
+def test_render_writes_each_revisions_sql_without_touching_the_database(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    alembic_project(tmp_path / "app", {
+        "0001": (None, create("jobs"), drop("jobs")),
+        "0002": ("0001", 'op.execute("ALTER TABLE jobs ADD COLUMN url TEXT")', drop("x")),
+        "0003": ("0002", "op.get_bind().exec_driver_sql('SELECT 1')", drop("y")),
+    })
+    # A PostgreSQL URL nothing listens on: offline mode only takes its dialect.
+    monkeypatch.setenv(URL_VARIABLE, "postgresql://nobody@127.0.0.1:1/none")
+    monkeypatch.chdir(tmp_path / "app")
+    result = runner(monkeypatch, capsys, "render", "--revisions", "0002,0003")
+    assert "ALTER TABLE jobs ADD COLUMN url TEXT;" in result["sql"]["0002"]
+    assert "0001" not in result["sql"], "only the revisions asked for"
+    assert list(result["errors"]) == ["0003"], "an upgrade that needs a connection cannot be written out"
+
+
 # --- run as the orchestrator runs it ------------------------------------------------------------------------
 
 
@@ -207,8 +246,8 @@ def test_run_through_dash_c_it_prints_one_json_object_on_its_last_line(project: 
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {
         "heads": ["0003"], "current": "0001", "known": True,
-        "pending": [{"revision": "0002", "message": "Step 0002.", "has_downgrade": True, "expand_only": False},
-                    {"revision": "0003", "message": "Step 0003.", "has_downgrade": False, "expand_only": False}]}
+        "pending": [{"revision": "0002", "message": "Step 0002.", "has_downgrade": True},
+                    {"revision": "0003", "message": "Step 0003.", "has_downgrade": False}]}
 
 
 def test_a_failing_migration_exits_non_zero_with_its_exception_last_and_keeps_what_committed(
@@ -272,36 +311,6 @@ def test_which_downgrades_can_undo(tmp_path: Path, source: str, expected: bool) 
     path = tmp_path / "0001_step.py"
     path.write_text(f'"""Step."""\n\nrevision = "0001"\n\n\ndef upgrade():\n    {create("a")}\n\n\n{source}')
     assert migration_runner._has_downgrade(SimpleNamespace(path=str(path))) is expected
-
-
-UPGRADES = [
-    pytest.param('op.create_table("a", sa.Column("id", sa.Integer(), primary_key=True))', True, id="a new table expands"),
-    pytest.param('op.add_column("jobs", sa.Column("salary", sa.Integer(), nullable=True))', True,
-                 id="a nullable column expands"),
-    pytest.param('op.add_column("jobs", sa.Column("salary", sa.Integer()))', True, id="a column nullable by default expands"),
-    pytest.param('op.add_column("jobs", sa.Column("n", sa.Integer(), nullable=False, server_default="0"))', True,
-                 id="a NOT NULL column with a server default expands"),
-    pytest.param('op.add_column("jobs", sa.Column("n", sa.Integer(), nullable=False))', False,
-                 id="a NOT NULL column without a default breaks the old code's inserts"),
-    pytest.param('op.create_index("ix_jobs_url", "jobs", ["url"])', True, id="an index expands"),
-    pytest.param('with op.batch_alter_table("jobs") as batch:\n        batch.add_column(sa.Column("x", sa.Text()))', True,
-                 id="a column added in a batch expands"),
-    pytest.param('with op.batch_alter_table("jobs") as batch:\n        batch.drop_column("x")', False,
-                 id="a column dropped in a batch does not"),
-    pytest.param('op.drop_column("jobs", "url")', False, id="a dropped column does not"),
-    pytest.param('op.alter_column("jobs", "url", type_=sa.Text())', False, id="a changed column does not"),
-    pytest.param('op.execute("UPDATE jobs SET url = lower(url)")', False, id="raw SQL is not followed"),
-    pytest.param('op.create_table("a")\n    helper()', False, id="a helper is not followed"),
-    pytest.param('pass', False, id="an upgrade that does nothing is not classified"),
-]
-
-
-@pytest.mark.parametrize(("body", "expected"), UPGRADES)
-def test_which_upgrades_only_expand(tmp_path: Path, body: str, expected: bool) -> None:
-    path = tmp_path / "0001_step.py"
-    path.write_text(f'"""Step."""\nimport sqlalchemy as sa\nfrom alembic import op\n\nrevision = "0001"\n\n\n'
-                    f'def upgrade():\n    {body}\n\n\ndef downgrade():\n    pass\n')
-    assert migration_runner._expand_only(SimpleNamespace(path=str(path))) is expected
 
 
 def test_a_revision_without_a_file_has_no_downgrade() -> None:

@@ -36,8 +36,7 @@ PYTHON = PROJECT / ".venv" / "bin" / "python"
 URL_VARIABLE = "TASKS_TEST_MIGRATIONS_DATABASE_URL"
 PASSWORD = "s3cret-Migr4tion-pw"
 PRODUCTION_COUNTS = {"jobs": 200, "applications": 400, "documents": 40, "outbox": 120, "user_sessions": 60}
-# Two nullable columns and an index: it only expands, so v1's code keeps working on its schema.
-SALARY = PendingRevision("0002", "Salary range on jobs, and an index on jobs.company.", True, expand_only=True)
+SALARY = PendingRevision("0002", "Salary range on jobs, and an index on jobs.company.", True)
 
 
 @pytest.fixture(scope="module")
@@ -205,8 +204,10 @@ def test_the_rehearsal_passes_v2_and_leaves_the_database_alone(
     config = environment(tmp_path, database_url, trees["v2"])
     before = fingerprint(database)
     summary = rehearse.fn(config, trees["v2"], tmp_path / "rehearsal", check_migrations.fn(config, trees["v2"]))
-    assert summary == ("upgrade, downgrade, upgrade passed on a copy of production's database: "
-                       "Pending: 0002 (Salary range on jobs, and an index on jobs.company.)")
+    assert summary.detail == ("upgrade, downgrade, upgrade passed on a copy of production's database: "
+                              "Pending: 0002 (Salary range on jobs, and an index on jobs.company.)")
+    [measured] = summary.measures
+    assert measured.revision == "0002" and measured.seconds > 0
     assert fingerprint(database) == before and before["revision"] == "0001"
     assert database.counts() == PRODUCTION_COUNTS
 
@@ -216,7 +217,8 @@ def test_the_rehearsal_with_nothing_pending(trees: dict[str, Path], tmp_path: Pa
     seeded(trees["v2"], url, tmp_path, profile="staging")
     config = environment(tmp_path, url, trees["v2"])
     status = check_migrations.fn(config, trees["v2"])
-    assert rehearse.fn(config, trees["v2"], tmp_path / "rehearsal", status) == "No pending migrations; nothing to rehearse"
+    nothing = rehearse.fn(config, trees["v2"], tmp_path / "rehearsal", status)
+    assert nothing.describe() == "No pending migrations; nothing to rehearse" and nothing.measures == []
 
 
 def test_database_revision_of_fresh_missing_and_broken_databases(tmp_path: Path) -> None:
@@ -324,8 +326,9 @@ def test_a_rehearsal_of_a_one_way_migration_upgrades_only(tmp_path: Path) -> Non
     config = environment(tmp_path, url, tree)
     upgrade(config, resolve_app_environment(config), tree, "deploy-test", to="0001")
     summary = rehearse.fn(config, tree, tmp_path / "rehearsal", check_migrations.fn(config, tree))
-    assert summary == ("upgrade (no downgrade in 0002) passed on a copy of production's database: "
-                       "Pending: 0002 (Step 0002.)")
+    assert summary.detail == ("upgrade (no downgrade in 0002) passed on a copy of production's database: "
+                              "Pending: 0002 (Step 0002.)")
+    assert [m.revision for m in summary.measures] == ["0002"]
     assert database_revision(url) == "0001"
 
 
