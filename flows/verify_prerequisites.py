@@ -69,16 +69,16 @@ def verify_prerequisites(config: EnvironmentConfig, staging: EnvironmentConfig |
     environments = {} if config.dependencies is None else {
         "environment": release_environment(config, config.app_dir(tree)).key,
         "live_environment": _key(live_environment(config))}
-    status = check_migrations(config, tree)
+    status = check_migrations(config, tree, render=True)
     if release.sha == release.live_sha and not status.pending and not force:
-        return Prerequisites(release, noop=True, pending_migrations=[], migrations=status, **environments)
+        return Prerequisites(release, noop=True, pending_migrations=[], migrations=with_kinds(status, None),
+                             **environments)
     check_merged_to_main(config, release.sha)
     check_workspace(config)
     run_release_tests(config, tree)
     run_security_scan(config, tree)
     lint = lint_migrations(config, tree, status) if status.pending else None
-    if lint is not None:
-        status = with_kinds(status, lint)
+    status = with_kinds(status, lint)
     rehearsal = None
     if config.prerequisites.migration_rehearsal:
         rehearsal = test_migrations(config, tree, config.state_dir / "rehearsal", status)

@@ -195,6 +195,10 @@ class ReleaseBrief:
         if last is not None and "restore" in last.seconds:
             line += (f" The last backup (`{last.tag}`, {sum(last.row_counts.values())} rows) took "
                      f"{last.seconds['restore']:.1f} s to restore into a scratch copy.")
+        elif last is not None and "dump" in last.seconds:  # SQLite: a restore copies the file back, as the backup did
+            line += (f" The last backup (`{last.tag}`, {sum(last.row_counts.values())} rows) was copied in "
+                     f"{last.seconds['dump']:.1f} s and checked in {last.seconds.get('verify', 0.0):.1f} s; "
+                     "a restore copies it back the same way.")
         return line
 
     def _commits(self) -> str:

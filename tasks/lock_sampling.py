@@ -53,7 +53,7 @@ class HeldLock:
         return self.mode not in MODES or MODES.index(self.mode) >= BLOCKS_WRITES
 
     def describe(self) -> str:
-        rows = f" ({self.rows} rows)" if self.rows is not None else ""
+        rows = f" ({self.rows} row{'' if self.rows == 1 else 's'})" if self.rows is not None else ""
         if self.mode not in MODES:
             return f"the database's {self.mode} for {self.seconds:.2f} s{rows}"
         return f"{mode_name(self.mode)} on {self.table} for {self.seconds:.2f} s{rows}"
@@ -96,7 +96,7 @@ class LockSampler:
             self.tables: dict[int, str] = {int(oid): str(name) for oid, name in conn.execute(text(
                 "SELECT c.oid, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                 "WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
-                "AND n.nspname NOT LIKE 'pg_toast%'"))}
+                "AND n.nspname NOT LIKE 'pg_toast%' AND c.relname <> 'alembic_version'"))}  # bookkeeping
         self._thread = threading.Thread(target=self._run, name="lock-sampler", daemon=True)
 
     def _run(self) -> None:

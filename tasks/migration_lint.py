@@ -328,9 +328,11 @@ def lint_migrations(config: EnvironmentConfig, release_tree: Path, status: Migra
         return LintReport([], "nothing to lint")
     url = resolve_database_url(config)
     postgres = make_url(url).get_backend_name() == "postgresql"
-    payload = render(config, resolve_app_environment(config), release_tree, pending)
-    rendered: dict[str, str] = dict(payload.get("sql", {}))  # type: ignore[call-overload]
-    errors: dict[str, str] = dict(payload.get("errors", {}))  # type: ignore[call-overload]
+    if status.rendered is not None:  # written out by check-migrations' run of the app's interpreter
+        rendered, errors = status.rendered, status.render_errors or {}
+    else:
+        payload = render(config, resolve_app_environment(config), release_tree, pending)
+        rendered, errors = dict(payload.get("sql", {})), dict(payload.get("errors", {}))  # type: ignore[call-overload]
     program = squawk_program(config.migrations.squawk) if config.migrations.lint else None
     if config.migrations.lint and program is None:
         raise PreflightError(STEP, f"squawk ({config.migrations.squawk}) is not installed", _ADVICE.start)
@@ -373,14 +375,15 @@ def lint_migrations(config: EnvironmentConfig, release_tree: Path, status: Migra
     return report
 
 
-def with_kinds(status: MigrationStatus, report: LintReport) -> MigrationStatus:
-    """The status whose pending revisions carry the kind the lint read from their SQL."""
+def with_kinds(status: MigrationStatus, report: LintReport | None) -> MigrationStatus:
+    """The status whose pending revisions carry the kind the lint read from their SQL (and no longer
+    their SQL: the status travels on as the next phase's parameter)."""
     pending = []
     for p in status.pending:
-        lint = report.of(p.revision)
+        lint = report.of(p.revision) if report is not None else None
         kind = lint.kind if lint is not None else "contract"
         pending.append(replace(p, kind=kind, expand_only=kind == "expand"))
-    return replace(status, pending=pending)
+    return replace(status, pending=pending, rendered=None, render_errors=None)
 
 
 def _clip(value: str, limit: int) -> str:

@@ -28,6 +28,7 @@ def main() -> int:
     parser.add_argument("--current", default="")
     parser.add_argument("--to", default="heads")
     parser.add_argument("--back", default="base", help="rehearse: the revision the downgrade returns to")
+    parser.add_argument("--render", action="store_true", help="status: with each pending revision's SQL (see render)")
     parser.add_argument("--once", action="store_true", help="rehearse: only the upgrade (no downgrade to go back by)")
     parser.add_argument("--revisions", default="", help="rehearse, render: the pending revisions, oldest first")
     args = parser.parse_args()
@@ -57,7 +58,8 @@ def main() -> int:
                         "has_downgrade": _has_downgrade(rev)}
                        for rev in script.walk_revisions() if rev.revision not in done]
         pending.reverse()
-        _emit({"heads": heads, "current": current, "known": known, "pending": pending})
+        rendered = _render(args.config, script, [p["revision"] for p in pending]) if args.render else {}
+        _emit({"heads": heads, "current": current, "known": known, "pending": pending, **rendered})
         return 0
     revisions = [r for r in args.revisions.split(",") if r]
     if args.command == "render":

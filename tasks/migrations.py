@@ -76,6 +76,10 @@ class MigrationStatus:
     current: str | None
     pending: list[PendingRevision]
     known: bool = True
+    # Each pending revision's SQL as Alembic's offline mode writes it, and why a revision could not be
+    # written out; only when asked for (check_migrations(render=True)), for lint-migrations, which drops it.
+    rendered: dict[str, str] | None = None
+    render_errors: dict[str, str] | None = None
 
     def describe(self) -> str:
         if not self.known:
@@ -161,13 +165,18 @@ def _error_line(stderr: str) -> str | None:
 
 
 def migration_status(config: EnvironmentConfig, app_env: Mapping[str, str], cwd: Path,
-                     current: str | None) -> MigrationStatus:
-    payload = run_runner(config, app_env, cwd, "status", "--current", current or "", step="check migrations")
+                     current: str | None, render: bool = False) -> MigrationStatus:
+    """What is pending; with `render`, each pending revision's SQL too, from the same run of the app's
+    interpreter (its imports are the run's cost)."""
+    payload = run_runner(config, app_env, cwd, "status", "--current", current or "", *(["--render"] if render else []),
+                         step="check migrations")
     return MigrationStatus(
         heads=list(payload["heads"]),
         current=payload["current"],
         pending=[PendingRevision(p["revision"], p["message"], bool(p["has_downgrade"])) for p in payload["pending"]],
         known=bool(payload["known"]),
+        rendered=dict(payload["sql"]) if render else None,
+        render_errors=dict(payload["errors"]) if render else None,
     )
 
 
@@ -197,7 +206,7 @@ def downgrade(config: EnvironmentConfig, app_env: Mapping[str, str], cwd: Path, 
 
 @read_step("check-migrations", retries=1)
 def check_migrations(config: EnvironmentConfig, release_tree: Path,
-                     earlier: MigrationStatus | None = None) -> MigrationStatus:
+                     earlier: MigrationStatus | None = None, render: bool = False) -> MigrationStatus:
     """Runbook step 2: the release's pending migrations against the live database, or none.
 
     `earlier` is this step's answer for the same release tree earlier in the deploy (prerequisites):
@@ -208,7 +217,7 @@ def check_migrations(config: EnvironmentConfig, release_tree: Path,
     if earlier is not None and earlier.current == current:
         status = earlier
     else:
-        status = migration_status(config, app_env, release_tree, current)
+        status = migration_status(config, app_env, release_tree, current, render=render)
     if not status.known:
         raise MigrationFailed("check migrations", status.describe(),
                               "the database is ahead of this release: deploy a newer one or roll back by hand")

@@ -199,3 +199,13 @@ def test_the_brief_says_how_a_postgresql_backup_is_proven_and_what_a_restore_tak
     assert "The last backup (`pre-deployment-20261201-101500`, 822 rows) took 2.3 s to restore into a scratch copy." in text
     assert "took" not in brief().markdown().split("**Backup first**")[1].split("\n\n")[0], \
         "no figure is shown that no backup measured"
+
+
+def test_the_brief_says_what_a_sqlite_restore_takes_from_the_last_copy() -> None:
+    from tasks.backups import Manifest
+
+    last = Manifest(tag="pre-deployment-20261201-101500", kind="sqlite", source="sqlite:///app.db", revision="0001",
+                    git_sha=None, run_id=None, file="database.sqlite3", row_counts={"alembic_version": 1, "jobs": 821},
+                    seconds={"dump": 0.42, "verify": 0.31})
+    assert ("The last backup (`pre-deployment-20261201-101500`, 822 rows) was copied in 0.4 s and checked in 0.3 s; "
+            "a restore copies it back the same way.") in brief(last_backup=last).markdown()
