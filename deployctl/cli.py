@@ -3,6 +3,8 @@
     deployctl sandbox up|down|status [--dir DIR] [--db sqlite|postgres]
     deployctl check ENV          validate an environment file and check what it can reach, changing nothing
     deployctl approve RUN_ID --as NAME --role ROLE [--reject] [--comment TEXT]
+    deployctl decide RUN_ID --as NAME --restore|--downgrade-by-hand|--keep-release [--comment TEXT]
+                                 answer a rollback that asks before a restore that would discard data
     deployctl follow RUN_ID      a run's steps as they start and end, until it ends
     deployctl status ENV         the live release and the last deploys and rollbacks, from the ledger
     deployctl dora ENV [--days N] [--json] [--artifact]
@@ -13,7 +15,7 @@
 
 Exit codes: 0 fine, 1 a check failed, 2 bad input or configuration.
 
-The commands that talk to Prefect (approve, follow, dora --artifact) use the server named by
+The commands that talk to Prefect (approve, decide, follow, dora --artifact) use the server named by
 PREFECT_API_URL; when it is not set and the local server of `make deploy` / `make demo` is up, they
 use that one and say so. Environment files come from DEPLOY_ENVIRONMENTS_DIR, else deployments/.
 """
@@ -114,6 +116,19 @@ def _parser() -> argparse.ArgumentParser:
     approve.add_argument("--reject", action="store_true", help="stop the deploy; nothing changes")
     approve.add_argument("--comment", default="", help="why (shown in the summary)")
     approve.set_defaults(handler=_approve)
+
+    decide = commands.add_parser("decide", help="answer a rollback that waits before a restore that would lose data")
+    decide.add_argument("run_id", help="the rollback's flow run id (in its alert and its log)")
+    decide.add_argument("--as", dest="decided_by", required=True, help="your full name")
+    choice = decide.add_mutually_exclusive_group(required=True)
+    choice.add_argument("--restore", dest="decision", action="store_const", const="restore",
+                        help="restore the backup, discarding what was written since")
+    choice.add_argument("--downgrade-by-hand", dest="decision", action="store_const", const="downgrade-by-hand",
+                        help="stop; maintenance stays on while you undo the schema yourself")
+    choice.add_argument("--keep-release", dest="decision", action="store_const", const="keep-release",
+                        help="resume traffic on the failed release; nothing is undone")
+    decide.add_argument("--comment", default="", help="why (shown in the notifications)")
+    decide.set_defaults(handler=_decide)
 
     follow = commands.add_parser("follow", help="a run's steps as they start and end, until it ends")
     follow.add_argument("run_id", help="the flow run id of a deploy, rollback or watch")
@@ -290,6 +305,32 @@ def _approve(args: argparse.Namespace) -> int:
     resume_flow_run(run_id, run_input={"approver": args.approver, "role": args.role, "decision": decision,
                                        "comment": args.comment})
     print(f"{'rejected' if args.reject else 'approved'} {run.name} as {args.approver} ({args.role})")
+    return 0
+
+
+def _decide(args: argparse.Namespace) -> int:
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.flow_runs import resume_flow_run
+
+    run_id = _flow_run(args.run_id, "decide")
+    if run_id is None:
+        return 2
+    with get_client(sync_client=True) as client:
+        try:
+            run = client.read_flow_run(run_id)
+        except ObjectNotFound:
+            print(f"error: decide: no flow run {run_id}. Check the id and PREFECT_API_URL", file=sys.stderr)
+            return 2
+    waiting = run.state is not None and run.state.is_paused() and "data-loss-decision" in str(
+        getattr(run.state.state_details, "pause_key", "") or "")
+    if not waiting:
+        state = run.state.name if run.state else "unknown"
+        print(f"error: decide: run {run.name} is {state}, not waiting for a decision on a restore", file=sys.stderr)
+        return 1
+    resume_flow_run(run_id, run_input={"decision": args.decision, "decided_by": args.decided_by,
+                                       "comment": args.comment})
+    print(f"{args.decision}: answered {run.name} as {args.decided_by}")
     return 0
 
 

@@ -478,6 +478,9 @@ class RollbackConfig(Model):
         150, ge=0, le=3600, description="how long a rollback waits for the lock a dead deploy still holds"
     )
     verify_critical_paths: bool = True
+    decision_timeout_seconds: int = Field(3600, ge=10, le=7 * 24 * 3600, description=(
+        "how long an automatic rollback waits for a decision when restoring the backup would discard data "
+        "written since it was taken; no answer leaves maintenance on and restores nothing"))
 
 
 class MetricsConfig(Model):

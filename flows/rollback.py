@@ -6,6 +6,9 @@
                                (without one, when the release's migrations only added to the schema, the
                                previous code comes back and is healthy first, then the database is undone)
     downgrade-database         with the failed release's own scripts ... or, if that fails or cannot be,
+    measure-writes-since-backup  what restoring would discard: anything, and an automatic rollback pauses
+                               for a decision (restore / downgrade by hand / keep the release), one by
+                               hand needs allow_data_loss (see tasks/data_loss)
     restore-backup             the verified pre-deployment backup ... or verify-database-revision
     check-out-previous-release
     switch-back-environment    [dependencies]: the environment live before the failed release, as recorded
@@ -26,6 +29,7 @@ the restored version is unhealthy too, it stops, leaves maintenance on and says 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 from uuid import UUID
@@ -43,6 +47,7 @@ from deployments.logs import install_log_filters
 from deployments.secrets import resolve_database_url
 from tasks.steps import recording
 from tasks.backups import restore_database
+from tasks.data_loss import NotRestored, restore_allowed
 from tasks.dependencies import ensure_environment, switch_environment
 from tasks.health import check_health
 from records.ledger import Ledger, Release
@@ -74,7 +79,8 @@ def planned_name(environment: str, subject: Release, plan: RollbackPlan) -> str:
 
 
 @flow(name="rollback", flow_run_name=run_name)
-def rollback(environment: str, failed_run_id: str = "", to: str = "", reason: str = "") -> str:
+def rollback(environment: str, failed_run_id: str = "", to: str = "", reason: str = "",
+             allow_data_loss: bool = False) -> str:
     """Roll an environment back to the release before the live one, code and database.
 
     Args:
@@ -84,6 +90,8 @@ def rollback(environment: str, failed_run_id: str = "", to: str = "", reason: st
         to: The release to return to (tag, branch or SHA). The form offers the last good release, the
             one live before the current release; empty means the same. Ignored with failed_run_id.
         reason: Why; shown in the notifications, the ledger and the rollback summary.
+        allow_data_loss: Restore the backup even when rows were written since it was taken (they are lost).
+            Without it a rollback by hand stops before such a restore, and an automatic one asks.
     """
     if failed_run_id:
         to = ""
@@ -101,50 +109,87 @@ def rollback(environment: str, failed_run_id: str = "", to: str = "", reason: st
             free_lock_of_dead_run(ledger, failed_run_id)
         with recording(ledger, record_id), deploy_lock(environment, ledger, record_id, holder_run_id=run_id,
                                                        wait_seconds=config.rollback.lock_wait_seconds):
-            subject = release_to_undo(config, ledger, failed_run_id, to)
-            ledger.update(record_id, rollback_of=subject.id, previous_sha=subject.target_sha)
-            plan = choose_rollback_plan(config, ledger, subject)
-            if plan.nothing_to_do:
-                return _finish(config, ledger, record_id, subject, None, "noop", plan.describe())
-            ledger.update(record_id, target_sha=plan.to_sha, db_revision_before=plan.to_revision,
-                          flow_run_name=rename_run(run_id, planned_name(environment, subject, plan)))
-            notify(config, f"Rollback of {environment} started", f"{plan.describe()}\nReason: {reason or '—'}")
-            stop_traffic(config)
-            code_first = code_before_database(config, plan)
-            if not code_first:
-                undo_database(config, plan, app_name)
-            if plan.code:
-                pull_release.with_options(name="check-out-previous-release")(config, plan.to_sha)
-                if config.dependencies is not None:
-                    switch_environment.with_options(name="switch-back-environment")(config, subject.environment_before)
-            # A release stopped before its reload (its canary failed) never ran: the app's processes
-            # all predate its checkout and still run the previous code, so traffic need not wait for
-            # a restart. They are renewed from the previous tree once traffic flows again.
-            never_ran = never_served(config, ledger, subject)
-            if not never_ran:
-                restart_application(config)
-            # Retried each second until the health deadline, visibly; the first good answer will do:
-            # the release coming back held its health before, and every second here is downtime.
-            verify_health = check_health.with_options(retries=max(1, int(config.health.deadline_seconds)) - 1,
-                                                      retry_delay_seconds=1)
-            # Processes that predate the failed release's checkout cannot be shown, by the workspace, to
-            # serve the previous one checked out after them: that waits for their renewal.
-            verify_health(config, plan.to_sha, allow_maintenance=True, held=False, unverified_ok=never_ran)
-            if code_first:
-                undo_database(config, plan, app_name)
-            ledger.update(subject.id, restored_at=datetime.now(timezone.utc))
-            resume_traffic(config)
-            if never_ran:
-                restart_application.with_options(name="renew-application")(config)
-                verify_health(config, plan.to_sha, held=False)
-            if config.rollback.verify_critical_paths:
-                run_critical_path_tests(config)
-            return _finish(config, ledger, record_id, subject, plan, "rolled_back",
-                           f"{environment} is back on {str(plan.to_sha)[:12]}: {plan.describe()}")
+            try:
+                subject = release_to_undo(config, ledger, failed_run_id, to)
+                ledger.update(record_id, rollback_of=subject.id, previous_sha=subject.target_sha)
+                plan = choose_rollback_plan(config, ledger, subject)
+                if plan.nothing_to_do:
+                    return _finish(config, ledger, record_id, subject, None, "noop", plan.describe())
+                ledger.update(record_id, target_sha=plan.to_sha, db_revision_before=plan.to_revision,
+                              flow_run_name=rename_run(run_id, planned_name(environment, subject, plan)))
+                if plan.database == "restore" and plan.backup_tag and not failed_run_id and not allow_data_loss:
+                    # By hand: a restore that would discard data is refused before anything changes.
+                    restore_allowed(config, plan.backup_tag, automatic=False, allow_data_loss=False,
+                                    before_any_change=True)
+                notify(config, f"Rollback of {environment} started", f"{plan.describe()}\nReason: {reason or '—'}")
+                stop_traffic(config)
+                code_first = code_before_database(config, plan)
+                restoring = RestorePolicy(automatic=bool(failed_run_id), allow_data_loss=allow_data_loss)
+                if not code_first:
+                    undo_database(config, plan, app_name, restoring)
+                if plan.code:
+                    pull_release.with_options(name="check-out-previous-release")(config, plan.to_sha)
+                    if config.dependencies is not None:
+                        switch_environment.with_options(name="switch-back-environment")(config, subject.environment_before)
+                # A release stopped before its reload (its canary failed) never ran: the app's processes
+                # all predate its checkout and still run the previous code, so traffic need not wait for
+                # a restart. They are renewed from the previous tree once traffic flows again.
+                never_ran = never_served(config, ledger, subject)
+                if not never_ran:
+                    restart_application(config)
+                # Retried each second until the health deadline, visibly; the first good answer will do:
+                # the release coming back held its health before, and every second here is downtime.
+                verify_health = check_health.with_options(retries=max(1, int(config.health.deadline_seconds)) - 1,
+                                                          retry_delay_seconds=1)
+                # Processes that predate the failed release's checkout cannot be shown, by the workspace, to
+                # serve the previous one checked out after them: that waits for their renewal.
+                verify_health(config, plan.to_sha, allow_maintenance=True, held=False, unverified_ok=never_ran)
+                if code_first:
+                    undo_database(config, plan, app_name, restoring)
+                ledger.update(subject.id, restored_at=datetime.now(timezone.utc))
+                resume_traffic(config)
+                if never_ran:
+                    restart_application.with_options(name="renew-application")(config)
+                    verify_health(config, plan.to_sha, held=False)
+                if config.rollback.verify_critical_paths:
+                    run_critical_path_tests(config)
+                return _finish(config, ledger, record_id, subject, plan, "rolled_back",
+                               f"{environment} is back on {str(plan.to_sha)[:12]}: {plan.describe()}")
+            except NotRestored as decided:  # inside the lock and the recording: resume-traffic is a step
+                return _not_restored(config, ledger, record_id, decided)
     except DeployError as exc:
         get_run_logger().error("%s", exc)
-        _finish(config, ledger, record_id, subject, None, "rollback_failed", str(exc), step=exc.step, error=exc)
+        # Refused input changed nothing: the release it would have undone keeps its outcome.
+        undone = None if isinstance(exc, InvalidInput) else subject
+        _finish(config, ledger, record_id, undone, None, "rollback_failed", str(exc), step=exc.step, error=exc)
         raise
+
+
+@dataclass(frozen=True)
+class RestorePolicy:
+    automatic: bool  # started for a failed deploy: it may pause for a decision
+    allow_data_loss: bool
+
+
+def _not_restored(config: EnvironmentConfig, ledger: Ledger, record_id: int, decided: NotRestored) -> str:
+    """The rollback stopped before restoring, as decided (or as nobody decided in time): nothing was discarded."""
+    who = f"{decided.by} decided" if decided.by != "nobody" else "no decision came"
+    why = f" ({decided.comment})" if decided.comment else ""
+    if decided.decision == "keep-release":
+        resume_traffic(config)
+        message = (f"{config.name} keeps the failed release, as {who}{why}: traffic resumed, nothing undone; "
+                   f"{decided.written.describe()}")
+        notify(config, f"Rollback of {config.name} stopped: the release is kept", message)
+    else:
+        message = (f"{config.name} is left in maintenance for a downgrade by hand, as {who}{why}: nothing was "
+                   f"restored; {decided.written.describe()}")
+        notify(config, f"ALERT: rollback of {config.name} stopped for a downgrade by hand", message + ". Undo the "
+               "schema by hand (the failed release's `alembic downgrade`), check out the previous release, then turn "
+               "maintenance off", alert=True)
+    ledger.finish(record_id, "aborted", step="restore-backup", error=message)
+    get_run_logger().warning(message)
+    publish_rollback(ledger, record_id, "aborted", message)
+    return message
 
 
 def launch_rollback(environment: str, failed_run_id: str, reason: str, key: str, logger: Any,
@@ -233,7 +278,8 @@ def code_before_database(config: EnvironmentConfig, plan: RollbackPlan) -> bool:
     return True
 
 
-def undo_database(config: EnvironmentConfig, plan: RollbackPlan, app_name: str) -> None:
+def undo_database(config: EnvironmentConfig, plan: RollbackPlan, app_name: str,
+                  restoring: RestorePolicy = RestorePolicy(automatic=True, allow_data_loss=False)) -> None:
     url = resolve_database_url(config)
     end_orphaned_sessions(url, "deploy-")
     if plan.database == "verify":
@@ -256,6 +302,8 @@ def undo_database(config: EnvironmentConfig, plan: RollbackPlan, app_name: str) 
     if plan.database in ("verify", "downgrade", "restore"):
         if plan.backup_tag is None:
             raise RollbackFailed("restore backup", "the release took no backup", "restore the database by hand")
+        restore_allowed(config, plan.backup_tag, automatic=restoring.automatic,
+                        allow_data_loss=restoring.allow_data_loss)
         restore_database(config, plan.backup_tag)
 
 

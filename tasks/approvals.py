@@ -272,8 +272,10 @@ class ReleaseBrief:
                         "(the backup restored if that fails)")
         else:
             database = "the backup restored (a migration has no downgrade)"
+        restore = (" A restore that would discard rows written after the backup waits for a decision instead."
+                   if self.migrations else "")
         return (f"{start}: maintenance mode on, {database}, {code}, then health and critical paths checked "
-                "before traffic resumes.")
+                f"before traffic resumes.{restore}")
 
 
 def release_brief(config: EnvironmentConfig, release: ResolvedRelease, migrations: MigrationStatus | None,

@@ -86,7 +86,7 @@ def bring(box: Sandbox, env: str, ref: str) -> None:
             return
         live = ledger.last_succeeded(env)
         if live is not None and live.ref.startswith("faults/") and live.ref != ref:
-            rollback(env, reason="test setup: back to a known release")
+            rollback(env, reason="test setup: back to a known release", allow_data_loss=True)
             continue
         if env == "production":
             bring(box, "staging", ref)

@@ -13,6 +13,7 @@ Author and committer are fixed; the date is this process's start, after the sand
     EMAIL_BROKEN_HOTFIX_A/B  two harmless commits on top of EMAIL_BROKEN, for two deploys at once
     HEALTH_FLAPS             no migration; in production /api/health answers 200 four times, then 503
                              (the scraper's source "expires"), whatever the machine's speed
+    ONE_WAY                  one migration with no downgrade (a nullable column): undoing it means the backup
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ EMAIL_BROKEN = "faults/email-broken"
 EMAIL_BROKEN_HOTFIX_A = "faults/email-broken-hotfix-a"
 EMAIL_BROKEN_HOTFIX_B = "faults/email-broken-hotfix-b"
 HEALTH_FLAPS = "faults/health-flaps"
+ONE_WAY = "faults/one-way"
 
 DATE = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -74,6 +76,13 @@ MIDWAY_MIGRATIONS = {
         '    with op.batch_alter_table("jobs") as batch:\n        batch.drop_column("source_checked_at")'),
 }
 
+ONE_WAY_MIGRATION = {
+    "w001_job_notes.py": _migration(
+        "w001", "0002", "Recruiters' notes on jobs (no way back but the backup).",
+        '    op.add_column("jobs", sa.Column("notes", sa.Text(), nullable=True))',
+        '    pass'),
+}
+
 EMAIL_MIGRATION = {
     "m001_outbox_priority.py": _migration(
         "m001", "0002", "Priority of outgoing messages.",
@@ -104,6 +113,7 @@ def add_fault_releases(origin: Path) -> dict[str, str]:
         }
         shas[HEALTH_FLAPS] = _release(work, HEALTH_FLAPS, "v2", _flap_health,
                                       "Scraper: refresh the source cache in the background")
+        shas[ONE_WAY] = _release(work, ONE_WAY, "v2", _add_migrations(ONE_WAY_MIGRATION), "Notes on jobs")
         for name, line in ((EMAIL_BROKEN_HOTFIX_A, "hotfix a"), (EMAIL_BROKEN_HOTFIX_B, "hotfix b")):
             shas[name] = _release(work, name, EMAIL_BROKEN, _append_readme(line), f"README: {line}")
         _git(work, "checkout", "--quiet", "main")

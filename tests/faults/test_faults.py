@@ -19,11 +19,16 @@ tests/faults/driving.py.
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import pytest
 
 from deployments.errors import (
@@ -31,6 +36,7 @@ from deployments.errors import (
     ConfigError,
     HealthCheckFailed,
     LockHeld,
+    MigrationFailed,
     PreflightError,
     ServiceError,
 )
@@ -51,8 +57,15 @@ from tests.faults.driving import (
     rollback_of,
     run_app_command,
     snapshot,
+    without_rehearsal,
 )
-from tests.faults.releases import EMAIL_BROKEN, EMAIL_BROKEN_HOTFIX_A, EMAIL_BROKEN_HOTFIX_B, HEALTH_FLAPS
+from tests.faults.releases import (
+    EMAIL_BROKEN,
+    EMAIL_BROKEN_HOTFIX_A,
+    EMAIL_BROKEN_HOTFIX_B,
+    HEALTH_FLAPS,
+    MIGRATION_FAILS_MIDWAY,
+)
 from tests.flows.conftest import Approver, Sandbox, approval
 from tests.flows.invariants import (
     assert_healthy_on,
@@ -218,7 +231,11 @@ def test_06_migration_2_of_3_fails_on_sqlite_and_the_backup_is_restored(sq: Sand
     # SQLite committed f001's ALTER before f002 failed: only the backup puts the schema back. The app
     # never ran the release: its processes serve again as soon as the database is back, then are renewed.
     assert "the schema may be half-changed" in plan_of(sq, "production", undo)
-    assert steps == ["choose-rollback-plan", "stop-traffic", "restore-backup", "check-out-previous-release",
+    # Nobody wrote since the backup: restoring it loses nothing, and the step says so.
+    measured = next(s.detail for s in ledger_of(sq, "production").steps(undo.id) if s.name == "measure-writes-since-backup")
+    assert measured.startswith("nothing was written since backup pre-deployment-"), measured
+    assert steps == ["choose-rollback-plan", "stop-traffic", "measure-writes-since-backup", "restore-backup",
+                     "check-out-previous-release",
                      "check-health", "resume-traffic", "renew-application", "check-health", "run-critical-path-tests"]
 
 
@@ -369,3 +386,138 @@ def test_12_of_two_deploys_at_once_one_proceeds_and_the_other_names_it(sq: Sandb
     assert rows[winner].outcome == "succeeded" and len(rows[winner].approvals) == 1
     assert_aborted(sq, "staging", rows[loser], "acquire deploy lock (staging)")
     assert rows[loser].lock_acquired_at is None and rows[loser].target_sha is None
+
+
+# --- a restore that would discard what users wrote since the backup ------------------------------------------
+
+
+class Users(threading.Thread):
+    """People using production: a row in the outbox every 50 ms, straight into the live database, until
+    the rollback starts measuring what a restore would discard."""
+
+    def __init__(self, box: Sandbox) -> None:
+        super().__init__(daemon=True)
+        self.box = box
+        self.written: list[int] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        from sqlalchemy import create_engine, text
+
+        from deployments.secrets import resolve_database_url
+
+        config = self.box.config("production")
+        engine = create_engine(resolve_database_url(config), connect_args={"timeout": 30})
+        ledger = ledger_of(self.box, "production")
+        started = time.monotonic()
+        try:
+            while time.monotonic() - started < 300:
+                newest = max(ledger.all_releases("production"), key=lambda r: r.id)
+                if any(s.name == "measure-writes-since-backup" for s in ledger.steps(newest.id)):
+                    return
+                with engine.begin() as conn:
+                    row = conn.execute(text(
+                        "INSERT INTO outbox (recipient, subject, body, status, created_at) VALUES "
+                        "(:who, 'Your application', 'Thanks', 'queued', CURRENT_TIMESTAMP) RETURNING id"), {"who": USER})
+                    self.written.append(int(row.scalar_one()))
+                time.sleep(0.05)
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            self.error = exc
+        finally:
+            engine.dispose()
+
+
+class Decider(threading.Thread):
+    """Answers the first rollback that pauses for a decision with `deployctl decide`, as an operator would."""
+
+    def __init__(self, *args: str) -> None:
+        super().__init__(daemon=True)
+        self.args = args
+        self.result: subprocess.CompletedProcess[str] | None = None
+
+    def run(self) -> None:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateName
+
+        deadline = time.monotonic() + 240
+        with get_client(sync_client=True) as client:
+            while time.monotonic() < deadline:
+                paused = [r for r in client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Paused"])))) if r.name.startswith("rollback")]
+                if paused:
+                    self.result = subprocess.run([str(Path(sys.executable).with_name("deployctl")), "decide",
+                                                  str(paused[0].id), *self.args], capture_output=True, text=True,
+                                                 timeout=60, env=dict(os.environ))
+                    return
+                time.sleep(0.3)
+
+
+USER = "users-thread@example.com"
+
+
+def outbox_ids(box: Sandbox) -> set[int]:
+    """The outbox rows the users wrote (the critical paths write there too, and SQLite reuses ids)."""
+    from sqlalchemy import create_engine, text
+
+    from deployments.secrets import resolve_database_url
+
+    engine = create_engine(resolve_database_url(box.config("production")))
+    with engine.connect() as conn:
+        ids = set(conn.execute(text("SELECT id FROM outbox WHERE recipient = :who"), {"who": USER}).scalars())
+    engine.dispose()
+    return ids
+
+
+def test_a_restore_that_would_discard_rows_written_since_the_backup_waits_for_a_decision(sq: Sandbox) -> None:
+    """Migration 2 of 3 fails on SQLite, whose only way back is the backup, while users write: the
+    automatic rollback measures what the restore would discard, alerts, and asks. Kept: nothing is
+    restored and traffic resumes. Then a rollback of the same run is answered restore: it is carried out."""
+    bring(sq, "production", "v2")
+    bring(sq, "staging", MIGRATION_FAILS_MIDWAY)
+    before = snapshot(sq, "production")
+    users = Users(sq)
+    decider = Decider("--as", "Rosa Diaz", "--keep-release", "--comment", "bookings are open; we fix it tonight")
+    with edited(sq, "production", without_rehearsal):
+        users.start()
+        decider.start()
+        with pytest.raises(MigrationFailed):
+            deploy("production", MIGRATION_FAILS_MIDWAY)
+    users.join(timeout=30)
+    decider.join(timeout=30)
+    assert decider.result is not None and decider.result.returncode == 0, decider.result
+    assert decider.result.stdout.startswith("keep-release: answered rollback production: ")
+    assert users.error is None and users.written, users.error
+    release = last_release(sq, "production")
+    undo, steps = rollback_of(sq, "production", release)
+    assert undo.outcome == "aborted" and "restore-backup" not in steps
+    assert steps == ["choose-rollback-plan", "stop-traffic", "measure-writes-since-backup", "resume-traffic"]
+    measured = next(s.detail for s in ledger_of(sq, "production").steps(undo.id)
+                    if s.name == "measure-writes-since-backup")
+    counted = re.search(r"would discard (\d+) rows? written since .*: outbox \((\d+) inserted\)$", measured)
+    assert counted and counted.group(1) == counted.group(2), measured
+    assert 0 < int(counted.group(1)) <= len(users.written)
+    assert undo.error and undo.error.startswith("production keeps the failed release, as Rosa Diaz decided "
+                                                "(bookings are open; we fix it tonight): traffic resumed")
+    assert set(users.written) <= outbox_ids(sq), "nothing the users wrote was discarded"
+    config = sq.config("production")
+    assert httpx.get(config.service.base_url + config.health.path, timeout=5).status_code == 200, "traffic resumed"
+    assert_lock_free("production", ledger_of(sq, "production"))
+
+    # The same run rolled back again, answered restore: the backup comes back, and with it what it held.
+    restore = {"decision": "restore", "decided_by": "Rosa Diaz", "comment": "the outbox rows are resent from the CRM"}
+    answering = Approver([restore])
+    answering.start()
+    from tests.faults.driving import rollback
+
+    rollback("production", failed_run_id=release.flow_run_id, reason="test: restore after all")
+    answering.join(timeout=10)
+    assert answering.given == [restore]
+    again = last_release(sq, "production")
+    assert again.outcome == "rolled_back"
+    after = snapshot(sq, "production")
+    assert after.pop("backups") == [*before.pop("backups"), release.backup_tag]
+    assert after == before and after["revision"] == "0002"
+    kept = set(users.written) & outbox_ids(sq)
+    assert len(kept) == len(users.written) - int(counted.group(1)), \
+        "exactly the rows written since the backup are gone, as decided; those before it are still there"
+    assert_healthy_on(sq, "production", sq.sha("v2"))

@@ -17,6 +17,7 @@ The SQLite rows are tests/faults/test_faults.py; the helpers both drive with are
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import shutil
 import subprocess
@@ -124,6 +125,7 @@ def production_secret(postgres_sandbox: Sandbox, postgres_admin_url: str,
     with owned.connect() as conn:
         for table in inspect(conn).get_table_names():
             conn.execute(text(f'ALTER TABLE public."{table}" OWNER TO {role}'))
+    owned.dispose()  # no superuser session may stay in production's database: a restore ends the others
     secrets_file = box.root / "sandbox.env"
     original = secrets_file.read_text()
     secrets_file.write_text(original.replace("JOBAPP_PRODUCTION_DATABASE_URL=postgresql+psycopg://postgres@",
@@ -347,3 +349,53 @@ def exposed_text(box: Sandbox, prefect_server: Stack) -> Iterator[tuple[str, str
         for path in config.backups.directory.glob("*/manifest.json"):
             yield f"backup manifest {path}", path.read_text()
         yield f"startup log of {env}", config.service.startup_log.read_text(errors="replace")
+
+
+# --- a rollback by hand that would discard rows written since the backup ---------------------------------------
+
+
+def test_a_rollback_by_hand_refuses_a_restore_over_rows_written_since_and_restores_when_allowed(pg: Sandbox) -> None:
+    """ONE_WAY's migration has no downgrade: undoing it means the backup. Rows written since (a user's
+    applications... here outbox rows and an edited job) make a rollback by hand refuse before anything
+    changes, measured against the backup restored into a scratch database; allow_data_loss restores."""
+    from deployments.errors import InvalidInput
+    from deployments.secrets import resolve_database_url
+    from tests.faults.driving import rollback
+    from tests.faults.releases import ONE_WAY
+
+    bring(pg, "production", ONE_WAY)
+    release = last_release(pg, "production")
+    assert release.outcome == "succeeded" and release.db_revision_after == "w001"
+    from sqlalchemy.pool import NullPool
+
+    url = resolve_database_url(pg.config("production"))
+    engine = create_engine(url, poolclass=NullPool)  # no session of ours stays open: a restore ends them
+    with engine.begin() as conn:
+        outbox_before = conn.execute(text("SELECT count(*) FROM outbox")).scalar_one()
+        for n in range(4):
+            conn.execute(text("INSERT INTO outbox (recipient, subject, body, status, created_at) VALUES "
+                              "(:r, 'Interview', 'Tuesday?', 'queued', now())"), {"r": f"user{n}@example.com"})
+        conn.execute(text("UPDATE jobs SET notes = 'call back' WHERE id = (SELECT min(id) FROM jobs)"))
+    before = snapshot(pg, "production")
+    with pytest.raises(InvalidInput) as caught:
+        rollback("production", reason="test: undo one-way")
+    cause = caught.value.cause
+    # The note is in a column the backup lacks; the outbox counts ours and what the deploy's own critical
+    # paths wrote after the backup.
+    assert re.search(r"would discard \d+ rows written since .*jobs \((\d+ inserted, )?1 updated\)", cause), cause
+    found = re.search(r"outbox \((\d+) inserted\)", cause)
+    assert found and int(found.group(1)) >= 4, cause
+    assert "nothing was changed. Run rollback/production again with allow_data_loss = true" in caught.value.action
+    assert snapshot(pg, "production") == before, "refused before anything changed: no maintenance, no restore"
+    assert last_release(pg, "production").id == release.id and ledger_of(pg, "production").get(release.id).outcome \
+        == "succeeded", "the release it would have undone keeps its outcome"
+    assert_healthy_on(pg, "production", pg.sha(ONE_WAY))
+
+    # Allowed: restored, and production is back on the release before ONE_WAY.
+    rollback("production", reason="test: undo one-way, the rows are resent", allow_data_loss=True)
+    assert ledger_of(pg, "production").get(release.id).outcome == "rolled_back"
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM outbox")).scalar_one() <= outbox_before
+        assert "notes" not in {c["name"] for c in inspect(conn).get_columns("jobs")}
+    engine.dispose()
+    assert_healthy_on(pg, "production", str(release.previous_sha))

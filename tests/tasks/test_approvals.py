@@ -156,6 +156,7 @@ def test_a_migration_without_downgrade_means_restoring_the_backup() -> None:
     text = brief(migrations=[PendingRevision("0003", "Unique canonical URLs", has_downgrade=False)]).markdown()
     assert "`0003` Unique canonical URLs: kind not read; rollback: **restore the backup** (no downgrade)" in text
     assert "the backup restored (a migration has no downgrade)" in text
+    assert text.endswith("A restore that would discard rows written after the backup waits for a decision instead.")
 
 
 def test_without_automatic_rollback_the_brief_says_to_roll_back_by_hand() -> None:
