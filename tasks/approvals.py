@@ -199,6 +199,11 @@ class ReleaseBrief:
             line += (f" The last backup (`{last.tag}`, {sum(last.row_counts.values())} rows) was copied in "
                      f"{last.seconds['dump']:.1f} s and checked in {last.seconds.get('verify', 0.0):.1f} s; "
                      "a restore copies it back the same way.")
+        copied = self.rehearsal.copy_seconds if self.rehearsal is not None else None
+        if copied is not None:
+            how = "dumped and restored into a scratch database" if self.database == "postgresql" else "copied"
+            line += (f" **Worst case**, a restore: the database as it is now was {how} for the rehearsal in "
+                     f"{copied:.1f} s.")
         return line
 
     def _commits(self) -> str:

@@ -13,8 +13,8 @@ through the app's own `env.py` (the runner's `render`; nothing connects). From t
   tables or break running code. [migrations] says which rules block, which are not reported, and which
   findings are accepted for one revision (with the reason approvers read). The migration session's
   lock_timeout and statement_timeout are set by the orchestrator (PGOPTIONS), so the SQL is linted with
-  them. On SQLite only the rules about what breaks running code apply: every write there takes the whole
-  database's lock, which the rehearsal measures instead.
+  them. On SQLite only the rules about what breaks running code apply, and the one on index builds (which
+  hold the whole database's write lock there); the rehearsal measures how long.
 """
 
 from __future__ import annotations
@@ -52,10 +52,14 @@ MEANING: dict[str, str] = {
                    "bring it back (only the backup can)",
 }
 
-# squawk's rules that say something on SQLite too: what breaks the code still running.
+# squawk's rules that say something on SQLite too: what breaks the code still running, and an index
+# build, which holds the database's write lock throughout (SQLite has no CONCURRENTLY to offer instead).
 SQLITE_RULES = frozenset({"ban-drop-column", "ban-drop-table", "adding-required-field", "adding-not-nullable-field",
                           "changing-column-type", "renaming-column", "renaming-table", "ban-drop-database",
-                          "ban-truncate-cascade"})
+                          "ban-truncate-cascade", "require-concurrent-index-creation"})
+SQLITE_MESSAGES = {"require-concurrent-index-creation": "building the index holds the database's write lock: "
+                                                        "writes wait until it is built (SQLite cannot build it "
+                                                        "concurrently)"}
 
 
 @dataclass(frozen=True)
@@ -360,6 +364,7 @@ def lint_migrations(config: EnvironmentConfig, release_tree: Path, status: Migra
                                                      ignore=config.migrations.ignore):
                 if rule in config.migrations.ignore or (not postgres and rule not in SQLITE_RULES):
                     continue
+                message = message if postgres else SQLITE_MESSAGES.get(rule, message)
                 findings.append(judged(config, revision, rule, message, statement))
         revisions.append(RevisionLint(revision, kind, why, findings))
     report = LintReport(revisions, linter)

@@ -11,7 +11,7 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -231,6 +231,7 @@ def check_migrations(config: EnvironmentConfig, release_tree: Path,
 class Rehearsal:
     detail: str
     measures: list[RevisionMeasure]
+    copy_seconds: float | None = None  # copying the live database for it: what a restore of its size takes
 
     def describe(self) -> str:
         measured = "; ".join(m.describe() for m in self.measures)
@@ -254,12 +255,14 @@ def test_migrations(config: EnvironmentConfig, release_tree: Path, scratch_dir: 
     step = "test migrations"
     _refuse_live_database_elsewhere(config, app_env, url, step)
     try:
+        started = time.monotonic()
         with scratch_copy(url, scratch_dir, config.backups.pg_dump, config.backups.pg_restore,
                           config.database.lock_timeout_ms, step) as copy:
+            copied = round(time.monotonic() - started, 3)
             # Read after the copy: a lock on the live database fails the copy first, naming its holder.
             before = _live_state(config, url, step)
             try:
-                return _rehearse_on(config, release_tree, status, app_env, copy, step)
+                return replace(_rehearse_on(config, release_tree, status, app_env, copy, step), copy_seconds=copied)
             finally:
                 _live_database_unmoved(config, url, before, step)
     except BackupFailed as exc:  # the copy could not be made: a prerequisite not met, nothing changed

@@ -210,3 +210,13 @@ def test_the_brief_says_what_a_sqlite_restore_takes_from_the_last_copy() -> None
                     seconds={"dump": 0.42, "verify": 0.31})
     assert ("The last backup (`pre-deployment-20261201-101500`, 822 rows) was copied in 0.4 s and checked in 0.3 s; "
             "a restore copies it back the same way.") in brief(last_backup=last).markdown()
+
+
+def test_the_brief_gives_the_worst_case_from_the_rehearsals_copy_of_the_database() -> None:
+    from tasks.migrations import Rehearsal
+
+    text = brief(rehearsal=Rehearsal("upgrade passed", [], copy_seconds=1.84)).markdown()
+    assert "**Worst case**, a restore: the database as it is now was copied for the rehearsal in 1.8 s." in text
+    pg = brief(database="postgresql", rehearsal=Rehearsal("upgrade passed", [], copy_seconds=3.2)).markdown()
+    assert "was dumped and restored into a scratch database for the rehearsal in 3.2 s." in pg
+    assert "Worst case" not in brief().markdown(), "no figure that nothing measured"

@@ -134,7 +134,12 @@ def test_trigger_approve_twice_review_and_roll_back_by_hand(ui: PrefectUI, stack
                  "test-migrations: upgrade, downgrade, upgrade passed", "staging is healthy at",
                  f"serves {v2} (this release)", "Backup first: the production database (sqlite, revision 0001)",
                  "pre-deployment-<date>-<time>", "If it fails: rolled back automatically",
-                 "downgraded to 0001 with this release's own scripts", f"code back to {v1}"):
+                 "downgraded to 0001 with this release's own scripts", f"code back to {v1}",
+                 # migration safety: what 0002 is, what the linter found, what it held on a copy, the worst case
+                 "(linted by squawk 2.", "0002 Salary range on jobs, and an index on jobs.company.: expand; rollback: "
+                 "downgrade", "require-concurrent-index-creation warns: CREATE INDEX ix_jobs_company ON jobs (company)",
+                 "on a copy of production: the database's write lock for ",
+                 "Worst case, a restore: the database as it is now was copied for the rehearsal in "):
         assert fact in brief, f"{fact!r} is not in the approval form:\n{brief}"
     for label in ("Approver", "Role", "Decision", "Comment"):
         assert ui.description(card, label), f"the {label} field has no description"
