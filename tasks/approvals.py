@@ -247,7 +247,8 @@ class ReleaseBrief:
         measure = self.rehearsal.of(revision) if self.rehearsal is not None else None
         if measure is not None:
             held = measure.lock.describe() if measure.lock is not None else "no lock on an existing table seen"
-            lines.append(f"on a copy of {self.environment}: {_md(held)}, {measure.seconds:.2f} s in all")
+            rewrote = f", **rewrote** {_md(', '.join(measure.rewrote))}" if measure.rewrote else ""
+            lines.append(f"on a copy of {self.environment}: {_md(held)}{rewrote}, {measure.seconds:.2f} s in all")
         lint = self.lint.of(revision) if self.lint is not None else None
         if lint is not None and not lint.rendered:
             lines.append(f"not linted: {_md(lint.note)}")

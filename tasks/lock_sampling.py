@@ -4,7 +4,8 @@ The rehearsal upgrades the copy one revision at a time and reports each one's wi
 wall clock). On PostgreSQL a thread samples `pg_locks` on the copy meanwhile, every SAMPLE_SECONDS: on
 a scratch copy every lock but the sampler's own is the migration's. Per revision the strongest lock
 seen on a table that existed before the rehearsal (a table the migration creates blocks nobody), for
-how long it was seen held, and how many rows that table holds. On SQLite a migration's transaction
+how long it was seen held, how many rows that table holds, and which tables it rewrote (their storage
+file replaced: a changed column type, a volatile default), seen as their relfilenode changes. On SQLite a migration's transaction
 takes the whole database's write lock, for as long as the revision runs.
 
 Sampling sees what lasts longer than one interval; a revision over sooner is reported as such
@@ -64,6 +65,7 @@ class RevisionMeasure:
     revision: str
     seconds: float
     lock: HeldLock | None  # the strongest seen, None: none seen
+    rewrote: tuple[str, ...] = ()  # tables it wrote anew (their storage replaced: a type change, a volatile default)
 
     @property
     def blocking_seconds(self) -> float:
@@ -74,7 +76,8 @@ class RevisionMeasure:
         if self.lock is None:
             return (f"{self.revision}: {self.seconds:.2f} s, no lock on an existing table seen "
                     f"(sampled every {SAMPLE_SECONDS * 1000:.0f} ms)")
-        return f"{self.revision}: {self.lock.describe()}, {self.seconds:.2f} s in all"
+        rewrote = f", rewrote {', '.join(self.rewrote)}" if self.rewrote else ""
+        return f"{self.revision}: {self.lock.describe()}{rewrote}, {self.seconds:.2f} s in all"
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ class LockSampler:
     def __init__(self, url: str, lock_timeout_ms: int) -> None:
         self.engine = connect(url, session_name("lock-sampler"), lock_timeout_ms, read_only=True)
         self.samples: list[_Sample] = []
+        self.rewrites: list[tuple[float, float, str]] = []  # a table's storage replaced between two samples
         self.error: str | None = None
         self._stop = threading.Event()
         with self.engine.connect() as conn:
@@ -103,14 +107,25 @@ class LockSampler:
         query = text("SELECT relation, mode FROM pg_locks WHERE locktype = 'relation' AND granted "
                      "AND pid <> pg_backend_pid() AND database = (SELECT oid FROM pg_database "
                      "WHERE datname = current_database())")
+        storage = text("SELECT oid, relfilenode FROM pg_class WHERE oid = ANY(:oids)")
+        oids = list(self.tables)
         try:
             with self.engine.connect() as conn:
+                files = {int(oid): int(node) for oid, node in conn.execute(storage, {"oids": oids})}
+                conn.rollback()
+                previous = time.time()
                 while not self._stop.is_set():
                     now = time.time()
                     for relation, mode in conn.execute(query):
                         name = self.tables.get(int(relation))
                         if name is not None:
                             self.samples.append(_Sample(now, name, str(mode)))
+                    # A rewrite replaces the table's file; it shows once the revision's transaction commits.
+                    for oid, node in conn.execute(storage, {"oids": oids}):
+                        if files.get(int(oid)) != int(node):
+                            files[int(oid)] = int(node)
+                            self.rewrites.append((previous, time.time(), self.tables[int(oid)]))
+                    previous = now
                     conn.rollback()  # a fresh snapshot of pg_locks each time
                     self._stop.wait(SAMPLE_SECONDS)
         except SQLAlchemyError as exc:
@@ -132,12 +147,22 @@ class LockSampler:
             return None
 
     def measure(self, windows: list[dict[str, Any]]) -> list[RevisionMeasure]:
+        # A rewrite shows at the first sample after its commit, which fell between that sample and the one
+        # before: it belongs to the first window that span meets, each window reaching to the next one's
+        # start (the last one's: to the rehearsal's downgrade).
+        spans = [(float(w["started"]), float(windows[i + 1]["started"]) if i + 1 < len(windows)
+                  else float(w.get("until", w["ended"]))) for i, w in enumerate(windows)]
+        rewrote: dict[int, set[str]] = {}
+        for before, seen, table in self.rewrites:
+            first = next((i for i, (began, until) in enumerate(spans) if seen >= began and before <= until), None)
+            if first is not None:
+                rewrote.setdefault(first, set()).add(table)
         measures = []
-        for window in windows:
+        for i, window in enumerate(windows):
             began, ended = float(window["started"]), float(window["ended"])
             inside = [s for s in self.samples if began <= s.at <= ended]
             measures.append(RevisionMeasure(str(window["revision"]), ended - began,
-                                            self._strongest(inside, ended - began)))
+                                            self._strongest(inside, ended - began), tuple(sorted(rewrote.get(i, ())))))
         return measures
 
     def _strongest(self, inside: list[_Sample], limit: float) -> HeldLock | None:

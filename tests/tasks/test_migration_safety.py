@@ -226,6 +226,27 @@ def test_the_rehearsal_measures_the_strongest_lock_and_the_budget_fails_it(tmp_p
     engine.dispose()
 
 
+@pytest.mark.postgres
+def test_the_rehearsal_says_which_revision_rewrote_a_table(tmp_path: Path, postgres_database: str) -> None:
+    tree = alembic_project(tmp_path / "app", {
+        "0001": (None, 'op.execute("CREATE TABLE accounts (id INTEGER PRIMARY KEY, email VARCHAR(40))")\n'
+                       '    op.execute("INSERT INTO accounts SELECT g, \'a\' || g FROM generate_series(1, 500) g")',
+                 NO_DOWNGRADE),
+        "0002": ("0001", 'op.execute("CREATE INDEX ix_accounts_email ON accounts (email)")',
+                 'def downgrade():\n    op.execute("DROP INDEX ix_accounts_email")\n'),
+        "0003": ("0002", 'op.execute("ALTER TABLE accounts ALTER COLUMN id TYPE BIGINT")',
+                 'def downgrade():\n    op.execute("ALTER TABLE accounts ALTER COLUMN id TYPE INTEGER")\n'),
+        "0004": ("0003", 'op.execute("ALTER TABLE accounts ADD COLUMN note TEXT")',
+                 'def downgrade():\n    op.execute("ALTER TABLE accounts DROP COLUMN note")\n'),
+    }, ENV_PY)
+    config = configured(tmp_path, postgres_database, tree)
+    summary = rehearse.fn(config, tree, tmp_path / "rehearsal", check_migrations.fn(config, tree))
+    rewrote = {m.revision: m.rewrote for m in summary.measures}
+    # 0003's rewrite is a new file for accounts; 0004's nullable column and 0002's index leave it as it is
+    # (the rehearsal's downgrade of 0003, which rewrites it again, comes after and is not counted).
+    assert rewrote == {"0002": (), "0003": ("accounts",), "0004": ()}, summary.describe()
+
+
 def test_on_sqlite_the_budget_is_the_database_write_lock(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'live.db'}"
     slow = 'op.execute("ALTER TABLE accounts ADD COLUMN plan TEXT"); __import__("time").sleep(0.5)'
@@ -258,7 +279,7 @@ def test_the_form_shows_kind_findings_measured_locks_and_the_rollback_path_per_r
     ], "squawk 2.70.0 on PostgreSQL")
     rehearsal = Rehearsal("upgrade passed", [
         RevisionMeasure("0002", 0.4, HeldLock("jobs", "ShareLock", 0.31, 821)),
-        RevisionMeasure("0003", 2.4, HeldLock("jobs", "AccessExclusiveLock", 2.3, 821))])
+        RevisionMeasure("0003", 2.4, HeldLock("jobs", "AccessExclusiveLock", 2.3, 821), ("jobs",))])
     text_ = brief(migrations=[PendingRevision("0002", "Company index", True),
                               PendingRevision("0003", "Drop url", False)], lint=lint, rehearsal=rehearsal).markdown()
     assert "2 migrations to run, from revision `0001` (linted by squawk 2.70.0 on PostgreSQL):" in text_
@@ -268,5 +289,6 @@ def test_the_form_shows_kind_findings_measured_locks_and_the_rollback_path_per_r
     assert ("- `0003` Drop url: **destructive** (drops column jobs.url): drops data: the old code that still reads it "
             "fails until the reload, and a downgrade cannot bring it back (only the backup can); rollback: "
             "**restore the backup** (no downgrade)") in text_
-    assert "  - on a copy of production: ACCESS EXCLUSIVE on jobs for 2.30 s (821 rows), 2.40 s in all" in text_
+    assert "  - on a copy of production: ACCESS EXCLUSIVE on jobs for 2.30 s (821 rows), **rewrote** jobs, 2.40 s in all" \
+        in text_
     assert "  - ban-drop-column warns: `ALTER TABLE jobs DROP COLUMN url`" in text_
