@@ -42,7 +42,7 @@ def pre_deployment_verification(config: EnvironmentConfig, staging: EnvironmentC
     revision = database_revision(resolve_database_url(config))
     ledger.update(release_id, db_revision_before=revision, migrations=[
         {"revision": p.revision, "message": p.message, "has_downgrade": p.has_downgrade, "expand_only": p.expand_only,
-         "kind": p.kind}
+         "kind": p.kind, "findings": list(p.findings)}
         for p in migrations.pending])
     backup = None
     if not dry_run:

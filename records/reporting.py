@@ -248,7 +248,7 @@ def _what_changed(release: Release, commits: list[Commit] | None) -> list[str]:
         lines = ["- no new commit"]
     migrations = release.migrations or []
     lines += [f"- migration `{m['revision']}`: {_cell(str(m.get('message', '')), 90)}"
-              + (f" ({m['kind']})" if m.get("kind") else "") for m in migrations]
+              + (f" ({'; '.join([m['kind'], *m.get('findings', [])])})" if m.get("kind") else "") for m in migrations]
     if not migrations and release.db_revision_before:
         lines += ["- no migration"]
     return lines

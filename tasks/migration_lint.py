@@ -387,7 +387,8 @@ def with_kinds(status: MigrationStatus, report: LintReport | None) -> MigrationS
     for p in status.pending:
         lint = report.of(p.revision) if report is not None else None
         kind = lint.kind if lint is not None else "contract"
-        pending.append(replace(p, kind=kind, expand_only=kind == "expand"))
+        findings = tuple(f"{f.rule} {f.verdict}" for f in lint.findings) if lint is not None else ()
+        pending.append(replace(p, kind=kind, expand_only=kind == "expand", findings=findings))
     return replace(status, pending=pending, rendered=None, render_errors=None)
 
 

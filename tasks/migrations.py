@@ -68,6 +68,7 @@ class PendingRevision:
     has_downgrade: bool
     expand_only: bool = False  # it only adds: the previous release's code works on the schema after it
     kind: str = ""  # expand, contract or destructive, as lint-migrations read it from its SQL ("": not read)
+    findings: tuple[str, ...] = ()  # the linter's, as "rule verdict", e.g. "ban-drop-column allowed"
 
 
 @dataclass(frozen=True)

@@ -107,3 +107,13 @@ def test_a_performance_that_was_not_measured_is_said_so_never_passed() -> None:
     assert "  NOT MEASURED  Monitoring systems showing normal metrics" in summary_text(release(), criteria)
     markdown = summary_markdown(release(), steps, criteria, [COMMIT], ["team-lead", "product-owner"])
     assert "| Monitoring systems showing normal metrics | **not measured** |" in markdown
+
+
+def test_the_summary_gives_each_migrations_kind_and_the_linters_findings() -> None:
+    migrations = [{"revision": "0002", "message": "Salary range on jobs", "has_downgrade": True, "kind": "expand",
+                   "findings": ["require-concurrent-index-creation warns"]},
+                  {"revision": "0003", "message": "Drop url", "has_downgrade": False, "kind": "destructive",
+                   "findings": ["ban-drop-column allowed"]}]
+    text = summary_markdown(release(migrations=migrations), STEPS, CRITERIA, [COMMIT], ["team-lead", "product-owner"])
+    assert "- migration `0002`: Salary range on jobs (expand; require-concurrent-index-creation warns)\n" in text
+    assert "- migration `0003`: Drop url (destructive; ban-drop-column allowed)" in text
