@@ -15,6 +15,7 @@ from deployments.errors import DeployError, ServiceError
 from deployments.secrets import resolve_app_environment, resolve_database_url
 from tasks.app_commands import app_command
 from tasks.health import probe
+from tasks.migration_lint import squawk_program, squawk_version, unknown_rules
 from tasks.migrations import database_revision, live_database_elsewhere, migration_status
 from tasks.monitoring import MetricsUnavailable, metrics_url, scrape
 from tasks.process_state import running_pid
@@ -146,6 +147,21 @@ def check_environment(config: EnvironmentConfig) -> list[CheckResult]:
         pending = f", {len(status.pending)} pending" if status.pending else ", nothing pending"
         return f"alembic finds its scripts in {config.app_dir()}: head {status.heads[0]}{pending}"
 
+    def migration_lint() -> str:
+        """The linter the prerequisites run is there, and the policy names only rules it knows."""
+        policy = config.migrations
+        budget = (f"; revisions may hold a write-blocking lock {policy.max_lock_seconds:g} s at most"
+                  if policy.max_lock_seconds else "; no lock budget (migrations.max_lock_seconds)")
+        if not policy.lint:
+            return "off (migrations.lint = false): the kinds are still read" + budget
+        program = squawk_program(policy.squawk)
+        if program is None:
+            raise _Fail(f"squawk ({policy.squawk}) is not installed: `make install` brings it, or set migrations.squawk")
+        unknown_rules(config, program)
+        blocks = f"blocks {', '.join(policy.block)}" if policy.block else "every finding warns (migrations.block is empty)"
+        allowed = f", {len(policy.allow)} finding(s) allowed" if policy.allow else ""
+        return f"{squawk_version(program)}: {blocks}{allowed}{budget}"
+
     def database_variables() -> str:
         url = resolve_database_url(config)
         found = live_database_elsewhere(config, app_env or resolve_app_environment(config), url)
@@ -189,6 +205,7 @@ def check_environment(config: EnvironmentConfig) -> list[CheckResult]:
         ("database", database),
         ("database variables", database_variables),
         ("migrations", migrations),
+        ("migration lint", migration_lint),
         ("metrics", metrics),
         ("critical paths", critical_paths),
         ("backups", backups),

@@ -20,7 +20,9 @@ def test_every_check_runs_and_names_what_is_missing(tmp_path: Path, monkeypatch:
     results = {r.name: r for r in check_environment(config)}
     assert list(results) == ["secrets", "source repository", "workspace", "app interpreter", "dependencies",
                              "app imports", "app process", "health", "database", "database variables", "migrations",
-                             "metrics", "critical paths", "backups", "rollback order"]
+                             "migration lint", "metrics", "critical paths", "backups", "rollback order"]
+    assert results["migration lint"].ok and results["migration lint"].detail.startswith("squawk 2.")
+    assert "every finding warns (migrations.block is empty); no lock budget" in results["migration lint"].detail
     assert results["dependencies"].ok and "no [dependencies]" in results["dependencies"].detail
     # No maintenance mode: it passes, with what that means for a rollback.
     assert results["rollback order"].ok and results["rollback order"].warning
@@ -65,3 +67,14 @@ def test_a_database_variable_set_by_hand_fails_check(tmp_path: Path) -> None:
     result = {r.name: r for r in check_environment(config)}["database variables"]
     assert not result.ok
     assert result.detail.startswith("the rehearsal would be refused: APP_DB_FILE ([service.env], the live database's file)")
+
+
+def test_a_policy_naming_a_rule_squawk_does_not_know_fails_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from deployments.config import MigrationSafetyConfig
+
+    monkeypatch.setenv("SERVICE_TEST_DATABASE_URL", f"sqlite:///{tmp_path / 'app.db'}")
+    (port,) = free_ports(1)
+    config = environment(tmp_path / "env", port).model_copy(update={
+        "migrations": MigrationSafetyConfig(block=["ban-drop-colum"], max_lock_seconds=2)})
+    result = next(r for r in check_environment(config) if r.name == "migration lint")
+    assert not result.ok and "[migrations] names ban-drop-colum, which squawk does not know" in result.detail
