@@ -283,54 +283,53 @@ def _flow_run(text: str, command: str) -> UUID | None:
     return run_id if _prefect_api(command) else None
 
 
-def _approve(args: argparse.Namespace) -> int:
+def _paused_run(text: str, command: str, key: str, waiting_for: str) -> tuple[UUID, str] | int:
+    """The run `text` names and its name, when it is paused at a pause whose key starts with `key`;
+    otherwise the exit code, once the error is said."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
-    from prefect.flow_runs import resume_flow_run
 
-    run_id = _flow_run(args.run_id, "approve")
+    run_id = _flow_run(text, command)
     if run_id is None:
         return 2
     with get_client(sync_client=True) as client:
         try:
             run = client.read_flow_run(run_id)
         except ObjectNotFound:
-            print(f"error: approve: no flow run {run_id}. Check the id and PREFECT_API_URL", file=sys.stderr)
+            print(f"error: {command}: no flow run {run_id}. Check the id and PREFECT_API_URL", file=sys.stderr)
             return 2
-    if run.state is None or not run.state.is_paused():
+    pause = str(getattr(run.state.state_details, "pause_key", "") or "") if run.state is not None else ""
+    if run.state is None or not run.state.is_paused() or not pause.startswith(key):
         state = run.state.name if run.state else "unknown"
-        print(f"error: approve: run {run.name} is {state}, not waiting for approval", file=sys.stderr)
+        print(f"error: {command}: run {run.name} is {state}, not waiting for {waiting_for}", file=sys.stderr)
         return 1
+    return run_id, run.name
+
+
+def _approve(args: argparse.Namespace) -> int:
+    from prefect.flow_runs import resume_flow_run
+
+    found = _paused_run(args.run_id, "approve", "approval", "approval")
+    if isinstance(found, int):
+        return found
+    run_id, name = found
     decision = "reject" if args.reject else "approve"
     resume_flow_run(run_id, run_input={"approver": args.approver, "role": args.role, "decision": decision,
                                        "comment": args.comment})
-    print(f"{'rejected' if args.reject else 'approved'} {run.name} as {args.approver} ({args.role})")
+    print(f"{'rejected' if args.reject else 'approved'} {name} as {args.approver} ({args.role})")
     return 0
 
 
 def _decide(args: argparse.Namespace) -> int:
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
     from prefect.flow_runs import resume_flow_run
 
-    run_id = _flow_run(args.run_id, "decide")
-    if run_id is None:
-        return 2
-    with get_client(sync_client=True) as client:
-        try:
-            run = client.read_flow_run(run_id)
-        except ObjectNotFound:
-            print(f"error: decide: no flow run {run_id}. Check the id and PREFECT_API_URL", file=sys.stderr)
-            return 2
-    waiting = run.state is not None and run.state.is_paused() and "data-loss-decision" in str(
-        getattr(run.state.state_details, "pause_key", "") or "")
-    if not waiting:
-        state = run.state.name if run.state else "unknown"
-        print(f"error: decide: run {run.name} is {state}, not waiting for a decision on a restore", file=sys.stderr)
-        return 1
+    found = _paused_run(args.run_id, "decide", "data-loss-decision", "a decision on a restore")
+    if isinstance(found, int):
+        return found
+    run_id, name = found
     resume_flow_run(run_id, run_input={"decision": args.decision, "decided_by": args.decided_by,
                                        "comment": args.comment})
-    print(f"{args.decision}: answered {run.name} as {args.decided_by}")
+    print(f"{args.decision}: answered {name} as {args.decided_by}")
     return 0
 
 

@@ -55,10 +55,15 @@ class ApprovalDecision(RunInput):
     @field_validator("approver")
     @classmethod
     def _name(cls, value: str) -> str:
-        value = " ".join(value.split())
-        if len(value) < 2:
-            raise ValueError("give your name")
-        return value
+        return full_name(value)
+
+
+def full_name(value: str) -> str:
+    """A person's name as typed into a form, on one line; refused when there is none."""
+    value = " ".join(value.split())
+    if len(value) < 2:
+        raise ValueError("give your name")
+    return value
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from pydantic import Field, field_validator
 from deployments.config import EnvironmentConfig
 from deployments.errors import InvalidInput, RollbackFailed
 from records.notifications import notify
+from tasks.approvals import full_name
 from tasks.writes_since import WrittenSince, measure_writes_since_backup
 
 Choice = Literal["restore", "downgrade-by-hand", "keep-release"]
@@ -42,10 +43,7 @@ class DataLossDecision(RunInput):
     @field_validator("decided_by")
     @classmethod
     def _name(cls, value: str) -> str:
-        value = " ".join(value.split())
-        if len(value) < 2:
-            raise ValueError("give your name")
-        return value
+        return full_name(value)
 
 
 class NotRestored(Exception):
