@@ -93,6 +93,14 @@ def wait_for(stack: Stack, run_id: str, wanted: set[str], timeout: float = 300) 
                          f"worker log: {(stack.home / 'worker.log').read_text()[-3000:]}")
 
 
+def how_it_ended(stack: Stack, run_id: str) -> str:
+    """A run's final state with its message, and the worker's last words: what a failed assertion shows."""
+    run = httpx.get(f"{stack.api_url}/flow_runs/{run_id}", timeout=10).json()
+    state = run.get("state") or {}
+    return (f"run {run.get('name')} ended {state.get('type')}: {state.get('message')}; worker log: "
+            f"{(stack.home / 'worker.log').read_text()[-3000:]}")
+
+
 def flow_runs(stack: Stack, flow_name: str) -> list[dict]:  # type: ignore[type-arg]
     body = {"flows": {"name": {"any_": [flow_name]}}, "sort": "EXPECTED_START_TIME_DESC"}
     return httpx.post(f"{stack.api_url}/flow_runs/filter", json=body, timeout=10).json()  # type: ignore[no-any-return]

@@ -29,7 +29,7 @@ from deployctl.stack import Stack
 from deployments.config import EnvironmentConfig
 from records.ledger import Ledger, Release
 from tests.conftest import free_ports, prefect_server_database
-from tests.e2e.operator import FINAL, deployctl, flow_runs, run_of, trigger, wait_for
+from tests.e2e.operator import FINAL, deployctl, flow_runs, how_it_ended, run_of, trigger, wait_for
 from tests.other_app import wheels
 from tests.other_app.database import AppDatabases, app_databases
 from tests.other_app.environments import (ADMIN_PASSWORD, HEALTH, bring_up, fill_in, fill_in_urls, init, load, stop,
@@ -285,7 +285,8 @@ def test_a_rollback_by_hand_returns_production_to_r1_and_its_environment(story: 
     match = re.search(r"UUID: ([0-9a-f-]{36})", out)
     assert match, out
     story.runs["rollback"] = match[1]
-    assert wait_for(story.stack, story.runs["rollback"], FINAL, timeout=420) == "COMPLETED"
+    assert wait_for(story.stack, story.runs["rollback"], FINAL, timeout=420) == "COMPLETED", \
+        how_it_ended(story.stack, story.runs["rollback"])
 
     assert "priority" not in story.databases.columns("production", "items")  # downgraded
     assert "priority" in story.databases.columns("staging", "items")

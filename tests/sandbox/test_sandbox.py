@@ -101,7 +101,7 @@ def test_deployctl_check_passes_on_a_live_sandbox(built, monkeypatch: pytest.Mon
     monkeypatch.setenv("DEPLOY_ENVIRONMENTS_DIR", str(root / "environments"))
     assert deployctl(["check", "production"]) == 0, capsys.readouterr()
     out = capsys.readouterr().out
-    assert out.count("ok  ") == 15 and "FAIL" not in out and "all 15 checks passed" in out
+    assert out.count("ok  ") == 16 and "FAIL" not in out and "all 16 checks passed" in out
     for line in ("app imports            service.preflight_command passed in", "migrations             alembic finds "
                  "its scripts in", "metrics                http://127.0.0.1:", "critical paths         "):
         assert line in out, out
