@@ -278,8 +278,7 @@ def code_before_database(config: EnvironmentConfig, plan: RollbackPlan) -> bool:
     return True
 
 
-def undo_database(config: EnvironmentConfig, plan: RollbackPlan, app_name: str,
-                  restoring: RestorePolicy = RestorePolicy(automatic=True, allow_data_loss=False)) -> None:
+def undo_database(config: EnvironmentConfig, plan: RollbackPlan, app_name: str, restoring: RestorePolicy) -> None:
     url = resolve_database_url(config)
     end_orphaned_sessions(url, "deploy-")
     if plan.database == "verify":

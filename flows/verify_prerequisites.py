@@ -2,12 +2,12 @@
 
     fetch-release · resolve-release      the ref, as a 40-hex SHA; a deploy of the live SHA is a noop
     install-dependencies                 the release's own environment ([dependencies]), built or reused
-    check-migrations                     what is pending, read with the release's scripts
-    lint-migrations                      each pending revision's SQL: expand, contract or destructive; squawk
+    check-migrations                     what is pending, read with the release's scripts (and its SQL)
     check-merged-to-main                 code changes merged to the release branch
     check-workspace                      no hand-made changes a deploy would overwrite
     run-release-tests                    the release's own tests, on a scratch worktree of the SHA
     run-security-scan                    no critical (high severity) finding
+    lint-migrations                      each pending revision's SQL: expand, contract or destructive; squawk
     test-migrations                      one head; upgrade, downgrade, upgrade on a copy of the live data,
                                          each revision's time and strongest lock measured (max_lock_seconds)
     verify-staging                       staging healthy and shown to serve the same SHA (production only)

@@ -1,7 +1,9 @@
-"""The gunicorn apps of the app's process tests (tests/tasks/gunicorn_app.py)."""
+"""The gunicorn apps of the app's process tests (tests/tasks/gunicorn_app.py), and an empty database of
+either kind for the tests that run on both."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -35,3 +37,12 @@ def apps(tmp_path: Path) -> Iterator[Callable[..., App]]:
 @pytest.fixture
 def app(apps: Callable[..., App]) -> App:
     return apps()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of an empty database: a SQLite file in WAL mode, or a PostgreSQL database of the test's own."""
+    if request.param == "sqlite":
+        sqlite3.connect(tmp_path / "app.db").execute("PRAGMA journal_mode=WAL").close()
+        return f"sqlite:///{tmp_path / 'app.db'}"
+    return str(request.getfixturevalue("postgres_database"))

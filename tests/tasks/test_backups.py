@@ -42,15 +42,10 @@ def table_names(url: str) -> list[str]:
     return names
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'app.db'}"
-        sqlite3.connect(tmp_path / "app.db").execute("PRAGMA journal_mode=WAL").close()
-    else:
-        url = request.getfixturevalue("postgres_database")
-    make_schema(url)
-    return url
+@pytest.fixture
+def database(empty_database: str) -> str:
+    make_schema(empty_database)
+    return empty_database
 
 
 def test_backup_is_verified_and_restores_exactly(database: str, tmp_path: Path) -> None:

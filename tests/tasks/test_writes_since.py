@@ -5,7 +5,6 @@ not have; nothing at all; and a backup that cannot be read, which is "unknown", 
 from __future__ import annotations
 
 import shutil
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -38,15 +37,10 @@ def execute(url: str, *statements: str) -> None:
     engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'app.db'}"
-        sqlite3.connect(tmp_path / "app.db").execute("PRAGMA journal_mode=WAL").close()
-    else:
-        url = request.getfixturevalue("postgres_database")
-    make_schema(url)
-    return url
+@pytest.fixture
+def database(empty_database: str) -> str:
+    make_schema(empty_database)
+    return empty_database
 
 
 def measured(url: str, tmp_path: Path) -> WrittenSince:
