@@ -28,6 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from tasks.databases import connect, session_name
 
 SAMPLE_SECONDS = 0.02
+COMMIT_SLACK = 0.05  # a revision's commit comes at most this long before its window's recorded end
 
 # PostgreSQL's table lock modes, weakest first; from SHARE on, writes to the table wait.
 MODES = ("AccessShareLock", "RowShareLock", "RowExclusiveLock", "ShareUpdateExclusiveLock", "ShareLock",
@@ -148,15 +149,16 @@ class LockSampler:
 
     def measure(self, windows: list[dict[str, Any]]) -> list[RevisionMeasure]:
         # A rewrite shows at the first sample after its commit, which fell between that sample and the one
-        # before: it belongs to the first window that span meets, each window reaching to the next one's
-        # start (the last one's: to the rehearsal's downgrade).
-        spans = [(float(w["started"]), float(windows[i + 1]["started"]) if i + 1 < len(windows)
-                  else float(w.get("until", w["ended"]))) for i, w in enumerate(windows)]
+        # before; a revision commits as its window ends (within COMMIT_SLACK of it). A rewrite is given to a
+        # revision only when that revision's commit alone can fall in the span, and none of the rehearsal's
+        # downgrade (after `until`) can: one a slow sampler cannot place is not claimed.
+        end = float(windows[-1].get("until", windows[-1]["ended"])) if windows else 0.0
         rewrote: dict[int, set[str]] = {}
         for before, seen, table in self.rewrites:
-            first = next((i for i, (began, until) in enumerate(spans) if seen >= began and before <= until), None)
-            if first is not None:
-                rewrote.setdefault(first, set()).add(table)
+            meets = [i for i, w in enumerate(windows)
+                     if float(w["ended"]) >= before and float(w["ended"]) - COMMIT_SLACK <= seen]
+            if len(meets) == 1 and seen <= end:
+                rewrote.setdefault(meets[0], set()).add(table)
         measures = []
         for i, window in enumerate(windows):
             began, ended = float(window["started"]), float(window["ended"])

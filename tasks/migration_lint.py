@@ -321,7 +321,8 @@ def server_version(url: str) -> str | None:
             engine.dispose()
     except (SQLAlchemyError, ValueError):
         return None
-    return f"{number // 10000}.{number % 10000 // 100 if number >= 100000 else 0}"
+    # 150004 is 15.4; before 10, 90605 was 9.6(.5).
+    return f"{number // 10000}.{number % 10000}" if number >= 100000 else f"{number // 10000}.{number % 10000 // 100}"
 
 
 @read_step("lint-migrations", retries=0)
@@ -362,7 +363,7 @@ def lint_migrations(config: EnvironmentConfig, release_tree: Path, status: Migra
                                                      lock_timeout_ms=config.database.lock_timeout_ms,
                                                      statement_timeout_ms=config.database.statement_timeout_ms,
                                                      ignore=config.migrations.ignore):
-                if rule in config.migrations.ignore or (not postgres and rule not in SQLITE_RULES):
+                if not postgres and rule not in SQLITE_RULES:  # squawk itself left out the ignored rules
                     continue
                 message = message if postgres else SQLITE_MESSAGES.get(rule, message)
                 findings.append(judged(config, revision, rule, message, statement))

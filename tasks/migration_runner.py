@@ -80,7 +80,8 @@ def main() -> int:
             command.upgrade(config, revision)
             windows.append({"revision": revision, "started": began, "ended": time.time()})
         command.upgrade(config, args.to)
-        if windows:  # what follows may write the same tables: the first upgrade's measuring ends here
+        if windows:  # what follows may write the same tables: the first upgrade's measuring ends here,
+            time.sleep(0.1)  # once the caller's sampler has had time to see the last revision's commit
             windows[-1]["until"] = time.time()
         for name, run, target in () if args.once else (("downgrade", command.downgrade, args.back),
                                                        ("upgrade", command.upgrade, args.to)):

@@ -234,11 +234,13 @@ def test_the_rehearsal_says_which_revision_rewrote_a_table(tmp_path: Path, postg
                  NO_DOWNGRADE),
         "0002": ("0001", 'op.execute("CREATE INDEX ix_accounts_email ON accounts (email)")',
                  'def downgrade():\n    op.execute("DROP INDEX ix_accounts_email")\n'),
-        "0003": ("0002", 'op.execute("ALTER TABLE accounts ALTER COLUMN id TYPE BIGINT")',
+        "0003": ("0002", 'op.execute("SELECT pg_sleep(0.3)")\n    op.execute("ALTER TABLE accounts ALTER COLUMN id TYPE BIGINT")',
                  'def downgrade():\n    op.execute("ALTER TABLE accounts ALTER COLUMN id TYPE INTEGER")\n'),
-        "0004": ("0003", 'op.execute("ALTER TABLE accounts ADD COLUMN note TEXT")',
+        "0004": ("0003", 'op.execute("SELECT pg_sleep(0.5)")\n    op.execute("ALTER TABLE accounts ADD COLUMN note TEXT")',
                  'def downgrade():\n    op.execute("ALTER TABLE accounts DROP COLUMN note")\n'),
     }, ENV_PY)
+    # 0003 and 0004 take long enough (pg_sleep) that a sample falls between their commits, however loaded
+    # the machine: a revision too short to tell from its neighbour is not claimed.
     config = configured(tmp_path, postgres_database, tree)
     summary = rehearse.fn(config, tree, tmp_path / "rehearsal", check_migrations.fn(config, tree))
     rewrote = {m.revision: m.rewrote for m in summary.measures}
