@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -265,8 +267,34 @@ def _forget_the_parents_ledgers() -> None:
 os.register_at_fork(after_in_child=_forget_the_parents_ledgers)
 
 
+BUSY_SECONDS = 30
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_SECONDS * 1000}")
+        if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            _switch_to_wal(cursor)
+    finally:
+        cursor.close()
+
+
+def _switch_to_wal(cursor: Any) -> None:
+    # WAL is kept in the file, so only a new ledger's first openers get here. SQLite answers a journal
+    # mode change that races another opener's with "database is locked" at once, without waiting
+    # through busy_timeout: so it is retried here, for as long as busy_timeout would have waited.
+    deadline = time.monotonic() + BUSY_SECONDS
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) and "busy" not in str(error):
+                raise
+            if time.monotonic() >= deadline:
+                raise sqlite3.OperationalError(
+                    f"opening the ledger: could not switch it to WAL within {BUSY_SECONDS} s, another"
+                    " process holding the file locked all that time; find it with `fuser` on the ledger"
+                    " file and try again") from error
+            time.sleep(0.02)
