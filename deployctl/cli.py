@@ -85,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--pg-port", type=int, help="--db postgres: its port (default $PGPORT or 5432)")
     sandbox.add_argument("--pg-user", help="--db postgres: a role that may create databases (default $PGUSER "
                                            "or postgres; its password from PGPASSWORD or ~/.pgpass)")
+    sandbox.add_argument("--hosts", type=int, default=0, metavar="N",
+                         help="up: production as a fleet of N hosts (2-9) on loopback behind HAProxy")
     sandbox.add_argument("--reset", action="store_true",
                          help="up: write the environment files and sandbox.env afresh, discarding your edits")
     sandbox.set_defaults(handler=_sandbox)
@@ -169,7 +171,7 @@ def _sandbox(args: argparse.Namespace) -> int:
         server = sandbox.PostgresServer(args.pg_host or server.host, args.pg_port or server.port,
                                         args.pg_user or server.user)
         try:
-            sandbox.up(root, db=args.db, postgres=server, reset=args.reset)
+            sandbox.up(root, db=args.db, postgres=server, reset=args.reset, hosts=args.hosts)
         except sandbox.SandboxError as exc:
             print(f"error: sandbox up: {exc}", file=sys.stderr)
             return 1
@@ -182,9 +184,9 @@ def _sandbox(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no sandbox at {root}: run `deployctl sandbox up`")
         return 1
-    print(f"{'ENV':<11} {'PORT':<6} {'PID':<8} {'SHA':<12} {'DB':<8} HEALTH")
+    print(f"{'ENV':<18} {'PORT':<6} {'PID':<8} {'SHA':<12} {'DB':<8} HEALTH")
     for row in rows:
-        print(f"{row.environment:<11} {row.port:<6} {row.pid or '-':<8} {(row.sha or '-')[:12]:<12} "
+        print(f"{row.environment:<18} {row.port:<6} {row.pid or '-':<8} {(row.sha or '-')[:12]:<12} "
               f"{row.revision or '-':<8} {row.health}")
     return 0
 

@@ -1,5 +1,7 @@
 """A local Prefect stack for the demo and the end-to-end tests: a server (its own PREFECT_HOME, SQLite or
-PostgreSQL), the `deploy-pool` process work pool, every deployment of prefect.yaml, and one worker.
+PostgreSQL), the `deploy-pool` process work pool, every deployment of prefect.yaml, and its workers: one
+for the `default` queue (deploys, rollbacks, watches) and, for an environment with [fleet], one per host
+queue, standing in here for the worker each real host runs.
 
 The server keeps concurrency leases on disk, so a restart while a deploy holds its lock cannot leak
 the lock. Processes are started detached with pid files; `down` stops them by pid.
@@ -14,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import httpx
 
@@ -23,6 +25,8 @@ from tasks.process_state import is_alive as _alive
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 POOL = "deploy-pool"
+DEPLOY_QUEUE = "default"
+HOST_ENTRYPOINT = "flows/host_release.py"
 
 
 class StackError(RuntimeError):
@@ -87,20 +91,46 @@ class Stack:
         log(f"prefect server  {self.ui_url}")
         self.run([*self._prefect(), "work-pool", "create", POOL, "--type", "process", "--overwrite"])
         environments = self.environments()
+        queues = self.host_queues(environments)
         rendered = self.home / "deployments.yaml"
-        rendered.write_text(render_deployments(PROJECT_DIR / "prefect.yaml", environments))
+        rendered.write_text(render_deployments(PROJECT_DIR / "prefect.yaml", environments,
+                                               fleets={environment for environment, _ in queues}))
         self.run([*self._prefect(), "--no-prompt", "deploy", "--all", "--prefect-file", str(rendered)], cwd=PROJECT_DIR)
         log(f"deployments     {', '.join(environments)}: every deployment of prefect.yaml for each")
         log(self.run([sys.executable, "-m", "deployctl.automations"]).strip())
         marker = self.home / "worker.environments"
         wanted = str(self.environments_dir or "")
-        if self._pid("worker") is not None and (not marker.exists() or marker.read_text() != wanted):
+        workers = {"worker": DEPLOY_QUEUE} | {f"worker-{queue}": queue for _, queue in queues}
+        if not marker.exists() or marker.read_text() != wanted:
             # A worker started for other environment files would run every deploy against them.
-            self._stop("worker", log)
-        if self._pid("worker") is None:
-            self._spawn("worker", [*self._prefect(), "worker", "start", "--pool", POOL, "--type", "process"])
-            marker.write_text(wanted)
-        log(f"worker          pool {POOL}, pid {self._pid('worker')}")
+            for name in self._workers():
+                self._stop(name, log)
+        for name, queue in workers.items():
+            if self._pid(name) is None:
+                self._spawn(name, self.worker_argv(queue))
+            log(f"{'worker':<15} pool {POOL}, queue {queue}, pid {self._pid(name)}")
+        marker.write_text(wanted)
+
+    def worker_argv(self, queue: str) -> list[str]:
+        """A worker of the pool for one queue: `default` (the deploys, rollbacks and watches) or a fleet
+        host's (its host-release runs). On real hosts each host runs its own, with the same argv."""
+        return [*self._prefect(), "worker", "start", "--pool", POOL, "--type", "process", "--work-queue", queue,
+                "--name", f"{POOL}-{queue}"]
+
+    def host_queues(self, environments: Sequence[str]) -> list[tuple[str, str]]:
+        """(environment, queue) of every fleet host of these environments; on one machine (the sandbox,
+        the tests) their workers run here too."""
+        from deployments.config import environments_dir, load_environment
+
+        directory = environments_dir(self.env())
+        found = []
+        for environment in environments:
+            fleet = load_environment(environment, directory).fleet
+            found += [(environment, host.queue) for host in (fleet.hosts if fleet else [])]
+        return found
+
+    def _workers(self) -> list[str]:
+        return sorted(p.stem for p in self.home.glob("worker*.pid"))
 
     def start_server(self, timeout: float = 90) -> None:
         """The server alone (no pool, deployments or worker), unless it answers already."""
@@ -110,7 +140,7 @@ class Stack:
             self._wait_healthy(timeout=timeout)
 
     def down(self, log=print) -> None:  # type: ignore[no-untyped-def]
-        for name in ("worker", "server"):
+        for name in [*self._workers(), "server"]:
             self._stop(name, log)
 
     def _stop(self, name: str, log=print) -> None:  # type: ignore[no-untyped-def]
@@ -164,14 +194,16 @@ class Stack:
         raise StackError(f"the Prefect server did not come up on {self.api_url}; see {self.home / 'server.log'}")
 
 
-def render_deployments(template: Path, environments: Sequence[str]) -> str:
-    """prefect.yaml with each of its deployments once per environment, `{environment}` filled in."""
+def render_deployments(template: Path, environments: Sequence[str], fleets: Collection[str] = ()) -> str:
+    """prefect.yaml with each of its deployments once per environment, `{environment}` filled in; the
+    host-release one only for the environments in `fleets` (their files have [fleet])."""
     import yaml
 
     document = yaml.safe_load(template.read_text())
     document.pop("definitions", None)  # its anchors are resolved by the load
     document["deployments"] = [_filled(deployment, environment)
-                               for environment in environments for deployment in document["deployments"]]
+                               for environment in environments for deployment in document["deployments"]
+                               if environment in fleets or not deployment["entrypoint"].startswith(HOST_ENTRYPOINT)]
     return str(yaml.safe_dump(document, sort_keys=False, width=120))
 
 

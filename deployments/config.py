@@ -25,6 +25,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SerializationInfo,
     SerializerFunctionWrapHandler,
     ValidationError,
@@ -34,7 +35,9 @@ from pydantic import (
     model_validator,
 )
 
+from deployments.config_base import FilePath, Model, _relative_to_file
 from deployments.errors import ConfigError, InvalidInput
+from deployments.fleet import FleetConfig, HostConfig
 
 ENVIRONMENTS_DIR_VARIABLE = "DEPLOY_ENVIRONMENTS_DIR"
 DEFAULT_ENVIRONMENTS_DIR = Path(__file__).resolve().parent
@@ -44,15 +47,6 @@ BLOCK_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,99}$")
 APPROVER_ROLES = ("team-lead", "product-owner")
 
 
-def _relative_to_file(value: Path, info: ValidationInfo) -> Path:
-    base = (info.context or {}).get("base_dir")
-    # normpath, not resolve(): a venv's python is a symlink that must stay one.
-    if base is not None and not value.is_absolute():
-        return Path(os.path.normpath(Path(base) / value))
-    return value
-
-
-FilePath = Annotated[Path, AfterValidator(_relative_to_file)]
 
 # What git takes for a remote rather than a path: scheme://..., or scp-like user@host:path.
 REMOTE_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://|^[^/:]+@[^/:]+:")
@@ -63,10 +57,6 @@ def _repository_relative_to_file(value: str, info: ValidationInfo) -> str:
     if REMOTE_URL.match(value) or Path(value).is_absolute():
         return value
     return str(_relative_to_file(Path(value), info))
-
-
-class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ValueSource(Model):
@@ -547,6 +537,10 @@ class EnvironmentConfig(Model):
     metrics: MetricsConfig = MetricsConfig()
     dependencies: DependenciesConfig | None = Field(None, description=(
         "each release's own Python environment; without it the app runs in service.python as it is"))
+    fleet: FleetConfig | None = Field(None, description=(
+        "the hosts behind a load balancer, rolled batch by batch; without it the app runs on one host"))
+    host: str = Field("", description="set by the orchestrator, never in a file: the fleet host this is for")
+    _host_services: dict[str, ServiceConfig] = PrivateAttr(default_factory=dict)
 
     @field_validator("name")
     @classmethod
@@ -604,6 +598,46 @@ class EnvironmentConfig(Model):
             raise ValueError(f"critical_paths names must be unique; repeated: {', '.join(duplicates)}")
         return self
 
+    @model_validator(mode="after")
+    def _hosts_services(self, info: ValidationInfo) -> EnvironmentConfig:
+        """Each host's [service] is [service] with the host's differences, valid on its own."""
+        if self.host and info.context is not None:
+            raise ValueError("host is set by the orchestrator for one host of [fleet]; remove it from the file")
+        if self.fleet is None:
+            return self
+        if self.dependencies is not None:
+            raise ValueError("[fleet] with [dependencies] is not supported: each host would need the release's "
+                             "environment built on it; deploy a fleet's app in service.python as it is")
+        services = {}
+        for host in self.fleet.hosts:
+            try:
+                services[host.name] = _host_service(self.service, host, info.context)
+            except ValidationError as exc:
+                problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+                raise ValueError(f"fleet host {host.name}: service: {problems}") from None
+        self._host_services = services
+        return self
+
+    def for_host(self, name: str) -> EnvironmentConfig:
+        """This environment as seen on one host of its fleet: the host's checkout and service."""
+        if self.fleet is None:
+            raise InvalidInput(f"environment {self.name}", f"it has no [fleet], so no host {name!r}",
+                               "leave the host out: the environment is one host")
+        try:
+            host = self.fleet.host(name)
+        except KeyError:
+            raise InvalidInput(f"environment {self.name}", f"its [fleet] has no host {str(name)[:60]!r}",
+                               f"use one of: {', '.join(h.name for h in self.fleet.hosts)}") from None
+        source = self.source.model_copy(update={"workspace": host.workspace})
+        return self.model_copy(update={"source": source, "service": self._host_services[name], "host": name})
+
+    @property
+    def hosts(self) -> list[EnvironmentConfig]:
+        """Every host of the fleet, in the order they roll; empty for one host."""
+        if self.fleet is None:
+            return []
+        return [self.for_host(host.name) for batch in self.fleet.batches() for host in batch]
+
     @property
     def requires_approval(self) -> bool:
         return bool(self.approvals.required_roles)
@@ -618,6 +652,14 @@ class EnvironmentConfig(Model):
         down; Prefect stores a subflow's parameters as JSON, so its UI shows `config: production`, not
         every setting (a database URL among them) copied into each run."""
         return self.name if info.mode == "json" else handler(self)
+
+
+def _host_service(service: ServiceConfig, host: HostConfig, context: Any) -> ServiceConfig:
+    differences = dict(host.service)
+    merged = {**service.model_dump(exclude_unset=True), **differences}
+    merged["env"] = {**service.env, **differences.get("env", {})}
+    merged["base_url"] = differences.get("base_url", f"http://{host.address}")
+    return ServiceConfig.model_validate(merged, context=context)
 
 
 def environments_dir(environ: Mapping[str, str] | None = None) -> Path:

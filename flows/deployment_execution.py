@@ -4,6 +4,8 @@
     pull-release             step 4: check out the resolved SHA
     switch-environment       ... and make its own environment live ([dependencies]; built in the prerequisites)
     run-migrations           step 5: upgrade to the release's head
+    roll-batch-<n>           [fleet]: instead of the three steps below, on each host by its own worker,
+                             batch by batch, drained from the load balancer meanwhile (tasks/fleet)
     check-canary             the release, started beside production on a spare port, passes health and
                              the critical paths before it takes any traffic ([service.canary])
     restart-application      step 4: graceful reload; a release that cannot start leaves the old one serving
@@ -22,6 +24,7 @@ from deployments.config import EnvironmentConfig
 from deployments.secrets import resolve_database_url
 from tasks.canary import check_canary
 from tasks.dependencies import switch_environment
+from tasks.fleet import roll_fleet
 from records.ledger import Ledger
 from tasks.migrations import database_revision, run_migrations
 from tasks.service import log_offset, restart_application, verify_environment, watch_startup_logs
@@ -40,6 +43,9 @@ def deployment_execution(config: EnvironmentConfig, release_id: int, sha: str, a
     run_migrations(config, application_name)
     revision = database_revision(resolve_database_url(config))
     ledger.update(release_id, db_revision_after=revision)
+    if config.fleet is not None:  # the database is shared: migrated once, above, from the deploy's checkout
+        roll_fleet(config, sha, release_id)
+        return revision
     check_canary(config, sha)
     offset = log_offset(config)
     restart_application(config)

@@ -12,6 +12,7 @@
     restore-backup             the verified pre-deployment backup ... or verify-database-revision
     check-out-previous-release
     switch-back-environment    [dependencies]: the environment live before the failed release, as recorded
+    roll-back-batch-<n>        [fleet]: each host drained, rolled back by its own worker, back in rotation
     restart-application        skipped when the failed release never ran (stopped before its reload):
     check-health               the previous SHA is served and healthy (still in maintenance); when the
                                failed release never ran, healthy and not shown to serve another SHA
@@ -49,6 +50,7 @@ from tasks.steps import recording
 from tasks.backups import restore_database
 from tasks.data_loss import NotRestored, restore_allowed
 from tasks.dependencies import ensure_environment, switch_environment
+from tasks.fleet import roll_fleet
 from tasks.health import check_health
 from records.ledger import Ledger, Release
 from tasks.locks import deploy_lock, release_dead_holder
@@ -134,8 +136,12 @@ def rollback(environment: str, failed_run_id: str = "", to: str = "", reason: st
                 # A release stopped before its reload (its canary failed) never ran: the app's processes
                 # all predate its checkout and still run the previous code, so traffic need not wait for
                 # a restart. They are renewed from the previous tree once traffic flows again.
-                never_ran = never_served(config, ledger, subject)
-                if not never_ran:
+                never_ran = config.fleet is None and never_served(config, ledger, subject)
+                if config.fleet is not None and plan.code:
+                    # Every host, batch by batch as the deploy rolled them: drained, rolled back by its own
+                    # worker, healthy, back in rotation. A host already on the previous release is left.
+                    roll_fleet(config, plan.to_sha, record_id, rollback=True)
+                elif not never_ran and config.fleet is None:
                     restart_application(config)
                 # Retried each second until the health deadline, visibly; the first good answer will do:
                 # the release coming back held its health before, and every second here is downtime.

@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import string
 import sys
@@ -134,10 +135,14 @@ def up(
     edit: Callable[[str], str] | None = None,
     reset: bool = False,
     start: bool = True,
+    hosts: int = 0,
 ) -> dict[str, EnvironmentConfig]:
     """Build (or bring back) the sandbox at `root`. `edit` passes each environment file's text through
     a function before it is written (the demo's short watch); `reset` rewrites files an operator edited;
-    `start=False` prepares everything but starts no app."""
+    `start=False` prepares everything but starts no app. `hosts=N` (2 or more) makes production a fleet:
+    N app hosts on loopback addresses of their own behind HAProxy (see `fleet_section`)."""
+    if hosts == 1 or hosts < 0 or hosts > MAX_HOSTS:
+        raise SandboxError(f"--hosts takes 2 to {MAX_HOSTS} (a fleet); leave it out for one host")
     root = root.resolve()
     ports = {**DEFAULT_PORTS, **(ports or {})}
     python = python or Path(sys.executable)
@@ -161,10 +166,14 @@ def up(
     configs: dict[str, EnvironmentConfig] = {}
     for env, path in environment_files(root).items():
         text = render_environment(env, str(root), str(python), ports[env])
+        if hosts and env == FLEET_ENVIRONMENT:
+            text += fleet_section(root, ports[env], hosts)
         files.write(path, edit(text) if edit else text)
         configs[env] = config = load_environment_file(path)
         app_env = resolve_app_environment(config)
         _prepare_workspace(config, origin)
+        for host in config.hosts:
+            _prepare_workspace(host, origin)
         url = resolve_database_url(config)
         if url.startswith("postgresql"):
             _create_postgres_database(url)
@@ -179,16 +188,142 @@ def up(
             _run_app(config, app_env, [str(python), "-m", "alembic", "upgrade", "head"], "migrate")
             _run_app(config, app_env, [str(python), "-m", "jobapp.seed", "--profile", env], "seed")
             prepared.write_text(done)
-        pid = running_pid(config)
         if not start:
             log(f"{env:<11} prepared, not started ({make_url(url).get_backend_name()})")
             continue
-        if pid is None:
-            app_process.start(config, app_env)
-            pid = app_process.wait_for_pid_file(config, timeout=30)
-            _wait_healthy(config, timeout=30)
-        log(f"{env:<11} {config.service.base_url} pid {pid} ({make_url(url).get_backend_name()})")
+        for instance in config.hosts or [config]:
+            pid = _start(instance)
+            where = f"{env}/{instance.host}" if instance.host else env
+            log(f"{where:<11} {instance.service.base_url} pid {pid} ({make_url(url).get_backend_name()})")
+        if config.fleet is not None:
+            log(f"{env + '/lb':<11} {config.service.base_url} haproxy pid {_start_balancer(config)}, "
+                f"{len(config.fleet.hosts)} hosts")
     return configs
+
+
+def _start(config: EnvironmentConfig) -> int:
+    pid = running_pid(config)
+    if pid is None:
+        app_process.start(config, resolve_app_environment(config))
+        pid = app_process.wait_for_pid_file(config, timeout=30)
+        _wait_healthy(config, timeout=30)
+    return pid
+
+
+FLEET_ENVIRONMENT = "production"
+MAX_HOSTS = 9
+
+
+def host_address(port: int, number: int) -> str:
+    """Host `number` (from 1) of a sandbox fleet: a loopback address of its own, the environment's port."""
+    return f"127.0.0.{10 + number}:{port}"
+
+
+def fleet_section(root: Path, port: int, hosts: int) -> str:
+    """[fleet] for the sandbox's production: hosts web-1..web-N, each with its own checkout, processes,
+    log and loopback address, sharing the database and the data directory (the maintenance flag, the
+    documents) as hosts share them through a network volume; HAProxy on production's own address in
+    front of them. [source] workspace stays the deploy's checkout: it is migrated from, never served."""
+    env = FLEET_ENVIRONMENT
+    lines = [
+        "",
+        "# A fleet: `deployctl sandbox up --hosts N` wrote this. Each host's worker polls the queue named",
+        "# after it (`deployctl stack up` starts one per host here; on real hosts each host runs its own).",
+        "[fleet.load_balancer]",
+        'kind = "haproxy"',
+        f'socket = "{root}/{env}/haproxy/admin.sock"',
+        'backend = "app"',
+        "drain_timeout_seconds = 30",
+        "ready_timeout_seconds = 30",
+        "",
+        "[fleet.rollout]",
+        "batch_size = 1",
+        "canary_first = true",
+        "pause_seconds = 0",
+        "start_timeout_seconds = 60",
+        "worker_silence_seconds = 15",
+    ]
+    for number in range(1, hosts + 1):
+        name, address = f"web-{number}", host_address(port, number)
+        home = f"{root}/{env}/hosts/{name}"
+        lines += [
+            "",
+            "[[fleet.hosts]]",
+            f'name = "{name}"',
+            f'address = "{address}"',
+            f'workspace = "{home}/app"',
+            f'work_queue = "{name}"',
+            f'service = {{ pid_file = "{home}/run/gunicorn.pid", startup_log = "{home}/logs/app.log", '
+            f'env = {{ JOBAPP_BIND = "{address}", JOBAPP_DATA_DIR = "{root}/{env}/data" }} }}',
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def haproxy_config(config: EnvironmentConfig) -> str:
+    """HAProxy in front of the fleet: round robin, each host checked on its health every 200 ms (its
+    /api/health, which answers in maintenance too), the runtime API on the file's socket."""
+    assert config.fleet is not None
+    front = config.service.base_url.removeprefix("http://")
+    servers = "\n".join(f"    server {host.name} {host.address} check inter 200ms fall 2 rise 2"
+                         for host in config.fleet.hosts)
+    home = config.fleet.load_balancer.socket.parent
+    return f"""\
+# Written by `deployctl sandbox up --hosts N`.
+global
+    stats socket {config.fleet.load_balancer.socket} mode 600 level admin
+    pidfile {home / "haproxy.pid"}
+defaults
+    mode http
+    option redispatch
+    retries 3
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+frontend web
+    bind {front}
+    default_backend {config.fleet.load_balancer.backend}
+backend {config.fleet.load_balancer.backend}
+    balance roundrobin
+    option httpchk GET {config.health.api_path}
+{servers}
+"""
+
+
+def _start_balancer(config: EnvironmentConfig) -> int:
+    from tasks.load_balancer import HAProxy
+    from tasks.waiting import wait_until
+
+    assert config.fleet is not None
+    binary = shutil.which("haproxy") or ("/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None)
+    if binary is None:
+        raise SandboxError("a sandbox fleet needs HAProxy: install it (Debian: apt-get install haproxy)")
+    home = config.fleet.load_balancer.socket.parent
+    home.mkdir(parents=True, exist_ok=True)
+    pid = _balancer_pid(config)
+    if pid is not None:
+        return pid
+    (home / "haproxy.cfg").write_text(haproxy_config(config))
+    result = run(Command.of([binary, "-D", "-f", str(home / "haproxy.cfg")], cwd=home, timeout=30),
+                 step="start haproxy", error=one_line(SandboxError), advice=TOOL_ADVICE)
+    if not result.ok:
+        raise SandboxError(f"haproxy did not start: {result.stderr.strip()[-1500:]}")
+    balancer = HAProxy(config.fleet.load_balancer.socket, config.fleet.load_balancer.backend)
+    wait_until(lambda: all(s.in_rotation for s in balancer.servers()) or None, 30,
+               "HAProxy to see every sandbox host up", interval=0.1,
+               on_timeout=lambda: SandboxError(f"HAProxy does not see every host up within 30 s: "
+                                               f"{', '.join(s.describe() for s in balancer.servers())}"))
+    pid = _balancer_pid(config)
+    if pid is None:
+        raise SandboxError(f"haproxy started but wrote no pid file in {home}")
+    return pid
+
+
+def _balancer_pid(config: EnvironmentConfig) -> int | None:
+    from tasks.process_state import is_alive, read_pid
+
+    assert config.fleet is not None
+    pid = read_pid(config.fleet.load_balancer.socket.parent / "haproxy.pid")
+    return pid if pid is not None and is_alive(pid) else None
 
 
 class GeneratedFiles:
@@ -234,12 +369,21 @@ def down(root: Path = DEFAULT_ROOT, log=print) -> list[int]:
     for env, path in environment_files(root.resolve()).items():
         if not path.exists():
             continue
-        pid = app_process.stop(load_environment_file(path))
-        if pid is not None:
-            stopped.append(pid)
-            log(f"{env:<11} stopped pid {pid}")
-        else:
-            log(f"{env:<11} not running")
+        config = load_environment_file(path)
+        if config.fleet is not None:
+            balancer = _balancer_pid(config)
+            if balancer is not None:
+                os.kill(balancer, signal.SIGTERM)
+                stopped.append(balancer)
+                log(f"{env + '/lb':<11} stopped haproxy pid {balancer}")
+        for instance in config.hosts or [config]:
+            where = f"{env}/{instance.host}" if instance.host else env
+            pid = app_process.stop(instance)
+            if pid is not None:
+                stopped.append(pid)
+                log(f"{where:<11} stopped pid {pid}")
+            else:
+                log(f"{where:<11} not running")
     return stopped
 
 
@@ -249,18 +393,23 @@ def status(root: Path = DEFAULT_ROOT) -> list[InstanceStatus]:
         if not path.exists():
             continue
         config = load_environment_file(path)
-        port = int(config.service.base_url.rsplit(":", 1)[1])
-        sha = _git(config.source.workspace, "rev-parse", "HEAD") if config.source.workspace.exists() else None
         try:
             revision = database_revision(resolve_database_url(config))
         except DeployError as exc:
             revision = f"unreadable ({exc.cause})"
-        answer = probe(config.service.base_url + config.health.api_path, timeout=3)
-        if answer.body is not None:
-            health = f"{answer.body.get('status')} (HTTP {answer.status_code}, serves {str(answer.body.get('version'))[:12]})"
-        else:
-            health = answer.describe()
-        result.append(InstanceStatus(env, port, running_pid(config), sha, revision, health))
+        for instance in [config, *config.hosts]:
+            port = int(instance.service.base_url.rsplit(":", 1)[1])
+            workspace = instance.source.workspace
+            sha = _git(workspace, "rev-parse", "HEAD") if workspace.exists() else None
+            answer = probe(instance.service.base_url + instance.health.api_path, timeout=3)
+            if answer.body is not None:
+                health = (f"{answer.body.get('status')} (HTTP {answer.status_code}, serves "
+                          f"{str(answer.body.get('version'))[:12]})")
+            else:
+                health = answer.describe()
+            name = f"{env}/{instance.host}" if instance.host else (f"{env}/lb" if config.fleet else env)
+            pid = _balancer_pid(config) if config.fleet and not instance.host else running_pid(instance)
+            result.append(InstanceStatus(name, port, pid, sha, revision, health))
     return result
 
 

@@ -153,6 +153,22 @@ class NotMeasured:
         return f"not measured: {self.what} (monitoring.source = \"none\": the app publishes no metrics)"
 
 
+def scrape_app(config: EnvironmentConfig, transport: httpx.BaseTransport | None = None) -> Snapshot:
+    """The app's own metrics: its /metrics, or with [fleet] every host's, added up (as Prometheus sums
+    a job's targets): through the load balancer each scrape would be another host's counters."""
+    if config.fleet is None:
+        return scrape(metrics_url(config), config.monitoring, config.health.timeout_seconds, transport)
+    hosts = [scrape(metrics_url(host), host.monitoring, host.health.timeout_seconds, transport)
+             for host in config.hosts]
+    buckets: dict[float, float] = {}
+    for host in hosts:
+        for bound, count in host.buckets.items():
+            buckets[bound] = buckets.get(bound, 0.0) + count
+    users = [h.active_users for h in hosts if h.active_users is not None]
+    return Snapshot(sum(h.requests for h in hosts), sum(h.errors for h in hosts), buckets,
+                    sum(users) if users else None, time.time())
+
+
 def measured(config: EnvironmentConfig) -> bool:
     return config.monitoring.source != "none"
 
@@ -166,7 +182,7 @@ def record_baseline(config: EnvironmentConfig) -> Baseline | NotMeasured:
     """The pre-deploy performance every later comparison is made against."""
     if not measured(config):
         return NotMeasured("no baseline of error rate and response time")
-    snapshot = scrape(metrics_url(config), config.monitoring, config.health.timeout_seconds)
+    snapshot = scrape_app(config)
     whole = window(None, snapshot)
     return Baseline(whole.requests, whole.error_rate, whole.p95_seconds, whole.active_users)
 
@@ -197,8 +213,7 @@ def check_performance(config: EnvironmentConfig, baseline: Baseline | None,
     """Runbook step 9: monitoring receives data; response time and error rate within range."""
     if not measured(config):
         return NotMeasured("error rate and response time of the release")
-    url = metrics_url(config)
-    before = scrape(url, config.monitoring, config.health.timeout_seconds)
+    before = scrape_app(config)
     paths = [config.health.path, config.health.api_path]
     with http.client(base_url=config.service.base_url, timeout=config.health.timeout_seconds,
                      headers={"X-User-Id": "release-check"}) as client:
@@ -207,7 +222,7 @@ def check_performance(config: EnvironmentConfig, baseline: Baseline | None,
                 client.get(paths[i % len(paths)])
             except httpx.HTTPError:
                 continue  # a request that got no answer shows as missing from the metrics below
-    after = scrape(url, config.monitoring, config.health.timeout_seconds)
+    after = scrape_app(config)
     observed = window(before, after)
     problems = judge(config, observed, baseline, sample)
     result = Performance(observed, baseline, problems)
@@ -226,11 +241,12 @@ class AppMetrics:
         self.previous: Snapshot | None = None
 
     def describe(self) -> str:
+        if self.config.fleet is not None:
+            return f"{self.config.monitoring.metrics_path} of each of the {len(self.config.fleet.hosts)} hosts, added up"
         return metrics_url(self.config)
 
     def read(self) -> Window:
-        snapshot = scrape(metrics_url(self.config), self.config.monitoring, self.config.health.timeout_seconds,
-                          self.transport)
+        snapshot = scrape_app(self.config, self.transport)
         previous, self.previous = self.previous, snapshot
         if previous is None:  # the first sample only sets the start of the first window
             return Window(0.0, 0.0, None, snapshot.active_users)

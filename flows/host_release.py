@@ -1,0 +1,88 @@
+"""host-release: one host of a fleet onto a release, run by that host's own worker (its queue).
+
+    pull-release [host]             check out the SHA in the host's workspace
+    check-canary [host]             the release on a spare port of the host, health and critical paths
+    restart-application [host]      graceful reload; a release that cannot start leaves the old one serving
+    watch-startup-logs [host]       no error pattern in the host's log for the grace time
+    check-health [host]             the host serves the SHA, healthy, and holds so
+
+The deploy starts one run per host of a batch, after draining it from the load balancer (tasks/fleet);
+the rollback starts the same with `rollback=true`: the previous release checked out and reloaded, its
+health taken at the first good answer (in maintenance, if the rollback turned it on), no canary. A host
+already serving the SHA from that checkout is left as it is. Every step is written to the deploy's
+ledger record (`release_id`), named with the host.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any
+
+from prefect import Task, flow
+
+from deployments.config import load_environment
+from deployments.logs import install_log_filters, run_log
+from records.ledger import Ledger
+from tasks.canary import check_canary
+from tasks.health import check_health, probe
+from tasks.service import log_offset, restart_application, watch_startup_logs
+from tasks.source import current_sha, pull_release
+from tasks.steps import recording
+
+
+def run_name() -> str:
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters
+    what = "roll back to" if params.get("rollback") else "roll"
+    return f"{params['environment']}/{params['host']}: {what} {str(params['sha'])[:12]}"
+
+
+@flow(name="host-release", flow_run_name=run_name)
+def host_release(environment: str, host: str, sha: str, release_id: int = 0, rollback: bool = False) -> str:
+    """Put one host of a fleet on a release.
+
+    Args:
+        environment: The environment (a file in the environments directory) whose [fleet] has the host.
+        host: The host's name in [fleet].
+        sha: The release's full SHA, as the deploy or the rollback resolved it.
+        release_id: The ledger record the steps are written to (0: none).
+        rollback: Bring a previous release back: no canary, health at the first good answer.
+    """
+    install_log_filters()
+    config = load_environment(environment).for_host(host)
+    ledger = Ledger.for_state_dir(config.state_dir) if release_id else None
+    with recording(ledger, release_id) if ledger is not None else nullcontext():
+        if rollback and _serves(config, sha):
+            return f"{host} already serves {sha[:12]} from its checkout; left as it is"
+        on_host(pull_release, host, "check-out-previous-release" if rollback else None)(config, sha)
+        if config.service.canary is not None and not rollback:
+            on_host(check_canary, host)(config, sha)
+        offset = log_offset(config)
+        on_host(restart_application, host)(config)
+        on_host(watch_startup_logs, host)(config, offset)
+        if rollback:
+            retries = max(1, int(config.health.deadline_seconds)) - 1
+            report = on_host(check_health, host).with_options(retries=retries, retry_delay_seconds=1)(
+                config, sha, allow_maintenance=True, held=False)
+        else:
+            report = on_host(check_health, host)(config, sha)
+    run_log().info("%s serves %s: %s", host, sha[:12], report.describe())
+    return f"{host} serves {sha[:12]}, healthy"
+
+
+def on_host(step: Task[..., Any], host: str, name: str | None = None) -> Task[..., Any]:
+    """The step under its runbook name with the host's: the ledger and the UI tell hosts apart."""
+    return step.with_options(name=f"{name or step.name} [{host}]")
+
+
+def _serves(config: Any, sha: str) -> bool:
+    try:
+        checked_out = current_sha(config.source.workspace)
+    except Exception:
+        return False
+    answer = probe(f"{config.service.base_url}{config.health.api_path}", config.health.timeout_seconds)
+    version = (answer.body or {}).get("version")
+    if not (answer.ok and isinstance(version, str) and len(version) >= 7):
+        return False
+    return checked_out == sha and sha.startswith(version)

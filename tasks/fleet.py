@@ -1,0 +1,202 @@
+"""Rolling a release across a fleet, batch by batch ([fleet] in the environment file).
+
+    roll-batch <n>      each host of the batch drained from the load balancer (its requests in flight
+                        finish), rolled on its own host by its own worker (a `host-release` run on the
+                        host's queue: checkout, canary, reload, startup log, health held), then put back
+                        in rotation once the balancer's own check sees it up
+
+The batches run one after the other; a batch that fails stops the rollout there, its failed hosts left
+out of rotation, and the deploy fails (so its rollback returns every host). A host's run is watched,
+never waited on blindly: a run no worker takes within `start_timeout_seconds`, or whose worker stops
+polling its queue for `worker_silence_seconds` (killed, or its machine gone), is lost: it is cancelled
+and the host counts as failed, in an unknown state that the rollback must bring back.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import FlowRun
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
+from prefect.states import Cancelled
+
+from deployments.config import EnvironmentConfig
+from deployments.errors import DeployError, ServiceError
+from deployments.fleet import HostConfig
+from deployments.logs import run_log
+from tasks.load_balancer import HAProxy, LoadBalancer
+from tasks.steps import change_step
+
+HOST_FLOW = "host-release"
+POLL_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class HostRun:
+    host: str
+    ok: bool
+    detail: str
+    run_name: str = ""
+
+    def describe(self) -> str:
+        return f"{self.host}: {self.detail}"
+
+
+class FleetError(DeployError):
+    pass
+
+
+def load_balancer(config: EnvironmentConfig) -> LoadBalancer:
+    assert config.fleet is not None
+    balancer = config.fleet.load_balancer
+    return HAProxy(balancer.socket, balancer.backend, step=f"load balancer ({config.name})")
+
+
+def roll_fleet(config: EnvironmentConfig, sha: str, release_id: int, rollback: bool = False) -> list[HostRun]:
+    """Every host onto `sha`, batch by batch; raises on the first batch that fails."""
+    assert config.fleet is not None
+    done: list[HostRun] = []
+    batches = config.fleet.batches()
+    for number, batch in enumerate(batches, start=1):
+        if number > 1 and config.fleet.rollout.pause_seconds:
+            run_log().info("Pausing %g s before batch %d of %d.", config.fleet.rollout.pause_seconds, number, len(batches))
+            time.sleep(config.fleet.rollout.pause_seconds)
+        name = f"{'roll-back' if rollback else 'roll'}-batch-{number}"
+        done += roll_batch.with_options(name=name)(config, [h.name for h in batch], sha, release_id, rollback)
+    return done
+
+
+@change_step("roll-batch")
+def roll_batch(config: EnvironmentConfig, hosts: list[str], sha: str, release_id: int, rollback: bool) -> list[HostRun]:
+    assert config.fleet is not None
+    fleet = config.fleet
+    step = f"roll {', '.join(hosts)} ({config.name})"
+    balancer = load_balancer(config)
+    for host in hosts:
+        state = balancer.drain(host, fleet.load_balancer.drain_timeout_seconds)
+        run_log().info("Drained %s from the load balancer (%s).", host, state.describe())
+    runs = [start_host_run(config, fleet.host(host), sha, release_id, rollback) for host in hosts]
+    outcomes = [watch_host_run(config, fleet.host(run[0]), run[1]) for run in runs]
+    failed = [outcome for outcome in outcomes if not outcome.ok]
+    if failed:
+        raise FleetError(step, "; ".join(outcome.describe() for outcome in failed),
+                         "the failed host(s) stay out of rotation; " + (
+                             "the rollback brings every host back" if not rollback else
+                             "bring them back by hand (their worker's log says why), then run the rollback again"))
+    for host in hosts:
+        state = balancer.ready(host, fleet.load_balancer.ready_timeout_seconds)
+        run_log().info("%s is back in rotation (%s).", host, state.describe())
+    return outcomes
+
+
+def start_host_run(config: EnvironmentConfig, host: HostConfig, sha: str, release_id: int,
+                   rollback: bool) -> tuple[str, FlowRun | HostRun]:
+    """A `host-release` run on the host's own queue; without such a deployment on the server (one
+    machine, no workers), the host is rolled in this process."""
+    parameters = {"environment": config.name, "host": host.name, "sha": sha, "release_id": release_id,
+                  "rollback": rollback}
+    try:
+        run = run_deployment(f"{HOST_FLOW}/{config.name}", parameters=parameters, timeout=0,
+                             work_queue_name=host.queue, as_subflow=True)
+    except ObjectNotFound:
+        from flows.host_release import host_release
+
+        run_log().warning("No %s/%s deployment on this server: rolling %s in this process.", HOST_FLOW,
+                          config.name, host.name)
+        state = host_release(**parameters, return_state=True)
+        ok = state.is_completed()
+        return host.name, HostRun(host.name, ok, str(state.result(raise_on_failure=False)) if ok else
+                                  (state.message or state.name))
+    run_log().info("%s: run %s on queue %s.", host.name, run.name, host.queue)
+    return host.name, run
+
+
+def watch_host_run(config: EnvironmentConfig, host: HostConfig, run: FlowRun | HostRun) -> HostRun:
+    """Until the host's run ends, or is lost with its worker; bounded by the rollout's timeouts."""
+    if isinstance(run, HostRun):
+        return run
+    assert config.fleet is not None
+    rollout = config.fleet.rollout
+    started = time.monotonic()
+    with get_client(sync_client=True) as client:
+        while True:
+            current = client.read_flow_run(run.id)
+            state = current.state
+            waited = time.monotonic() - started
+            if state is not None and state.is_final():
+                if state.is_completed():
+                    return HostRun(host.name, True, state.message or f"{current.name} completed", current.name)
+                return HostRun(host.name, False, f"its run {current.name} ended {state.name}: "
+                               f"{_first_line(state.message) or 'see the run in the UI'}", current.name)
+            lost = _lost(client, current, host, waited, rollout)
+            if lost is None and waited > rollout.host_timeout_seconds:
+                lost = f"its run {current.name} did not end within {rollout.host_timeout_seconds:g} s"
+            if lost is not None:
+                _cancel(client, run.id, lost)
+                return HostRun(host.name, False, f"{lost}; its state is unknown", current.name)
+            time.sleep(POLL_SECONDS)
+
+
+def _lost(client: Any, run: FlowRun, host: HostConfig, waited: float, rollout: Any) -> str | None:
+    state = run.state
+    if state is not None and (state.is_scheduled() or state.is_pending()) and waited > rollout.start_timeout_seconds:
+        return (f"no worker took its run {run.name} from queue {host.queue} within "
+                f"{rollout.start_timeout_seconds:g} s: is the worker on {host.name} running?")
+    polled = _last_polled(client, run)
+    if polled is not None and polled > rollout.worker_silence_seconds:
+        return (f"its worker stopped polling queue {host.queue} {polled:.0f} s ago (gone: killed, or its host "
+                f"down) while its run {run.name} was {state.name if state else 'unknown'}")
+    return None
+
+
+def _last_polled(client: Any, run: FlowRun) -> float | None:
+    """Seconds since a worker last polled the run's queue; None when the server does not say."""
+    if not run.work_queue_name:
+        return None
+    try:
+        queue = client.read_work_queue_by_name(run.work_queue_name, work_pool_name=run.work_pool_name)
+    except ObjectNotFound:
+        return None
+    if queue.last_polled is None:
+        return None
+    return max(0.0, time.time() - queue.last_polled.timestamp())
+
+
+def _cancel(client: Any, run_id: UUID, why: str) -> None:
+    try:
+        client.set_flow_run_state(run_id, Cancelled(message=why[:500]), force=True)
+    except Exception as exc:  # the host is failed either way; the run's state is only bookkeeping
+        run_log().warning("Could not cancel run %s (%s).", run_id, exc)
+
+
+def _first_line(message: str | None) -> str:
+    return (message or "").strip().splitlines()[0][:400] if (message or "").strip() else ""
+
+
+def fleet_status(config: EnvironmentConfig) -> list[dict[str, str]]:
+    """What each host serves and how it is, as its own health answer and the balancer say."""
+    from tasks.health import probe
+
+    assert config.fleet is not None
+    try:
+        seen = {s.name: s for s in load_balancer(config).servers()}
+    except ServiceError as exc:
+        seen, balancer_error = {}, exc.cause
+    else:
+        balancer_error = ""
+    rows = []
+    for host in config.hosts:
+        answer = probe(f"{host.service.base_url}{host.health.api_path}", host.health.timeout_seconds)
+        body = answer.body or {}
+        version = body.get("version") if isinstance(body.get("version"), str) else None
+        server = seen.get(host.host)
+        rows.append({"host": host.host, "address": host.service.base_url,
+                     "serves": str(version)[:12] if version else "?",
+                     "health": str(body.get("status", "healthy" if answer.ok else "")) or answer.describe(),
+                     "balancer": server.describe() if server else (balancer_error or "not in its backend")})
+    return rows
