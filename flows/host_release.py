@@ -1,5 +1,6 @@
 """host-release: one host of a fleet onto a release, run by that host's own worker (its queue).
 
+    check-workspace [host]          no change made by hand in the host's checkout (a deploy would discard it)
     pull-release [host]             check out the SHA in the host's workspace
     check-canary [host]             the release on a spare port of the host, health and critical paths
     restart-application [host]      graceful reload; a release that cannot start leaves the old one serving
@@ -26,7 +27,7 @@ from records.ledger import Ledger
 from tasks.canary import check_canary
 from tasks.health import check_health, probe
 from tasks.service import log_offset, restart_application, watch_startup_logs
-from tasks.source import current_sha, pull_release
+from tasks.source import check_workspace, current_sha, pull_release
 from tasks.steps import recording
 
 
@@ -55,6 +56,8 @@ def host_release(environment: str, host: str, sha: str, release_id: int = 0, rol
     with recording(ledger, release_id) if ledger is not None else nullcontext():
         if rollback and _serves(config, sha):
             return f"{host} already serves {sha[:12]} from its checkout; left as it is"
+        if not rollback:  # a change made by hand on this host would be overwritten silently
+            on_host(check_workspace, host)(config)
         on_host(pull_release, host, "check-out-previous-release" if rollback else None)(config, sha)
         if config.service.canary is not None and not rollback:
             on_host(check_canary, host)(config, sha)
@@ -83,6 +86,7 @@ def _serves(config: Any, sha: str) -> bool:
         return False
     answer = probe(f"{config.service.base_url}{config.health.api_path}", config.health.timeout_seconds)
     version = (answer.body or {}).get("version")
-    if not (answer.ok and isinstance(version, str) and len(version) >= 7):
+    # In maintenance (a rollback's) the app answers 503 and still says what it serves.
+    if answer.status_code not in (200, 503) or not isinstance(version, str) or len(version) < 7:
         return False
     return checked_out == sha and sha.startswith(version)

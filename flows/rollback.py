@@ -17,6 +17,7 @@
     check-health               the previous SHA is served and healthy (still in maintenance); when the
                                failed release never ran, healthy and not shown to serve another SHA
     resume-traffic
+    check-load-balancer        [fleet]: the balancer's own check sees every host up again
     renew-application          ... the previous release's processes are renewed here, with traffic on
     run-critical-path-tests    verify critical functionality works
     notify                     stakeholders told; ledger: rolled_back or rollback_failed
@@ -50,7 +51,7 @@ from tasks.steps import recording
 from tasks.backups import restore_database
 from tasks.data_loss import NotRestored, restore_allowed
 from tasks.dependencies import ensure_environment, switch_environment
-from tasks.fleet import roll_fleet
+from tasks.fleet import check_balancer, roll_fleet
 from tasks.health import check_health
 from records.ledger import Ledger, Release
 from tasks.locks import deploy_lock, release_dead_holder
@@ -149,11 +150,17 @@ def rollback(environment: str, failed_run_id: str = "", to: str = "", reason: st
                                                           retry_delay_seconds=1)
                 # Processes that predate the failed release's checkout cannot be shown, by the workspace, to
                 # serve the previous one checked out after them: that waits for their renewal.
-                verify_health(config, plan.to_sha, allow_maintenance=True, held=False, unverified_ok=never_ran)
+                # A fleet's balancer sees no host up while maintenance is on: each host is asked itself.
+                for instance in config.hosts or [config]:
+                    named = verify_health.with_options(name=f"check-health [{instance.host}]") if instance.host else verify_health
+                    named(instance, plan.to_sha, allow_maintenance=True, held=False, unverified_ok=never_ran)
                 if code_first:
                     undo_database(config, plan, app_name, restoring)
                 ledger.update(subject.id, restored_at=datetime.now(timezone.utc))
                 resume_traffic(config)
+                if config.fleet is not None:
+                    check_balancer(config)
+                    verify_health(config, plan.to_sha, held=False)  # as users see it, through the balancer
                 if never_ran:
                     restart_application.with_options(name="renew-application")(config)
                     verify_health(config, plan.to_sha, held=False)

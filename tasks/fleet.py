@@ -29,8 +29,9 @@ from deployments.config import EnvironmentConfig
 from deployments.errors import DeployError, ServiceError
 from deployments.fleet import HostConfig
 from deployments.logs import run_log
-from tasks.load_balancer import HAProxy, LoadBalancer
-from tasks.steps import change_step
+from tasks.load_balancer import HAProxy, LoadBalancer, ServerState
+from tasks.steps import change_step, read_step
+from tasks.waiting import wait_until
 
 HOST_FLOW = "host-release"
 POLL_SECONDS = 1.0
@@ -88,10 +89,33 @@ def roll_batch(config: EnvironmentConfig, hosts: list[str], sha: str, release_id
                          "the failed host(s) stay out of rotation; " + (
                              "the rollback brings every host back" if not rollback else
                              "bring them back by hand (their worker's log says why), then run the rollback again"))
+    # A rollback runs in maintenance when the app has one: every host then fails the balancer's check
+    # until traffic resumes, after which `check_balancer` waits for them all.
+    in_maintenance = rollback and bool(config.service.maintenance_on_command)
     for host in hosts:
-        state = balancer.ready(host, fleet.load_balancer.ready_timeout_seconds)
+        state = balancer.ready(host, fleet.load_balancer.ready_timeout_seconds, wait_up=not in_maintenance)
         run_log().info("%s is back in rotation (%s).", host, state.describe())
     return outcomes
+
+
+@read_step("check-load-balancer", retries=0)
+def check_balancer(config: EnvironmentConfig) -> str:
+    """Every host in rotation, as the balancer's own check sees it (after a rollback resumed traffic)."""
+    assert config.fleet is not None
+    balancer, bound = load_balancer(config), config.fleet.load_balancer.ready_timeout_seconds
+    names = [host.name for host in config.fleet.hosts]
+
+    def all_up() -> list[ServerState] | None:
+        seen = [s for s in balancer.servers() if s.name in names]
+        return seen if len(seen) == len(names) and all(s.in_rotation for s in seen) else None
+
+    seen = wait_until(all_up, bound, "the load balancer to see every host up", interval=0.2,
+                      on_timeout=lambda: ServiceError(
+                          f"check load balancer ({config.name})",
+                          f"not every host is up {bound:g} s after traffic resumed: "
+                          + ", ".join(s.describe() for s in balancer.servers() if s.name in names),
+                          "check the hosts that are down (`deployctl status`); the balancer keeps them out of rotation"))
+    return f"{len(seen)} hosts in rotation: " + ", ".join(s.describe() for s in seen)
 
 
 def start_host_run(config: EnvironmentConfig, host: HostConfig, sha: str, release_id: int,
@@ -175,7 +199,8 @@ def _cancel(client: Any, run_id: UUID, why: str) -> None:
 
 
 def _first_line(message: str | None) -> str:
-    return (message or "").strip().splitlines()[0][:400] if (message or "").strip() else ""
+    text = (message or "").strip().removeprefix("Flow run encountered an exception: ")
+    return text.splitlines()[0][:400] if text else ""
 
 
 def fleet_status(config: EnvironmentConfig) -> list[dict[str, str]]:

@@ -45,7 +45,7 @@ class LoadBalancer(Protocol):
 
     def drain(self, server: str, timeout: float) -> ServerState: ...
 
-    def ready(self, server: str, timeout: float) -> ServerState: ...
+    def ready(self, server: str, timeout: float, wait_up: bool = True) -> ServerState: ...
 
 
 class HAProxy:
@@ -111,9 +111,12 @@ class HAProxy:
                                          f"{timeout:g} s after it was drained",
                               "look for long requests on it; it stays drained, out of rotation"))
 
-    def ready(self, server: str, timeout: float) -> ServerState:
-        """Back in rotation, once HAProxy's own health check sees it up."""
+    def ready(self, server: str, timeout: float, wait_up: bool = True) -> ServerState:
+        """Back in rotation, once HAProxy's own health check sees it up (`wait_up=False`: at once, as
+        in maintenance mode, when every host fails the check until traffic resumes)."""
         self._set(server, "ready")
+        if not wait_up:
+            return self.server(server)
 
         def up() -> ServerState | None:
             state = self.server(server)

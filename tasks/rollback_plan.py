@@ -56,13 +56,19 @@ class RollbackPlan:
         return f"{database}; {code} ({self.reason})"
 
 
-def decide(release: Release, steps: list[StepRecord], backend: str, live_revision: str | None) -> RollbackPlan:
-    """The plan for undoing `release`, a deploy that failed (or is being undone by hand)."""
+def decide(release: Release, steps: list[StepRecord], backend: str, live_revision: str | None,
+           fleet: bool = False) -> RollbackPlan:
+    """The plan for undoing `release`, a deploy that failed (or is being undone by hand). On a fleet, a
+    rollback that failed part way (a host lost with its worker) is run again for its hosts alone, once
+    the database is back: the hosts still on the release are rolled back, the others left as they are."""
     migration = next((s.status for s in reversed(steps) if s.name == "run-migrations"), None)
     pending = release.migrations or []
     base = dict(release_id=release.id, from_sha=release.target_sha, to_sha=release.previous_sha,
                 to_revision=release.db_revision_before, backup_tag=release.backup_tag,
                 expand_only=bool(pending) and all(p.get("expand_only") for p in pending))
+    if fleet and release.outcome == "rollback_failed" and live_revision == release.db_revision_before:
+        return RollbackPlan(**base, database="verify", code=True,
+                            reason="its rollback failed with the database already back: the hosts again")
     if release.outcome in DONE:
         return RollbackPlan(**base, database="none", code=False, reason=f"the release is already {release.outcome}")
     if not release.code_changed and not release.migration_started:
@@ -92,7 +98,7 @@ def choose_rollback_plan(config: EnvironmentConfig, ledger: Ledger, release: Rel
     url = resolve_database_url(config)
     backend = make_url(url).get_backend_name()
     live = database_revision(url)
-    plan = decide(release, ledger.steps(release.id), backend, live)
+    plan = decide(release, ledger.steps(release.id), backend, live, fleet=config.fleet is not None)
     if plan.database == "restore" and plan.backup_tag is None:
         raise RollbackFailed("choose rollback plan", "the database must be restored but the release took no backup",
                              "restore the database by hand from your own backups")
