@@ -26,7 +26,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 from uuid import UUID
 
 from deployments.errors import DeployError
@@ -380,9 +380,26 @@ def _status(args: argparse.Namespace) -> int:
     if last_good is not None:
         print(f"last good release: {last_good.ref} {str(last_good.target_sha)[:12]} at "
               f"{last_good.finished_at:%Y-%m-%d %H:%M:%S}")
+    if config.fleet is not None:
+        print(_fleet_table(config))
     for line in _history(ledger, config.name, args.limit):
         print(line)
     return 0
+
+
+def _fleet_table(config: Any) -> str:
+    """Each host: what it serves and how, by its own health answer; what the balancer sees of it. A
+    fleet on more than one release is said so, never left for the reader to spot."""
+    from tasks.fleet import fleet_status
+
+    rows = fleet_status(config)
+    lines = [f"\n{'HOST':<12} {'ADDRESS':<26} {'SERVES':<13} {'HEALTH':<12} LOAD BALANCER"]
+    lines += [f"{r['host']:<12} {r['address']:<26} {r['serves']:<13} {r['health']:<12} {r['balancer']}" for r in rows]
+    releases = sorted({r["serves"] for r in rows})
+    if len(releases) > 1:
+        lines.append(f"MIXED: the hosts serve {len(releases)} releases ({', '.join(releases)}); run "
+                     f"rollback/{config.name} (or deploy again) to bring them onto one")
+    return "\n".join(lines)
 
 
 def _history(ledger: Ledger, environment: str, limit: int) -> list[str]:
