@@ -260,8 +260,9 @@ def fleet_section(root: Path, port: int, hosts: int) -> str:
 
 
 def haproxy_config(config: EnvironmentConfig) -> str:
-    """HAProxy in front of the fleet: round robin, each host checked on its health every 200 ms (its
-    /api/health, which answers in maintenance too), the runtime API on the file's socket."""
+    """HAProxy in front of the fleet: round robin, each host checked every 200 ms on its /api/health,
+    up while it says ok or maintenance (a rollback's maintenance page is the app's, with its Retry-After,
+    not the balancer's "no server available"), the runtime API on the file's socket."""
     assert config.fleet is not None
     front = config.service.base_url.removeprefix("http://")
     servers = "\n".join(f"    server {host.name} {host.address} check inter 200ms fall 2 rise 2"
@@ -285,6 +286,7 @@ frontend web
 backend {config.fleet.load_balancer.backend}
     balance roundrobin
     option httpchk GET {config.health.api_path}
+    http-check expect rstring status.:.(ok|maintenance)
 {servers}
 """
 

@@ -27,14 +27,15 @@ DEPLOYCTL = str(Path(sys.executable).with_name("deployctl"))
 
 def stack_with_sandbox(tmp_path_factory: pytest.TempPathFactory, db: str = "sqlite",
                        server_database_url: str | None = None,
-                       prepare: Callable[[Sandbox], None] | None = None) -> Iterator[tuple[Stack, Sandbox]]:
+                       prepare: Callable[[Sandbox], None] | None = None, hosts: int = 0,
+                       edit: Callable[[str], str] | None = None) -> Iterator[tuple[Stack, Sandbox]]:
     """A sandbox and a Prefect stack serving it; `server_database_url` puts the server on that database,
     `prepare` edits the sandbox's environment files before any flow reads them.
 
     The sandbox builds while the server starts: nothing on the stack reads the environment files
     before a flow runs, and both take about ten seconds."""
     root = tmp_path_factory.mktemp("sbx") / "sandbox"
-    boxes = make_sandbox(tmp_path_factory, db, root=root)
+    boxes = make_sandbox(tmp_path_factory, db, root=root, hosts=hosts, edit=edit)
     (port,) = free_ports(1)
     home, database = prefect_server_database(tmp_path_factory)
     server = Stack(home=home, port=port, environments_dir=root / "environments",
@@ -46,6 +47,8 @@ def stack_with_sandbox(tmp_path_factory: pytest.TempPathFactory, db: str = "sqli
             box = building.result()
             if prepare is not None:
                 prepare(box)
+            if hosts:  # the fleet's files are whole now: its host-release deployment and host workers
+                server.up(log=lambda *_: None)
             yield server, box
         finally:
             drain_prefect_queues()

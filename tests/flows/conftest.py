@@ -65,7 +65,9 @@ def sandbox_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def make_sandbox(tmp_path_factory: pytest.TempPathFactory, db: str = "sqlite",
-                 root: Path | None = None) -> Iterator[Sandbox]:
+                 root: Path | None = None, hosts: int = 0,
+                 edit: Callable[[str], str] | None = None) -> Iterator[Sandbox]:
+    """A sandbox of its own (production a fleet of `hosts`), its files tuned by `fast`, then `edit`."""
     root = root or tmp_path_factory.mktemp("sbx") / "sandbox"
     if db == "sqlite":
         shutil.copytree(sandbox_template(tmp_path_factory), root, symlinks=True)
@@ -73,7 +75,7 @@ def make_sandbox(tmp_path_factory: pytest.TempPathFactory, db: str = "sqlite",
     # Tuned as the files are written, before the apps start: a USR2 reload keeps the environment the
     # master started with, so JOBAPP_WORKERS edited afterwards would never take.
     sandbox.up(root, db=db, ports={"staging": staging_port, "production": production_port}, log=lambda *_: None,
-               edit=fast)
+               edit=lambda text: edit(fast(text)) if edit else fast(text), hosts=hosts)
     box = Sandbox(root, db)
     previous = os.environ.get("DEPLOY_ENVIRONMENTS_DIR")
     os.environ["DEPLOY_ENVIRONMENTS_DIR"] = str(box.environments)

@@ -1,0 +1,250 @@
+"""A fleet, end to end: `sandbox up --hosts 3` (three app hosts on loopback addresses of their own behind a
+real HAProxy), a real Prefect server with a worker for the deploys and one per host queue, and users
+sending requests through the balancer the whole time.
+
+The story, in order (each test starts where the one before left the fleet):
+  1. v2 fails on its second batch (someone changed web-2's checkout by hand): web-1 had rolled; the
+     automatic rollback returns it and the database to v1; web-2 keeps its hand change.
+  2. with web-2's change undone, v2 rolls across the fleet; no request through the balancer fails.
+  3. web-2's worker is killed while its run rolls web-2: the loss is seen, the deploy fails, the
+     rollback cannot reach web-2 and says so (`deployctl status` shows the fleet mixed); once web-2's
+     worker is back, the rollback run again brings the fleet onto one release.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deployctl.stack import Stack
+from records.ledger import Ledger
+from tasks.load_balancer import HAProxy
+from tests.e2e.operator import (FINAL, deployctl, flow_process, flow_runs, run_of, stack_with_sandbox, state_of, trigger,
+                                wait_for)
+from tests.flows.conftest import Sandbox
+from tests.tasks.test_load_balancer import haproxy_binary  # noqa: F401  (fixture: fails under REQUIRE_HAPROXY)
+
+pytestmark = pytest.mark.slow
+
+HOSTS = ("web-1", "web-2", "web-3")
+
+
+def fleet_file(text: str) -> str:
+    """Production as the story needs it: no staging gate and no approvals (tests/e2e covers both), the
+    watch off, batches of one host then two, and a lost worker noticed within seconds."""
+    text = text.replace('staging_environment = "staging"', "")
+    text = text.replace('required_roles = ["team-lead", "product-owner"]', "required_roles = []")
+    text = text.replace("[watch]\nenabled = true", "[watch]\nenabled = false")
+    return (text.replace("batch_size = 1", "batch_size = 2").replace("start_timeout_seconds = 60", "start_timeout_seconds = 20")
+            .replace("worker_silence_seconds = 15", "worker_silence_seconds = 8"))
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory, haproxy_binary: str) -> Iterator[tuple[Stack, Sandbox]]:  # noqa: F811
+    yield from stack_with_sandbox(tmp_path_factory, hosts=len(HOSTS), edit=fleet_file)
+
+
+class Users(threading.Thread):
+    """Requests through the balancer, as fast as four keep-alive clients go, each answer counted: 200,
+    503 from the app's maintenance mode (its Retry-After says so), or a failure (anything else)."""
+
+    def __init__(self, base_url: str, clients: int = 4) -> None:
+        super().__init__(daemon=True)
+        self.base_url, self.clients = base_url, clients
+        self.answers: Counter[str] = Counter()
+        self.failures: list[str] = []
+        self.done = threading.Event()
+        self.lock = threading.Lock()
+        self.seconds = 0.0
+
+    def run(self) -> None:
+        started = time.monotonic()
+        threads = [threading.Thread(target=self.user, daemon=True) for _ in range(self.clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        self.seconds = time.monotonic() - started
+
+    def user(self) -> None:
+        with httpx.Client(base_url=self.base_url, timeout=10) as client:
+            while not self.done.is_set():
+                try:
+                    answer = client.get("/api/jobs")
+                    kind = "maintenance" if answer.status_code == 503 and "Retry-After" in answer.headers else str(answer.status_code)
+                except httpx.HTTPError as exc:
+                    kind = type(exc).__name__
+                with self.lock:
+                    self.answers[kind] += 1
+                    if kind not in ("200", "maintenance") and len(self.failures) < 20:
+                        self.failures.append(kind)
+
+    def __enter__(self) -> Users:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.join(30)
+
+    def report(self) -> str:
+        total = sum(self.answers.values())
+        return f"{total} requests in {self.seconds:.0f} s ({total / max(self.seconds, 1):.0f}/s): {dict(self.answers)}"
+
+
+def serves(stack: Stack, box: Sandbox) -> dict[str, str]:
+    production = box.config("production")
+    found = {}
+    for host in production.hosts:
+        body = httpx.get(f"{host.service.base_url}/api/health", timeout=5).json()
+        found[host.host] = str(body.get("version"))[:12]
+    return found
+
+
+def balancer(box: Sandbox) -> HAProxy:
+    production = box.config("production")
+    assert production.fleet is not None
+    return HAProxy(production.fleet.load_balancer.socket, production.fleet.load_balancer.backend)
+
+
+def hand_change(box: Sandbox) -> Path:
+    return box.root / "production" / "hosts" / "web-2" / "app" / "jobapp" / "scraper.py"
+
+
+def rollback_of(stack: Stack, deploy_run_id: str, timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        mine = [r for r in flow_runs(stack, "rollback") if r["parameters"].get("failed_run_id") == deploy_run_id]
+        if mine:
+            return str(mine[0]["id"])
+        time.sleep(1)
+    raise AssertionError(f"no rollback of {deploy_run_id} started")
+
+
+def host_runs(stack: Stack, release_id: int) -> list[dict]:  # type: ignore[type-arg]
+    """The host-release runs a deploy (its ledger record) started."""
+    return [r for r in flow_runs(stack, "host-release") if r["parameters"].get("release_id") == release_id]
+
+
+def test_a_release_failing_on_its_second_batch_is_rolled_back_across_the_fleet(fleet: tuple[Stack, Sandbox]) -> None:
+    stack, box = fleet
+    v1, v2 = box.sha("v1")[:12], box.sha("v2")[:12]
+    changed = hand_change(box)
+    changed.write_text(changed.read_text() + "\n# changed by hand on web-2\n")
+    production = box.config("production")
+    with Users(production.service.base_url) as users:
+        run_id = trigger(stack, "production-deployment/production", "v2")
+        assert wait_for(stack, run_id, FINAL, timeout=600) == "FAILED"
+        message = run_of(stack, run_id)["state"]["message"]
+        assert "roll web-2, web-3 (production)" in message and "has local changes (jobapp/scraper.py)" in message
+        rollback = rollback_of(stack, run_id)
+        assert wait_for(stack, rollback, FINAL, timeout=600) == "COMPLETED", run_of(stack, rollback)["state"]
+    assert serves(stack, box) == dict.fromkeys(HOSTS, v1)
+    assert "changed by hand on web-2" in changed.read_text()  # never overwritten, by the deploy or the rollback
+    assert all(server.in_rotation for server in balancer(box).servers())
+    ledger = Ledger.for_state_dir(production.state_dir)
+    release = ledger.by_flow_run(run_id)
+    assert release is not None and release.outcome == "rolled_back" and release.db_revision_before == "0001"
+    steps = {s.name: s.status for s in ledger.steps(release.id)}
+    assert steps["roll-batch-1"] == "completed" and steps["roll-batch-2"] == "failed"
+    assert steps["pull-release [web-1]"] == "completed" and steps["check-workspace [web-2]"] == "failed"
+    assert "pull-release [web-2]" not in steps
+    assert users.failures == [], users.report()
+    assert users.answers["200"] > 0, users.report()
+    print(f"v2 failing on batch 2, then its rollback, through the balancer: {users.report()} (v2 was {v2})")
+
+
+def test_v2_rolls_across_the_fleet_without_failing_a_request(fleet: tuple[Stack, Sandbox]) -> None:
+    stack, box = fleet
+    subprocess.run(["git", "checkout", "--", "jobapp/scraper.py"], cwd=hand_change(box).parent.parent, check=True)
+    production = box.config("production")
+    with Users(production.service.base_url) as users:
+        run_id = trigger(stack, "production-deployment/production", "v2")
+        assert wait_for(stack, run_id, FINAL, timeout=600) == "COMPLETED", run_of(stack, run_id)["state"]
+    v2 = box.sha("v2")[:12]
+    assert serves(stack, box) == dict.fromkeys(HOSTS, v2)
+    assert users.failures == [] and users.answers["maintenance"] == 0, users.report()
+    print(f"v2 rolled across 3 hosts through the balancer: {users.report()}")
+    # One run per host under the deploy, each on its host's own queue.
+    release = Ledger.for_state_dir(production.state_dir).by_flow_run(run_id)
+    assert release is not None
+    runs = host_runs(stack, release.id)
+    assert sorted((r["parameters"]["host"], r["work_queue_name"]) for r in runs) == [(h, h) for h in HOSTS]
+    status = deployctl(stack, "status", "production")
+    assert status.returncode == 0, status.stderr
+    for host in HOSTS:
+        assert any(line.startswith(host) and v2 in line and f"{host} UP" in line for line in status.stdout.splitlines()), status.stdout
+    assert "MIXED" not in status.stdout
+    dora = deployctl(stack, "dora", "production", "--json")
+    assert dora.returncode == 0, dora.stderr
+    figures = json.loads(dora.stdout)
+    assert figures["deployments"] == 1 and figures["failures"] == 1, figures  # a fleet deploy counts once
+
+
+def worker_pid(stack: Stack, queue: str) -> int:
+    return int((stack.home / f"worker-{queue}.pid").read_text())
+
+
+def start(stack: Stack, deployment: str, *params: str) -> str:
+    """`prefect deployment run DEPLOYMENT --param ...`, as an operator types it; the run's id."""
+    argv = [sys.executable, "-m", "prefect", "deployment", "run", deployment]
+    for param in params:
+        argv += ["--param", param]
+    out = stack.run(argv)
+    match = re.search(r"UUID: ([0-9a-f-]{36})", out)
+    assert match, out
+    return match[1]
+
+
+def test_a_host_whose_worker_is_killed_mid_rollout_is_lost_and_the_fleet_converges(fleet: tuple[Stack, Sandbox]) -> None:
+    stack, box = fleet
+    v2 = box.sha("v2")[:12]
+    deploy = start(stack, "production-deployment/production", "ref=v2", "force=true")
+    # Kill web-2's worker, and the flow process it started, once its run for web-2 is running: the
+    # worker's host gone as a whole.
+    deadline = time.monotonic() + 300
+    running: list[dict] = []  # type: ignore[type-arg]
+    while not running and time.monotonic() < deadline:
+        assert state_of(stack, deploy) not in FINAL, run_of(stack, deploy)["state"]
+        running = [r for r in flow_runs(stack, "host-release") if r["parameters"].get("host") == "web-2"
+                   and r["parameters"].get("release_id") and r["state"]["type"] == "RUNNING"
+                   and r["parameters"].get("rollback") is False]
+        time.sleep(0.2)
+    assert running, "web-2's run never started"
+    process = flow_process(running[0]["id"])
+    os.killpg(worker_pid(stack, "web-2"), signal.SIGKILL)
+    if process is not None:
+        try:
+            os.kill(process, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert wait_for(stack, deploy, FINAL, timeout=300) == "FAILED"
+    message = run_of(stack, deploy)["state"]["message"]
+    assert "web-2: its worker stopped polling queue web-2" in message and "its state is unknown" in message, message
+    rollback = rollback_of(stack, deploy)
+    # web-2 has no worker: the rollback cannot reach it, fails, and says which host.
+    assert wait_for(stack, rollback, FINAL, timeout=300) == "FAILED"
+    assert "no worker took its run" in run_of(stack, rollback)["state"]["message"]
+    status = deployctl(stack, "status", "production")
+    assert status.returncode == 0, status.stderr
+    assert "web-2" in status.stdout
+    # Its worker back, the rollback run again converges the fleet.
+    stack.up(log=lambda *_: None)
+    second = start(stack, "rollback/production", f"failed_run_id={deploy}")
+    assert wait_for(stack, second, FINAL, timeout=600) == "COMPLETED", run_of(stack, second)["state"]
+    assert serves(stack, box) == dict.fromkeys(HOSTS, v2)
+    assert all(server.in_rotation for server in balancer(box).servers())
+    final = deployctl(stack, "status", "production")
+    assert "MIXED" not in final.stdout, final.stdout
