@@ -62,14 +62,26 @@ def roll_fleet(config: EnvironmentConfig, sha: str, release_id: int, rollback: b
     """Every host onto `sha`, batch by batch; raises on the first batch that fails."""
     assert config.fleet is not None
     done: list[HostRun] = []
-    batches = config.fleet.batches()
+    batches = [[h.name for h in batch] for batch in config.fleet.batches()]
+    if rollback:
+        batches = out_of_rotation_first(config, batches)
     for number, batch in enumerate(batches, start=1):
         if number > 1 and config.fleet.rollout.pause_seconds:
             run_log().info("Pausing %g s before batch %d of %d.", config.fleet.rollout.pause_seconds, number, len(batches))
             time.sleep(config.fleet.rollout.pause_seconds)
         name = f"{'roll-back' if rollback else 'roll'}-batch-{number}"
-        done += roll_batch.with_options(name=name)(config, [h.name for h in batch], sha, release_id, rollback)
+        done += roll_batch.with_options(name=name)(config, batch, sha, release_id, rollback)
     return done
+
+
+def out_of_rotation_first(config: EnvironmentConfig, batches: list[list[str]]) -> list[list[str]]:
+    """A rollback starts with the hosts the balancer has out of rotation (the failed batch's, left
+    drained): rolling them first costs no capacity, and draining the hosts still serving before those
+    are back could leave the balancer none."""
+    out = [s.name for s in load_balancer(config).servers() if not s.in_rotation]
+    rest = [[host for host in batch if host not in out] for batch in batches]
+    first = [host for batch in batches for host in batch if host in out]
+    return [batch for batch in [first, *rest] if batch]
 
 
 @change_step("roll-batch")
