@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := install
-.PHONY: install lock test test-fast bench sandbox sandbox-down lint demo stop deploy clean
+.PHONY: install lock test test-fast bench sandbox sandbox-down lint demo demo-fleet stop deploy clean
 
 install: $(STAMP)
 
@@ -61,6 +61,11 @@ sandbox-down: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/deployctl demo
 
+# The fleet's story: production on three hosts behind HAProxy (Debian's haproxy package), a worker each;
+# a release that fails on its second batch rolled back across the fleet, then v2 rolled. `make stop` ends it.
+demo-fleet: $(STAMP)
+	$(BIN)/deployctl demo --hosts 3
+
 # Server, work pool, every deployment of prefect.yaml and a worker; idempotent.
 deploy: $(STAMP)
 	$(BIN)/deployctl stack up
@@ -73,4 +78,4 @@ lint: $(STAMP)
 
 clean:
 	-$(BIN)/deployctl stop
-	rm -rf $(VENV) .sandbox .state
+	rm -rf $(VENV) .sandbox .sandbox-fleet .state

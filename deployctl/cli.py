@@ -156,7 +156,9 @@ def _parser() -> argparse.ArgumentParser:
     stack.set_defaults(handler=_stack)
 
     demo = commands.add_parser("demo", help="run the whole story on the sandbox (make demo)")
-    demo.set_defaults(handler=lambda args: _demo())
+    demo.add_argument("--hosts", type=int, default=0, metavar="N",
+                      help="the fleet story instead: production on N hosts behind HAProxy (make demo-fleet)")
+    demo.set_defaults(handler=lambda args: _demo(args.hosts))
     stop = commands.add_parser("stop", help="stop the sandbox apps, the worker and the server (make stop)")
     stop.set_defaults(handler=lambda args: _stop())
     return parser
@@ -260,10 +262,10 @@ def _stack(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo() -> int:
+def _demo(hosts: int = 0) -> int:
     from deployctl.demo import demo
 
-    return demo()
+    return demo(hosts=hosts)
 
 
 def _stop() -> int:
@@ -271,6 +273,8 @@ def _stop() -> int:
     from sample_app import sandbox
 
     sandbox.down()
+    if (sandbox.FLEET_ROOT / "environments").exists():
+        sandbox.down(sandbox.FLEET_ROOT)
     Stack().down()
     return 0
 

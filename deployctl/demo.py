@@ -12,6 +12,13 @@
     7. show `deployctl status production`, `deployctl dora production`, the UI address, and how to
        stop everything
 
+`make demo-fleet` (`deployctl demo --hosts 3`) tells the fleet's story instead, on a sandbox of its own
+(.sandbox-fleet/): production is three hosts on loopback addresses of their own behind HAProxy, each
+with its worker on its own queue. v2 goes to staging; on production the first batch rolls, the second
+finds a hot fix made by hand on web-2 and refuses to overwrite it, and the automatic rollback returns
+the fleet and the database to v1 while users keep being answered; the hot fix undone, v2 rolls across
+the fleet with two approvals.
+
 The story runs as a client of the server, in a process whose environment points at it.
 """
 
@@ -33,16 +40,23 @@ from deployments.config import load_environment
 APPROVERS = (("Dana Whitfield", "team-lead"), ("Sam Okafor", "product-owner"))
 
 
-def demo(log=print) -> int:  # type: ignore[no-untyped-def]
+def demo(log=print, hosts: int = 0) -> int:  # type: ignore[no-untyped-def]
+    """The story on the sandbox; with `hosts`, the fleet's story (`fleet_story`) on a sandbox of its own."""
     from sample_app import sandbox
 
     started = time.monotonic()
-    sandbox.up(log=log, edit=short_watch)
-    environments = sandbox.DEFAULT_ROOT / "environments"
+    if hosts:
+        root = sandbox.FLEET_ROOT
+        sandbox.up(root, log=log, edit=short_watch, hosts=hosts, ports=sandbox.FLEET_PORTS)
+    else:
+        root = sandbox.DEFAULT_ROOT
+        sandbox.up(log=log, edit=short_watch)
+    environments = root / "environments"
     stack = Stack(environments_dir=environments)
     stack.up(log=log)
+    story = [sys.executable, "-m", "deployctl.demo", *(["--fleet"] if hosts else [])]
     # The story prints to this terminal as it goes; an hour is a bound, not a plan (it takes minutes).
-    result = run(Command.of([sys.executable, "-m", "deployctl.demo"], cwd=PROJECT_DIR, env=stack.env(), timeout=3600),
+    result = run(Command.of(story, cwd=PROJECT_DIR, env=stack.env(), timeout=3600),
                  step="demo", error=one_line(StackError), capture=False,
                  advice=Advice(start="run `make install` again", slow="the demo stopped after an hour; `make stop` ends it"))
     log(f"\nThe demo took {time.monotonic() - started:.0f} s.")
@@ -190,6 +204,52 @@ def story() -> int:
     return 0 if ok else 1
 
 
+def fleet_story() -> int:
+    """Production as three hosts behind HAProxy, each with its own worker on its own queue."""
+    from sample_app import sandbox
+
+    production = load_environment("production")
+    assert production.fleet is not None
+    web2 = production.for_host(production.fleet.hosts[1].name)
+    hand_changed = web2.app_dir() / "jobapp" / "scraper.py"
+    print(f"\n==> production is {len(production.fleet.hosts)} hosts behind HAProxy at {production.service.base_url}; "
+          f"rolled {production.fleet.rollout.batch_size} at a time after {production.fleet.hosts[0].name} alone")
+    deployctl("status", "production", "--limit", "0", show=True)
+    staging = deploy("staging", "v2", "demo: release v2 (salary insights)", approve=False)
+
+    print(f"\n==> someone hot-fixed {web2.host} by hand: {hand_changed.relative_to(sandbox.PROJECT_DIR)} changed in "
+          "its checkout. The deploy rolls the first batch, then refuses to overwrite the hand change on the second")
+    hand_changed.write_text(hand_changed.read_text() + f"\n# hot fix made by hand on {web2.host}\n")
+    users = DemoUsers(production.service.base_url)
+    users.start()
+    failed = deploy("production", "v2", "demo: release v2 (salary insights)", approve=True)
+    rolled_back = None
+    if failed.state.is_failed():
+        why = (failed.state.message or failed.state.name).removeprefix("Flow run encountered an exception: ")
+        print(f"    the deploy failed: {say(why)}")
+        started = started_by("rollback", "failed_run_id", failed.id, timeout=120)
+        print(f"\n==> the automatic rollback returns every host, then the database, to v1: run {started.name}")
+        rolled_back = Follower(started.id).follow(timeout=600)
+        print(f"    rollback: {rolled_back.state.name}")
+    deployctl("status", "production", "--limit", "3", show=True)
+
+    print(f"\n==> the hot fix is undone on {web2.host} (it belongs in the repository); v2 again, across the fleet")
+    run(Command.of(["git", "checkout", "--", "jobapp/scraper.py"], cwd=web2.app_dir(), timeout=30), step="undo the hot fix",
+        error=one_line(StackError), advice=Advice(start="install git", slow="git did not answer"))
+    good = deploy("production", "v2", "demo: release v2 (salary insights), again", approve=True)
+    users.done.set()
+    print("\n==> deployctl status production")
+    deployctl("status", "production", "--limit", "5", show=True)
+    print("\n==> deployctl dora production: the fleet's deploys count once each")
+    deployctl("dora", "production", show=True)
+    ok = (staging.state.is_completed() and failed.state.is_failed() and rolled_back is not None
+          and rolled_back.state.is_completed() and good.state.is_completed())
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all(timeout=30)
+    return 0 if ok else 1
+
+
 if __name__ == "__main__":
     os.chdir(PROJECT_DIR)
-    sys.exit(story())
+    sys.exit(fleet_story() if "--fleet" in sys.argv[1:] else story())

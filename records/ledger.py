@@ -5,7 +5,8 @@ A release row is written when a deploy starts and updated as it goes; its `outco
 OUTCOMES. Once it leaves `running` only a rollback changes it again (to rolled_back or
 rollback_failed). Failed releases are never rollback targets.
 SQLite in the environment's state directory by default (WAL, so the deploy, its hooks and the
-rollback can write from separate processes); any SQLAlchemy URL in `DEPLOY_LEDGER_URL`. Its schema
+rollback can write from separate processes); any SQLAlchemy URL in `DEPLOY_LEDGER_URL` instead (a
+fleet's workers on several machines all write to one, e.g. on PostgreSQL). Its schema
 is kept by Alembic migrations of its own (records/ledger_migrations), applied when it is opened.
 """
 
@@ -115,6 +116,13 @@ class Ledger:
         A deploy asks for it at every phase; an engine and a schema check each time cost more than
         the steps they record. A file removed or replaced since (tests do both) is opened afresh.
         """
+        url = os.environ.get(LEDGER_URL_VARIABLE, "").strip()
+        if url:  # a fleet's hosts all write to one ledger they reach, e.g. on PostgreSQL
+            with _opened_lock:
+                shared = _shared.get(url)
+                if shared is None:
+                    shared = _shared[url] = cls(url)
+                return shared
         state_dir.mkdir(parents=True, exist_ok=True)
         path = (state_dir / "ledger.db").resolve()
         with _opened_lock:
@@ -241,7 +249,9 @@ class _Opened:
     file: tuple[int, int] | None
 
 
+LEDGER_URL_VARIABLE = "DEPLOY_LEDGER_URL"
 _opened: dict[Path, _Opened] = {}
+_shared: dict[str, Ledger] = {}
 _opened_lock = threading.Lock()
 
 
@@ -260,7 +270,10 @@ def _forget_the_parents_ledgers() -> None:
     global _opened_lock
     for opened in _opened.values():
         opened.ledger.engine.dispose(close=False)
+    for ledger in _shared.values():
+        ledger.engine.dispose(close=False)
     _opened.clear()
+    _shared.clear()
     _opened_lock = threading.Lock()
 
 

@@ -51,6 +51,9 @@ ENVIRONMENTS = ("staging", "production")
 DEFAULT_PORTS = {"staging": 8101, "production": 8102}
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_ROOT = PROJECT_DIR / ".sandbox"
+# `make demo-fleet`'s sandbox, beside `make demo`'s, on ports of its own.
+FLEET_ROOT = PROJECT_DIR / ".sandbox-fleet"
+FLEET_PORTS = {"staging": 8111, "production": 8112}
 TEMPLATE = Path(__file__).with_name("environment.toml.in")
 GENERATED = "generated.json"
 

@@ -445,3 +445,17 @@ def test_a_forked_child_opens_the_ledger_on_connections_of_its_own(tmp_path: Pat
     assert Ledger.for_state_dir(tmp_path / "state") is parents
     assert [(r.ref, r.outcome) for r in parents.releases("production")] == [
         ("v2", "succeeded"), ("v1", "running")]
+
+
+def test_a_ledger_url_in_the_environment_is_every_state_directorys_ledger(
+        tmp_path: Path, postgres_database: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fleet's workers on several machines write to one ledger: DEPLOY_LEDGER_URL names it."""
+    monkeypatch.setenv("DEPLOY_LEDGER_URL", postgres_database)
+    first = Ledger.for_state_dir(tmp_path / "host-1")
+    try:
+        assert Ledger.for_state_dir(tmp_path / "host-2") is first and first.url == postgres_database
+        release = first.open_release(environment="production", ref="v2")
+        assert [r.id for r in Ledger.for_state_dir(tmp_path / "host-2").releases("production")] == [release.id]
+        assert not (tmp_path / "host-1").exists() and not (tmp_path / "host-2").exists()
+    finally:
+        first.engine.dispose()
