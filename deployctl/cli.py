@@ -386,7 +386,7 @@ def _status(args: argparse.Namespace) -> int:
               f"{last_good.finished_at:%Y-%m-%d %H:%M:%S}")
     if config.fleet is not None:
         print(_fleet_table(config))
-    for line in _history(ledger, config.name, args.limit):
+    for line in _history(ledger, config.name, args.limit) if args.limit > 0 else []:
         print(line)
     return 0
 
