@@ -3,7 +3,8 @@
 Started once by every deploy that changed something (its own run, linked to the deploy), or by hand
 for the live release. Every `watch.interval_seconds` for `watch.duration_seconds` it takes one sample:
 
-    health          /health and /api/health healthy, still serving the watched SHA
+    health          /health and /api/health healthy, still serving the watched SHA; with [fleet], on
+                    every host too, each in the load balancer's rotation
     error rate      5xx share of the requests since the previous sample
     response time   p95 from the latency histogram, against the threshold and the pre-deploy baseline
     user activity   active users, against the pre-deploy figure (`watch.min_activity_ratio`)
@@ -39,6 +40,7 @@ from deployments.errors import DeployError, InvalidInput
 from deployments.logs import install_log_filters
 from deployments.secrets import redact
 from flows.rollback import launch_rollback
+from tasks.fleet import fleet_problems
 from tasks.health import assess
 from records.ledger import Ledger, Release
 from records.metrics import publish_metrics
@@ -203,6 +205,8 @@ class Watch:
             assess(self.config, self.sha, f"watch {self.config.name}")
         except DeployError as exc:
             problems.append(f"unhealthy: {exc.cause}")
+        if self.config.fleet is not None:  # every host, and the balancer's view of them
+            problems += fleet_problems(self.config, self.sha, f"watch {self.config.name}")
         if not measured(self.config):
             if problems:
                 return Sample(_now(), "breach", "; ".join(problems))

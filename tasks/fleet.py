@@ -215,6 +215,28 @@ def _first_line(message: str | None) -> str:
     return text.splitlines()[0][:400] if text else ""
 
 
+def fleet_problems(config: EnvironmentConfig, sha: str, step: str) -> list[str]:
+    """What is wrong with the fleet as each host and the balancer see it (the watch's sample): a host
+    unhealthy or serving another SHA, a host the balancer has out of rotation. Empty when all is well."""
+    from tasks.health import assess
+
+    assert config.fleet is not None
+    problems = []
+    for host in config.hosts:
+        try:
+            assess(host, sha, f"{step} [{host.host}]")
+        except DeployError as exc:
+            problems.append(f"{host.host} unhealthy: {exc.cause}")
+    try:
+        out = [s.describe() for s in load_balancer(config).servers()
+               if s.name in {h.name for h in config.fleet.hosts} and not s.in_rotation]
+    except ServiceError as exc:
+        return [*problems, f"the load balancer did not answer: {exc.cause}"]
+    if out:
+        problems.append(f"out of the balancer's rotation: {', '.join(out)}")
+    return problems
+
+
 def fleet_status(config: EnvironmentConfig) -> list[dict[str, str]]:
     """What each host serves and how it is, as its own health answer and the balancer say."""
     from tasks.health import probe

@@ -30,6 +30,7 @@ import pytest
 
 from deployctl.stack import Stack
 from records.ledger import Ledger
+from tasks.fleet import fleet_problems
 from tasks.load_balancer import HAProxy
 from tests.e2e.operator import (FINAL, deployctl, flow_process, flow_runs, run_of, stack_with_sandbox, state_of, trigger,
                                 wait_for)
@@ -191,6 +192,16 @@ def test_v2_rolls_across_the_fleet_without_failing_a_request(fleet: tuple[Stack,
     assert dora.returncode == 0, dora.stderr
     figures = json.loads(dora.stdout)
     assert figures["deployments"] == 1 and figures["failures"] == 1, figures  # a fleet deploy counts once
+    # What the watch samples of a fleet: every host, and the balancer's view of them.
+    full_sha = box.sha("v2")
+    assert fleet_problems(production, full_sha, "watch production") == []
+    lb = balancer(box)
+    lb.drain("web-3", timeout=30)
+    try:
+        assert fleet_problems(production, full_sha, "watch production") == [
+            "out of the balancer's rotation: web-3 DRAIN, 0 in flight"]
+    finally:
+        lb.ready("web-3", timeout=30)
 
 
 def worker_pid(stack: Stack, queue: str) -> int:
