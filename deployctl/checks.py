@@ -17,7 +17,8 @@ from tasks.app_commands import app_command
 from tasks.health import probe
 from tasks.migration_lint import squawk_program, squawk_version, unknown_rules
 from tasks.migrations import database_revision, live_database_elsewhere, migration_status
-from tasks.monitoring import MetricsUnavailable, metrics_url, scrape
+from tasks.fleet import fleet_problems
+from tasks.monitoring import MetricsUnavailable, metrics_url, scrape_app
 from tasks.process_state import running_pid
 from tasks.release_environments import live_environment, release_environment
 from tasks.processes import Advice, run
@@ -87,6 +88,12 @@ def check_environment(config: EnvironmentConfig) -> list[CheckResult]:
                     "traffic; give the app a maintenance mode if it has one")
 
     def process() -> str:
+        if config.fleet is not None:  # the hosts' processes are on their hosts: asked over the network
+            problems = fleet_problems(config, None, "check")
+            if problems:
+                raise _Fail("; ".join(problems))
+            return (f"{len(config.fleet.hosts)} hosts healthy, each in the rotation of "
+                    f"{config.fleet.load_balancer.kind} backend {config.fleet.load_balancer.backend}")
         pid = running_pid(config)
         if pid is None:
             raise _Fail(f"no live process in {config.service.pid_file}; start the app or fix service.pid_file")
@@ -176,8 +183,9 @@ def check_environment(config: EnvironmentConfig) -> list[CheckResult]:
             return "not measured (monitoring.source = \"none\"): the watch checks health only"
         if config.monitoring.source == "prometheus":
             return f"read from Prometheus at {config.monitoring.prometheus_url} (not probed here)"
-        snapshot = scrape(metrics_url(config), config.monitoring, config.health.timeout_seconds)
-        return (f"{metrics_url(config)}: {snapshot.requests:.0f} requests counted, "
+        snapshot = scrape_app(config)
+        where = metrics_url(config) if config.fleet is None else f"{config.monitoring.metrics_path} of every host"
+        return (f"{where}: {snapshot.requests:.0f} requests counted, "
                 f"{len(snapshot.buckets)} latency buckets")
 
     def critical_paths() -> str:

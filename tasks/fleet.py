@@ -215,7 +215,7 @@ def _first_line(message: str | None) -> str:
     return text.splitlines()[0][:400] if text else ""
 
 
-def fleet_problems(config: EnvironmentConfig, sha: str, step: str) -> list[str]:
+def fleet_problems(config: EnvironmentConfig, sha: str | None, step: str) -> list[str]:
     """What is wrong with the fleet as each host and the balancer see it (the watch's sample): a host
     unhealthy or serving another SHA, a host the balancer has out of rotation. Empty when all is well."""
     from tasks.health import assess

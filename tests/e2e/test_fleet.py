@@ -192,6 +192,9 @@ def test_v2_rolls_across_the_fleet_without_failing_a_request(fleet: tuple[Stack,
     assert dora.returncode == 0, dora.stderr
     figures = json.loads(dora.stdout)
     assert figures["deployments"] == 1 and figures["failures"] == 1, figures  # a fleet deploy counts once
+    checked = deployctl(stack, "check", "production")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "3 hosts healthy, each in the rotation of haproxy backend app" in checked.stdout, checked.stdout
     # What the watch samples of a fleet: every host, and the balancer's view of them.
     full_sha = box.sha("v2")
     assert fleet_problems(production, full_sha, "watch production") == []
