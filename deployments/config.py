@@ -613,7 +613,8 @@ class EnvironmentConfig(Model):
             try:
                 services[host.name] = _host_service(self.service, host, info.context)
             except ValidationError as exc:
-                problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+                problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+                                     for e in exc.errors())
                 raise ValueError(f"fleet host {host.name}: service: {problems}") from None
         self._host_services = services
         return self
@@ -657,7 +658,9 @@ class EnvironmentConfig(Model):
 def _host_service(service: ServiceConfig, host: HostConfig, context: Any) -> ServiceConfig:
     differences = dict(host.service)
     merged = {**service.model_dump(exclude_unset=True), **differences}
-    merged["env"] = {**service.env, **differences.get("env", {})}
+    env = differences.get("env", {})
+    # An env that is not a table is left as written, for ServiceConfig to refuse with the host named.
+    merged["env"] = {**service.env, **env} if isinstance(env, dict) else env
     merged["base_url"] = differences.get("base_url", f"http://{host.address}")
     return ServiceConfig.model_validate(merged, context=context)
 
