@@ -610,6 +610,10 @@ class EnvironmentConfig(Model):
                              "environment built on it; deploy a fleet's app in service.python as it is")
         services = {}
         for host in self.fleet.hosts:
+            twice = sorted(set(self.database.variables) & set(host.service.get("env") or {}))
+            if twice:
+                raise ValueError(f"fleet host {host.name}: service.env: {', '.join(twice)} also given by [database]: "
+                                 "the tool sets the database's variables itself; remove them from the host's env")
             try:
                 services[host.name] = _host_service(self.service, host, info.context)
             except ValidationError as exc:
@@ -726,7 +730,7 @@ def _explain(error: Mapping[str, Any], raw: Mapping[str, Any]) -> str:
     message = str(error["msg"]).removeprefix("Value error, ")
     given = error.get("input")
     shown = "" if isinstance(given, (dict, list)) or given is None else f" (got {given!r})"
-    return f"{location}: {message}{shown}"
+    return f"{location}: {message}{shown}" if location else f"{message}{shown}"
 
 
 def _is_secret_field(location: tuple[Any, ...]) -> bool:

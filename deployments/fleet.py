@@ -35,7 +35,7 @@ from pydantic import Field, field_validator, model_validator
 from deployments.config_base import FilePath, Model
 
 HOST_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-ADDRESS = re.compile(r"^[^\s/:]+:\d{1,5}$")
+ADDRESS = re.compile(r"^([^\s/:\[\]]+|\[[0-9A-Fa-f:.]+\]):\d{1,5}$")
 PERCENT = re.compile(r"^(\d{1,3})%$")
 
 
@@ -58,8 +58,8 @@ class HostConfig(Model):
     @field_validator("address")
     @classmethod
     def _address(cls, value: str) -> str:
-        if not ADDRESS.fullmatch(value):
-            raise ValueError("host:port, e.g. \"10.0.0.11:8102\"")
+        if not ADDRESS.fullmatch(value) or not 1 <= int(value.rsplit(":", 1)[1]) <= 65535:
+            raise ValueError("host:port with a port from 1 to 65535, e.g. \"10.0.0.11:8102\" or \"[fd00::11]:8102\"")
         return value
 
     @property
@@ -84,6 +84,13 @@ class RolloutConfig(Model):
     host_timeout_seconds: float = Field(900.0, gt=0, le=7200, description="for a host's run to end")
     worker_silence_seconds: float = Field(60.0, gt=0, le=3600, description=(
         "a host whose worker has not polled its queue for this long is taken as gone, its run as lost"))
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # TOML's true would otherwise be taken as 1
+            raise ValueError("a count (2) or a percentage (\"34%\"), not true or false")
+        return value
 
     @field_validator("batch_size")
     @classmethod

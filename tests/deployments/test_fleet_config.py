@@ -99,7 +99,8 @@ def test_a_bad_batch_size_names_the_field_and_what_to_write(tmp_path: Path, roll
     ('name = "web-2"', 'name = "web 2"',
      "fleet.hosts.1.name: lower-case letters, digits, '.', '_' and '-', e.g. \"web-1\" (got 'web 2')"),
     ('address = "127.0.0.12:8102"', 'address = "127.0.0.12"',
-     'fleet.hosts.1.address: host:port, e.g. "10.0.0.11:8102" (got \'127.0.0.12\')'),
+     'fleet.hosts.1.address: host:port with a port from 1 to 65535, e.g. "10.0.0.11:8102" or "[fd00::11]:8102" '
+     "(got '127.0.0.12')"),
     ('name = "web-2"', 'name = "web-1"', "fleet: each host needs its own name; repeated: web-1"),
     ('address = "127.0.0.12:8102"', 'address = "127.0.0.11:8102"',
      "fleet: each host needs its own address; repeated: 127.0.0.11:8102"),
@@ -282,3 +283,13 @@ def test_a_rollback_rolls_the_hosts_out_of_rotation_first(
     monkeypatch.setattr(fleet_tasks, "load_balancer", balancer)
     assert fleet_tasks.out_of_rotation_first(config, BATCHES) == expected
     assert asked == [config]
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), [
+    ("batch_size = 2", "batch_size = true", 'fleet.rollout.batch_size: a count (2) or a percentage ("34%"), not true or false'),
+    ('address = "127.0.0.12:8102"', 'address = "127.0.0.12:99999"', "a port from 1 to 65535"),
+    ('env = { JOBAPP_BIND = "127.0.0.13:8102" }', 'env = { JOBAPP_BIND = "127.0.0.13:8102", JOBAPP_DATABASE_URL = "x" }',
+     "fleet host web-3: service.env: JOBAPP_DATABASE_URL also given by [database]"),
+], ids=["batch size true", "port out of range", "database variable on a host"])
+def test_more_bad_fleet_input_is_refused_with_what_to_write(tmp_path: Path, old: str, new: str, expected: str) -> None:
+    assert expected in error_of(tmp_path, fleet_section().replace(old, new, 1))
