@@ -25,6 +25,7 @@ from deployments.config import load_environment
 from deployments.logs import install_log_filters, run_log
 from records.ledger import Ledger
 from tasks.canary import check_canary
+from tasks.fleet import FleetError, given_up
 from tasks.health import check_health, probe
 from tasks.service import log_offset, restart_application, watch_startup_logs
 from tasks.source import check_workspace, current_sha, pull_release
@@ -54,14 +55,17 @@ def host_release(environment: str, host: str, sha: str, release_id: int = 0, rol
     config = load_environment(environment).for_host(host)
     ledger = Ledger.for_state_dir(config.state_dir) if release_id else None
     with recording(ledger, release_id) if ledger is not None else nullcontext():
+        still_wanted(ledger, release_id, host)
         if rollback and _serves(config, sha):
             return f"{host} already serves {sha[:12]} from its checkout; left as it is"
         if not rollback:  # a change made by hand on this host would be overwritten silently
             on_host(check_workspace, host)(config)
+        still_wanted(ledger, release_id, host)
         on_host(pull_release, host, "check-out-previous-release" if rollback else None)(config, sha)
         if config.service.canary is not None and not rollback:
             on_host(check_canary, host)(config, sha)
         offset = log_offset(config)
+        still_wanted(ledger, release_id, host)
         on_host(restart_application, host)(config)
         on_host(watch_startup_logs, host)(config, offset)
         if rollback:
@@ -72,6 +76,19 @@ def host_release(environment: str, host: str, sha: str, release_id: int = 0, rol
             report = on_host(check_health, host)(config, sha)
     run_log().info("%s serves %s: %s", host, sha[:12], report.describe())
     return f"{host} serves {sha[:12]}, healthy"
+
+
+def still_wanted(ledger: Ledger | None, release_id: int, host: str) -> None:
+    """Before each change: the deploy or rollback that started this run has not given it up for lost
+    (its worker went silent, and a worker took it only later): such a run changes nothing."""
+    from prefect.runtime import flow_run
+
+    if ledger is None or not flow_run.id:
+        return
+    if given_up(ledger, release_id, host, str(flow_run.id)):
+        raise FleetError(f"host release ({host})", f"this run was given up for lost by ledger record {release_id} "
+                         "(its worker was silent too long) and is now too late", "nothing more is changed on this host "
+                         "by it; `deployctl status` shows what the host serves")
 
 
 def on_host(step: Task[..., Any], host: str, name: str | None = None) -> Task[..., Any]:

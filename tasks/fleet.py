@@ -173,6 +173,7 @@ def watch_host_run(config: EnvironmentConfig, host: HostConfig, run: FlowRun | H
             if lost is None and waited > rollout.host_timeout_seconds:
                 lost = f"its run {current.name} did not end within {rollout.host_timeout_seconds:g} s"
             if lost is not None:
+                give_up(config, host, run.id, lost)
                 _cancel(client, run.id, lost)
                 return HostRun(host.name, False, f"{lost}; its state is unknown", current.name)
             time.sleep(POLL_SECONDS)
@@ -184,10 +185,36 @@ def _lost(client: Any, run: FlowRun, host: HostConfig, waited: float, rollout: A
         return (f"no worker took its run {run.name} from queue {host.queue} within "
                 f"{rollout.start_timeout_seconds:g} s: is the worker on {host.name} running?")
     polled = _last_polled(client, run)
+    # A worker busy starting a run does not poll meanwhile, and the server records polls a little late:
+    # the run's own last change of state (the worker took it, or started it) counts as a sign of life too.
+    if polled is not None and state is not None and state.timestamp is not None:
+        polled = min(polled, max(0.0, time.time() - state.timestamp.timestamp()))
     if polled is not None and polled > rollout.worker_silence_seconds:
         return (f"its worker stopped polling queue {host.queue} {polled:.0f} s ago (gone: killed, or its host "
                 f"down) while its run {run.name} was {state.name if state else 'unknown'}")
     return None
+
+
+GIVEN_UP = "given-up [{host}]"
+
+
+def give_up(config: EnvironmentConfig, host: HostConfig, run_id: UUID, why: str) -> None:
+    """Said in the ledger, where the run looks before each change it makes: Prefect lets a cancelled
+    run that a worker takes later still start, and it must then change nothing behind the rollback."""
+    from tasks.steps import current_release
+
+    found = current_release()
+    if found is None:
+        return
+    ledger, release_id = found
+    ledger.step_finished(ledger.step_started(release_id, GIVEN_UP.format(host=host.name)), "failed",
+                         f"{run_id} {why}"[:2000])
+
+
+def given_up(ledger: Any, release_id: int, host: str, run_id: str) -> bool:
+    """The deploy or rollback `release_id` gave this host's run `run_id` up for lost."""
+    name = GIVEN_UP.format(host=host)
+    return any(step.name == name and step.detail.startswith(run_id) for step in ledger.steps(release_id))
 
 
 def _last_polled(client: Any, run: FlowRun) -> float | None:

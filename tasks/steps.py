@@ -41,6 +41,12 @@ def recording(ledger: Any, release_id: int) -> Iterator[None]:
         _recording.reset(token)
 
 
+def current_release() -> tuple[Any, int] | None:
+    """The ledger and the record this deploy (or rollback) is writing its steps to, if it is."""
+    current = _recording.get()
+    return None if current is None else (current.ledger, current.release_id)
+
+
 def _on_running(tsk: Task[..., Any], task_run: TaskRun, state: State) -> None:
     current = _recording.get()
     if current is not None and str(task_run.id) not in current.steps:

@@ -49,7 +49,7 @@ def fleet_file(text: str) -> str:
     text = text.replace('required_roles = ["team-lead", "product-owner"]', "required_roles = []")
     text = text.replace("[watch]\nenabled = true", "[watch]\nenabled = false")
     return (text.replace("batch_size = 1", "batch_size = 2").replace("start_timeout_seconds = 60", "start_timeout_seconds = 20")
-            .replace("worker_silence_seconds = 15", "worker_silence_seconds = 8"))
+            .replace("worker_silence_seconds = 15", "worker_silence_seconds = 12"))
 
 
 @pytest.fixture(scope="module")
