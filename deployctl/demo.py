@@ -161,6 +161,20 @@ def deployctl(*args: str, show: bool = False) -> str:
     return result.stdout or ""
 
 
+def follow_rollback(failed: Any, headline: str) -> Any:
+    """The failed deploy's automatic rollback, followed to its end; None when the deploy did not fail."""
+    if not failed.state.is_failed():
+        return None
+    why = (failed.state.message or failed.state.name).removeprefix("Flow run encountered an exception: ")
+    print(f"    the deploy failed: {say(why)}")
+    started = started_by("rollback", "failed_run_id", failed.id, timeout=120)
+    print(f"\n==> {headline}: run {started.name} ({started.id})")
+    rolled_back = Follower(started.id).follow(timeout=600)
+    print(f"    rollback: {rolled_back.state.name}" + (f": {say(rolled_back.state.message)}"
+                                                    if rolled_back.state.message else ""))
+    return rolled_back
+
+
 def story() -> int:
     staging = deploy("staging", "v2", "demo: release v2 (salary insights)", approve=False)
     production = deploy("production", "v2", "demo: release v2 (salary insights)", approve=True)
@@ -183,15 +197,7 @@ def story() -> int:
 
     print("\n==> the bad half: v4 is healthy on staging, but trips over production's legacy rows")
     failed = deploy("production", "v4", "demo: per-company cover letters", approve=True)
-    rolled_back = None
-    if failed.state.is_failed():
-        why = (failed.state.message or failed.state.name).removeprefix("Flow run encountered an exception: ")
-        print(f"    the deploy failed: {say(why)}")
-        started = started_by("rollback", "failed_run_id", failed.id, timeout=120)
-        print(f"\n==> the automatic rollback: run {started.name} ({started.id})")
-        rolled_back = Follower(started.id).follow(timeout=600)
-        print(f"    rollback: {rolled_back.state.name}" + (f": {say(rolled_back.state.message)}"
-                                                        if rolled_back.state.message else ""))
+    rolled_back = follow_rollback(failed, "the automatic rollback")
     print("\n==> deployctl status production")
     deployctl("status", "production", show=True)
     print("\n==> deployctl dora production")
@@ -223,14 +229,7 @@ def fleet_story() -> int:
     users = DemoUsers(production.service.base_url)
     users.start()
     failed = deploy("production", "v2", "demo: release v2 (salary insights)", approve=True)
-    rolled_back = None
-    if failed.state.is_failed():
-        why = (failed.state.message or failed.state.name).removeprefix("Flow run encountered an exception: ")
-        print(f"    the deploy failed: {say(why)}")
-        started = started_by("rollback", "failed_run_id", failed.id, timeout=120)
-        print(f"\n==> the automatic rollback returns every host, then the database, to v1: run {started.name}")
-        rolled_back = Follower(started.id).follow(timeout=600)
-        print(f"    rollback: {rolled_back.state.name}")
+    rolled_back = follow_rollback(failed, "the automatic rollback returns every host, then the database, to v1")
     deployctl("status", "production", "--limit", "3", show=True)
 
     print(f"\n==> the hot fix is undone on {web2.host} (it belongs in the repository); v2 again, across the fleet")
