@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Collection, Sequence
+from typing import Any, Mapping, Sequence
 
 import httpx
 
@@ -94,7 +94,7 @@ class Stack:
         queues = self.host_queues(environments)
         rendered = self.home / "deployments.yaml"
         rendered.write_text(render_deployments(PROJECT_DIR / "prefect.yaml", environments,
-                                               fleets={environment for environment, _ in queues}))
+                                               fleets=self.deploy_queues(environments)))
         self.run([*self._prefect(), "--no-prompt", "deploy", "--all", "--prefect-file", str(rendered)], cwd=PROJECT_DIR)
         log(f"deployments     {', '.join(environments)}: every deployment of prefect.yaml for each")
         log(self.run([sys.executable, "-m", "deployctl.automations"]).strip())
@@ -127,6 +127,19 @@ class Stack:
         for environment in environments:
             fleet = load_environment(environment, directory).fleet
             found += [(environment, host.queue) for host in (fleet.hosts if fleet else [])]
+        return found
+
+    def deploy_queues(self, environments: Sequence[str]) -> dict[str, str]:
+        """environment -> the queue its deploys, rollbacks and watches run on, for the fleets among them
+        ("" for the pool's default queue)."""
+        from deployments.config import environments_dir, load_environment
+
+        directory = environments_dir(self.env())
+        found = {}
+        for environment in environments:
+            fleet = load_environment(environment, directory).fleet
+            if fleet is not None:
+                found[environment] = fleet.deploy_queue
         return found
 
     def _workers(self) -> list[str]:
@@ -194,16 +207,26 @@ class Stack:
         raise StackError(f"the Prefect server did not come up on {self.api_url}; see {self.home / 'server.log'}")
 
 
-def render_deployments(template: Path, environments: Sequence[str], fleets: Collection[str] = ()) -> str:
+def render_deployments(template: Path, environments: Sequence[str], fleets: Mapping[str, str] | None = None) -> str:
     """prefect.yaml with each of its deployments once per environment, `{environment}` filled in; the
-    host-release one only for the environments in `fleets` (their files have [fleet])."""
+    host-release one only for the environments in `fleets` (their files have [fleet]), whose other
+    deployments go on the queue `fleets` names for them (their `deploy_host`'s; "" keeps the default)."""
     import yaml
 
+    fleets = fleets or {}
     document = yaml.safe_load(template.read_text())
     document.pop("definitions", None)  # its anchors are resolved by the load
-    document["deployments"] = [_filled(deployment, environment)
-                               for environment in environments for deployment in document["deployments"]
-                               if environment in fleets or not deployment["entrypoint"].startswith(HOST_ENTRYPOINT)]
+    rendered = []
+    for environment in environments:
+        for deployment in document["deployments"]:
+            host_flow = deployment["entrypoint"].startswith(HOST_ENTRYPOINT)
+            if host_flow and environment not in fleets:
+                continue
+            filled = _filled(deployment, environment)
+            if not host_flow and fleets.get(environment):
+                filled["work_pool"] = {**filled["work_pool"], "work_queue_name": fleets[environment]}
+            rendered.append(filled)
+    document["deployments"] = rendered
     return str(yaml.safe_dump(document, sort_keys=False, width=120))
 
 

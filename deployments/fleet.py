@@ -114,6 +114,21 @@ class FleetConfig(Model):
     hosts: list[HostConfig] = Field(min_length=1)
     load_balancer: LoadBalancerConfig
     rollout: RolloutConfig = RolloutConfig()
+    deploy_host: str = Field("", description=(
+        "the host whose worker runs what is done once (prerequisites, approvals, backup, migrations, the "
+        "rollback and the watch): the deploy, rollback and watch deployments go on its queue. Default: the "
+        "pool's `default` queue, wherever its worker runs"))
+
+    @model_validator(mode="after")
+    def _deploy_host(self) -> FleetConfig:
+        if self.deploy_host and self.deploy_host not in {h.name for h in self.hosts}:
+            raise ValueError(f"deploy_host {self.deploy_host!r} is none of the hosts: "
+                             f"{', '.join(h.name for h in self.hosts)}")
+        return self
+
+    @property
+    def deploy_queue(self) -> str:
+        return self.host(self.deploy_host).queue if self.deploy_host else ""
 
     @model_validator(mode="after")
     def _unique(self) -> FleetConfig:

@@ -29,6 +29,15 @@ def test_every_flow_is_registered_for_every_environment_file() -> None:
 
 
 def test_the_host_flow_is_registered_only_for_fleets() -> None:
-    rendered = yaml.safe_load(render_deployments(TEMPLATE, ["staging", "production"], fleets={"production"}))
+    rendered = yaml.safe_load(render_deployments(TEMPLATE, ["staging", "production"], fleets={"production": ""}))
     registered = [(d["entrypoint"], d["name"]) for d in rendered["deployments"]]
     assert registered == [*[(flow, "staging") for flow in FLOWS], *[(flow, "production") for flow in [*FLOWS, HOST_FLOW]]]
+    assert {d["work_pool"]["work_queue_name"] for d in rendered["deployments"]} == {"default"}
+
+
+def test_a_fleets_deploys_run_on_its_deploy_hosts_queue() -> None:
+    rendered = yaml.safe_load(render_deployments(TEMPLATE, ["staging", "production"], fleets={"production": "web-1"}))
+    queues = {(d["entrypoint"], d["name"]): d["work_pool"]["work_queue_name"] for d in rendered["deployments"]}
+    assert {queues[(flow, "production")] for flow in FLOWS} == {"web-1"}
+    assert {queues[(flow, "staging")] for flow in FLOWS} == {"default"}
+    assert queues[(HOST_FLOW, "production")] == "default"  # each run is sent to its host's queue when started

@@ -293,3 +293,11 @@ def test_a_rollback_rolls_the_hosts_out_of_rotation_first(
 ], ids=["batch size true", "port out of range", "database variable on a host"])
 def test_more_bad_fleet_input_is_refused_with_what_to_write(tmp_path: Path, old: str, new: str, expected: str) -> None:
     assert expected in error_of(tmp_path, fleet_section().replace(old, new, 1))
+
+
+def test_the_deploy_host_is_one_of_the_hosts(tmp_path: Path) -> None:
+    named = load(tmp_path, '\n[fleet]\ndeploy_host = "web-2"\n' + fleet_section())
+    assert named.fleet is not None and named.fleet.deploy_queue == "web-2"
+    assert load(tmp_path, fleet_section()).fleet.deploy_queue == ""  # type: ignore[union-attr]
+    assert "deploy_host 'web-9' is none of the hosts: web-1, web-2, web-3" in error_of(
+        tmp_path, '\n[fleet]\ndeploy_host = "web-9"\n' + fleet_section())
