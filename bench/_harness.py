@@ -1,4 +1,4 @@
-"""What the deploy benchmarks share: a sandbox of their own, and approvers who answer at once.
+"""What the deploy benchmarks share: a sandbox of their own, approvers who answer at once, and a paced load.
 
 Imported by the scripts in bench/ (which put the project root on sys.path), never run itself: its name
 starts with `_`, so bench/run does not take it for a benchmark.
@@ -6,11 +6,14 @@ starts with `_`, so bench/run does not take it for a benchmark.
 
 from __future__ import annotations
 
+import json
+import multiprocessing
 import re
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import free_ports
 
@@ -62,3 +65,82 @@ def approve_when_paused(count: int = len(APPROVERS)) -> threading.Thread:
     thread = threading.Thread(target=answer, daemon=True)
     thread.start()
     return thread
+
+
+# --- paced load, in a process of its own -------------------------------------------------------
+
+Call = tuple[str, str, Any]  # method, path, JSON body
+
+
+def _client_loop(base_url: str, calls: list[Call], interval: float, offset: float, stop: Any,
+                 out: list[tuple[Any, ...]], lock: threading.Lock, user: str, agent: str) -> None:
+    import httpx
+
+    due = time.monotonic() + offset
+    turn = 0
+    with httpx.Client(base_url=base_url, timeout=10, follow_redirects=False,
+                      headers={"X-User-Id": user, "User-Agent": agent}) as client:
+        while not stop.is_set():
+            now = time.monotonic()
+            if due > now:
+                time.sleep(due - now)
+            # Paced, never bursting to catch up: a slow answer lowers the rate, and the report says so.
+            due = max(due + interval, time.monotonic())
+            method, path, body = calls[turn % len(calls)]
+            turn += 1
+            sent = time.time()
+            try:
+                response = client.request(method, path, json=body)
+                status, retry_after, error = response.status_code, response.headers.get("retry-after"), None
+                text = response.text[:600] if status >= 500 else ""
+            except httpx.HTTPError as exc:
+                status, retry_after, error, text = None, None, f"{type(exc).__name__}: {exc}"[:200], ""
+            with lock:
+                out.append((sent, time.time(), method, path, status, retry_after, error, text))
+
+
+def _run_load(base_url: str, rounds: list[list[Call]], rate: float, stop: Any, started: Any, result_file: str,
+              agent: str) -> None:
+    """Child process: one keep-alive client per list in `rounds`, together paced to `rate` requests/s."""
+    records: list[tuple[Any, ...]] = []
+    lock = threading.Lock()
+    interval = len(rounds) / rate
+    threads = [threading.Thread(target=_client_loop, daemon=True,
+                                args=(base_url, calls, interval, interval * i / len(rounds), stop, records, lock,
+                                      f"load-{i}", agent))
+               for i, calls in enumerate(rounds)]
+    for thread in threads:
+        thread.start()
+    started.set()
+    for thread in threads:
+        thread.join()
+    Path(result_file).write_text(json.dumps(records))
+
+
+class Load:
+    """Paced requests from a process of their own (the measured run's CPU is not the load's), from a
+    second before `Load(...)` returns to a second after `stop()`. Each request is one row: (sent, done,
+    method, path, status, retry_after, error, text of a 5xx answer), sorted by when it was sent."""
+
+    def __init__(self, base_url: str, rounds: list[list[Call]], rate: float, scratch: Path, agent: str = "bench") -> None:
+        context = multiprocessing.get_context("spawn")
+        self.stop_event = context.Event()
+        started = context.Event()
+        self.result_file = scratch / f"load-{time.monotonic_ns()}.json"
+        self.process = context.Process(target=_run_load, args=(base_url, rounds, rate, self.stop_event, started,
+                                                               str(self.result_file), agent), daemon=True)
+        self.process.start()
+        if not started.wait(60):
+            self.process.kill()
+            raise RuntimeError("the load process did not start within 60 s")
+        time.sleep(1.0)  # a second of steady load before anything changes
+
+    def stop(self) -> list[tuple[Any, ...]]:
+        time.sleep(1.0)  # and a second after
+        self.stop_event.set()
+        self.process.join(60)
+        if self.process.is_alive():
+            self.process.kill()
+        if not self.result_file.exists():
+            raise RuntimeError("the load process ended without writing its requests")
+        return sorted((tuple(row) for row in json.loads(self.result_file.read_text())), key=lambda row: row[0])

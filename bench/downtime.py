@@ -26,13 +26,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import re
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -41,7 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._harness import approve_when_paused, bench_sandbox  # noqa: E402 - the path above makes it importable
+from bench._harness import Load, approve_when_paused, bench_sandbox  # noqa: E402 - the path above makes it importable
 
 LIVENESS_PER_ROUND = 3
 WINDOW_TARGET_SECONDS = 5.0
@@ -68,73 +66,6 @@ class Request:
         if self.status != 503:
             return False
         return self.retry_after is not None or '"status":"maintenance"' in self.body
-
-
-# --- the load, in its own process ---------------------------------------------------------------
-
-def _client_loop(base_url: str, calls: list[tuple[str, str, Any]], interval: float, offset: float,
-                 stop: Any, out: list[tuple[Any, ...]], lock: threading.Lock, user: str) -> None:
-    import httpx
-
-    due = time.monotonic() + offset
-    turn = 0
-    with httpx.Client(base_url=base_url, timeout=10, follow_redirects=False,
-                      headers={"X-User-Id": user, "User-Agent": "bench-downtime"}) as client:
-        while not stop.is_set():
-            now = time.monotonic()
-            if due > now:
-                time.sleep(due - now)
-            # Paced, never bursting to catch up: a slow answer lowers the rate, and the report says so.
-            due = max(due + interval, time.monotonic())
-            method, path, body = calls[turn % len(calls)]
-            turn += 1
-            sent = time.time()
-            try:
-                response = client.request(method, path, json=body)
-                status, retry_after, error = response.status_code, response.headers.get("retry-after"), None
-                text = response.text[:600] if status >= 500 else ""
-            except httpx.HTTPError as exc:
-                status, retry_after, error, text = None, None, f"{type(exc).__name__}: {exc}"[:200], ""
-            with lock:
-                out.append((sent, time.time(), method, path, status, retry_after, error, text))
-
-
-def run_load(base_url: str, rounds: list[list[tuple[str, str, Any]]], rate: float, stop: Any,
-             started: Any, result_file: str) -> None:
-    """Child process: one thread per client list in `rounds`, together paced to `rate`."""
-    records: list[tuple[Any, ...]] = []
-    lock = threading.Lock()
-    interval = len(rounds) / rate
-    threads = [threading.Thread(target=_client_loop, daemon=True,
-                                args=(base_url, calls, interval, interval * i / len(rounds), stop, records, lock,
-                                      f"load-{i}"))
-               for i, calls in enumerate(rounds)]
-    for thread in threads:
-        thread.start()
-    started.set()
-    for thread in threads:
-        thread.join()
-    Path(result_file).write_text(json.dumps(records))
-
-
-class Load:
-    def __init__(self, base_url: str, rounds: list[list[tuple[str, str, Any]]], rate: float, scratch: Path) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.stop_event = context.Event()
-        started = context.Event()
-        self.result_file = scratch / f"load-{time.monotonic_ns()}.json"
-        self.process = context.Process(target=run_load, args=(base_url, rounds, rate, self.stop_event, started,
-                                                              str(self.result_file)), daemon=True)
-        self.process.start()
-        if not started.wait(60):
-            raise RuntimeError("the load process did not start")
-        time.sleep(1.0)  # a second of steady load before anything changes
-
-    def stop(self) -> list[Request]:
-        time.sleep(1.0)  # and a second after
-        self.stop_event.set()
-        self.process.join(60)
-        return sorted((Request(*row) for row in json.loads(self.result_file.read_text())), key=lambda r: r.sent)
 
 
 def load_rounds(config: Any, clients: int) -> list[list[tuple[str, str, Any]]]:
@@ -268,9 +199,10 @@ def main() -> int:
             if args.only == "rollback":
                 deploy("production", "v2", approvals=2)
             else:
-                load = Load(config.service.base_url, load_rounds(config, args.clients), args.rate, scratch)
+                load = Load(config.service.base_url, load_rounds(config, args.clients), args.rate, scratch,
+                            agent="bench-downtime")
                 outcome, t0, t1 = deploy("production", "v2", approvals=2)
-                records = load.stop()
+                records = [Request(*row) for row in load.stop()]
                 release = ledger.releases("production")[0]
                 steps = step_times(ledger, release.id)
                 during = [r for r in records if t0 <= r.sent <= t1]
@@ -287,9 +219,10 @@ def main() -> int:
                 return _finish(figures, rates)
 
             deploy("staging", "v4", approvals=0)
-            load = Load(config.service.base_url, load_rounds(config, args.clients), args.rate, scratch)
+            load = Load(config.service.base_url, load_rounds(config, args.clients), args.rate, scratch,
+                        agent="bench-downtime")
             outcome, t0, t1 = deploy("production", "v4", approvals=2)
-            records = load.stop()
+            records = [Request(*row) for row in load.stop()]
             rates.append(rate_of(records))
             failed_release = ledger.releases("production")[0]
             rollback = next((r for r in ledger.all_releases("production") if r.rollback_of == failed_release.id), None)

@@ -42,14 +42,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from collections import Counter
@@ -61,6 +59,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench._harness import Load  # noqa: E402 - the path above makes it importable
 
 HOSTS = ("web-1", "web-2", "web-3")
 DEPLOYMENT = "production-deployment/production"
@@ -78,7 +78,7 @@ class SetupError(RuntimeError):
     """The bench could not build or drive what it measures."""
 
 
-# --- the load, in its own process ---------------------------------------------------------------
+# --- what the load (bench/_harness.py) saw ----------------------------------------------------------
 
 @dataclass(frozen=True)
 class Request:
@@ -94,72 +94,8 @@ class Request:
 
     def kind(self) -> str:
         if self.error is not None:
-            return self.error
+            return self.error.split(":", 1)[0]  # the exception's name
         return "maintenance" if self.maintenance else str(self.status)
-
-
-def _client_loop(base_url: str, interval: float, offset: float, stop: Any, out: list[tuple[Any, ...]],
-                 lock: threading.Lock, user: str) -> None:
-    import httpx
-
-    due = time.monotonic() + offset
-    with httpx.Client(base_url=base_url, timeout=10, follow_redirects=False,
-                      headers={"X-User-Id": user, "User-Agent": "bench-fleet"}) as client:
-        while not stop.is_set():
-            now = time.monotonic()
-            if due > now:
-                time.sleep(due - now)
-            # Paced, never bursting to catch up: a slow answer lowers the rate, and the report says so.
-            due = max(due + interval, time.monotonic())
-            sent = time.time()
-            try:
-                answer = client.get("/api/jobs")
-                status, retry_after, error = answer.status_code, answer.headers.get("retry-after"), None
-            except httpx.HTTPError as exc:
-                status, retry_after, error = None, None, type(exc).__name__
-            with lock:
-                out.append((sent, time.time(), status, retry_after, error))
-
-
-def run_load(base_url: str, clients: int, rate: float, stop: Any, started: Any, result_file: str) -> None:
-    """Child process: `clients` keep-alive clients, together paced to `rate` requests/s."""
-    records: list[tuple[Any, ...]] = []
-    lock = threading.Lock()
-    interval = clients / rate
-    threads = [threading.Thread(target=_client_loop, daemon=True,
-                                args=(base_url, interval, interval * i / clients, stop, records, lock, f"load-{i}"))
-               for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    started.set()
-    for thread in threads:
-        thread.join()
-    Path(result_file).write_text(json.dumps(records))
-
-
-class Load:
-    def __init__(self, base_url: str, clients: int, rate: float, scratch: Path) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.stop_event = context.Event()
-        started = context.Event()
-        self.result_file = scratch / f"load-{time.monotonic_ns()}.json"
-        self.process = context.Process(target=run_load, args=(base_url, clients, rate, self.stop_event, started,
-                                                              str(self.result_file)), daemon=True)
-        self.process.start()
-        if not started.wait(60):
-            self.process.kill()
-            raise SetupError("the load process did not start within 60 s")
-        time.sleep(1.0)  # a second of steady load before anything changes
-
-    def stop(self) -> list[Request]:
-        time.sleep(1.0)  # and a second after
-        self.stop_event.set()
-        self.process.join(60)
-        if self.process.is_alive():
-            self.process.kill()
-        if not self.result_file.exists():
-            raise SetupError("the load process ended without writing its requests")
-        return sorted((Request(*row) for row in json.loads(self.result_file.read_text())), key=lambda r: r.sent)
 
 
 def rate_of(records: list[Request]) -> float:
@@ -280,7 +216,8 @@ def deploy_under_load(stack: Any, box: Any, args: argparse.Namespace, scratch: P
     from tests.e2e.test_fleet import rollback_of
 
     production = box.config("production")
-    load = Load(production.service.base_url, args.clients, args.rate, scratch)
+    load = Load(production.service.base_url, [[("GET", "/api/jobs", None)]] * args.clients, args.rate, scratch,
+                agent="bench-fleet")
     t0 = time.time()
     rollback_state, rollback_message = None, ""
     try:
@@ -293,7 +230,7 @@ def deploy_under_load(stack: Any, box: Any, args: argparse.Namespace, scratch: P
             rollback_message = run_of(stack, rollback)["state"].get("message") or ""
     finally:
         t1 = time.time()
-        records = load.stop()
+        records = [Request(row[0], row[1], row[4], row[5], row[6]) for row in load.stop()]
     ledger = Ledger.for_state_dir(production.state_dir)
     release = ledger.by_flow_run(run_id)
     if release is None:
