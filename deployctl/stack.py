@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 
 import httpx
 
+from deployments.fleet import FleetConfig
 from tasks.processes import Advice, Command, one_line, run, spawn
 from tasks.process_state import is_alive as _alive
 
@@ -91,16 +92,18 @@ class Stack:
         log(f"prefect server  {self.ui_url}")
         self.run([*self._prefect(), "work-pool", "create", POOL, "--type", "process", "--overwrite"])
         environments = self.environments()
-        queues = self.host_queues(environments)
+        fleets = self.fleets(environments)
         rendered = self.home / "deployments.yaml"
         rendered.write_text(render_deployments(PROJECT_DIR / "prefect.yaml", environments,
-                                               fleets=self.deploy_queues(environments)))
+                                               fleets={name: fleet.deploy_queue for name, fleet in fleets.items()}))
         self.run([*self._prefect(), "--no-prompt", "deploy", "--all", "--prefect-file", str(rendered)], cwd=PROJECT_DIR)
         log(f"deployments     {', '.join(environments)}: every deployment of prefect.yaml for each")
         log(self.run([sys.executable, "-m", "deployctl.automations"]).strip())
         marker = self.home / "worker.environments"
         wanted = str(self.environments_dir or "")
-        workers = {"worker": DEPLOY_QUEUE} | {f"worker-{queue}": queue for _, queue in queues}
+        # On one machine (the sandbox, the tests) every fleet host's worker runs here too.
+        workers = {"worker": DEPLOY_QUEUE} | {f"worker-{host.queue}": host.queue
+                                              for fleet in fleets.values() for host in fleet.hosts}
         if not marker.exists() or marker.read_text() != wanted:
             # A worker started for other environment files would run every deploy against them.
             for name in self._workers():
@@ -117,21 +120,8 @@ class Stack:
         return [*self._prefect(), "worker", "start", "--pool", POOL, "--type", "process", "--work-queue", queue,
                 "--name", f"{POOL}-{queue}"]
 
-    def host_queues(self, environments: Sequence[str]) -> list[tuple[str, str]]:
-        """(environment, queue) of every fleet host of these environments; on one machine (the sandbox,
-        the tests) their workers run here too."""
-        from deployments.config import environments_dir, load_environment
-
-        directory = environments_dir(self.env())
-        found = []
-        for environment in environments:
-            fleet = load_environment(environment, directory).fleet
-            found += [(environment, host.queue) for host in (fleet.hosts if fleet else [])]
-        return found
-
-    def deploy_queues(self, environments: Sequence[str]) -> dict[str, str]:
-        """environment -> the queue its deploys, rollbacks and watches run on, for the fleets among them
-        ("" for the pool's default queue)."""
+    def fleets(self, environments: Sequence[str]) -> dict[str, FleetConfig]:
+        """The [fleet] of each of these environments that has one."""
         from deployments.config import environments_dir, load_environment
 
         directory = environments_dir(self.env())
@@ -139,7 +129,7 @@ class Stack:
         for environment in environments:
             fleet = load_environment(environment, directory).fleet
             if fleet is not None:
-                found[environment] = fleet.deploy_queue
+                found[environment] = fleet
         return found
 
     def _workers(self) -> list[str]:

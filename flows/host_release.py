@@ -22,11 +22,13 @@ from typing import Any
 from prefect import Task, flow
 
 from deployments.config import load_environment
+from deployments.errors import DeployError
 from deployments.logs import install_log_filters, run_log
 from records.ledger import Ledger
 from tasks.canary import check_canary
 from tasks.fleet import FleetError, given_up
 from tasks.health import check_health, probe
+from tasks.served_version import served_version
 from tasks.service import log_offset, restart_application, watch_startup_logs
 from tasks.source import check_workspace, current_sha, pull_release
 from tasks.steps import recording
@@ -97,13 +99,15 @@ def on_host(step: Task[..., Any], host: str, name: str | None = None) -> Task[..
 
 
 def _serves(config: Any, sha: str) -> bool:
+    """The host serves `sha` from its checkout, as the app's own version source shows it (its health
+    answer, version command or file, or processes younger than the checkout). In maintenance (a
+    rollback's) the app answers 503 and still says what it serves."""
     try:
-        checked_out = current_sha(config.source.workspace)
-    except Exception:
+        if current_sha(config.source.workspace) != sha:
+            return False
+        answer = probe(f"{config.service.base_url}{config.health.api_path}", config.health.timeout_seconds)
+        if answer.status_code not in (200, 503):
+            return False
+        return served_version(config, answer.body, f"host release ({config.host})").is_release(sha)
+    except DeployError:
         return False
-    answer = probe(f"{config.service.base_url}{config.health.api_path}", config.health.timeout_seconds)
-    version = (answer.body or {}).get("version")
-    # In maintenance (a rollback's) the app answers 503 and still says what it serves.
-    if answer.status_code not in (200, 503) or not isinstance(version, str) or len(version) < 7:
-        return False
-    return checked_out == sha and sha.startswith(version)
