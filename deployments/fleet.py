@@ -80,7 +80,8 @@ class RolloutConfig(Model):
     canary_first: bool = Field(True, description="the first batch is one host, whatever batch_size says")
     pause_seconds: float = Field(0.0, ge=0, le=3600, description="between batches, once a batch holds its health")
     start_timeout_seconds: float = Field(120.0, gt=0, le=3600, description=(
-        "for a host's worker to take its run; past it the host is unreachable"))
+        "for a host's worker to take its run, and again for the run's process to start once taken; "
+        "past either the host is taken as unreachable"))
     host_timeout_seconds: float = Field(900.0, gt=0, le=7200, description="for a host's run to end")
     worker_silence_seconds: float = Field(60.0, gt=0, le=3600, description=(
         "a host whose worker has not polled its queue for this long is taken as gone, its run as lost"))

@@ -244,7 +244,7 @@ def fleet_section(root: Path, port: int, hosts: int) -> str:
         "canary_first = true",
         "pause_seconds = 0",
         "start_timeout_seconds = 60",
-        "worker_silence_seconds = 15",
+        "worker_silence_seconds = 20",
     ]
     for number in range(1, hosts + 1):
         name, address = f"web-{number}", host_address(port, number)

@@ -181,14 +181,29 @@ def watch_host_run(config: EnvironmentConfig, host: HostConfig, run: FlowRun | H
 
 def _lost(client: Any, run: FlowRun, host: HostConfig, waited: float, rollout: Any) -> str | None:
     state = run.state
-    if state is not None and (state.is_scheduled() or state.is_pending()) and waited > rollout.start_timeout_seconds:
-        return (f"no worker took its run {run.name} from queue {host.queue} within "
-                f"{rollout.start_timeout_seconds:g} s: is the worker on {host.name} running?")
+    in_state = (max(0.0, time.time() - state.timestamp.timestamp())
+                if state is not None and state.timestamp is not None else waited)
     polled = _last_polled(client, run)
+    if state is not None and state.is_scheduled() and waited > rollout.start_timeout_seconds:
+        seen = ("no worker has ever polled it" if polled is None
+                else f"its worker last polled it {polled:.0f} s ago")
+        return (f"no worker took its run {run.name} from queue {host.queue} within "
+                f"{rollout.start_timeout_seconds:g} s ({seen}): is the worker on {host.name} running?")
+    # A queue whose worker polled once but has been silent all along is not waited on to start_timeout.
+    if (state is not None and state.is_scheduled() and polled is not None
+            and min(polled, waited) > rollout.worker_silence_seconds):
+        return (f"no worker took its run {run.name}: the worker on {host.name} last polled queue {host.queue} "
+                f"{polled:.0f} s ago (gone: killed, or its host down)")
+    # Pending: a worker took the run and is starting its flow process, which takes a while on a busy host;
+    # that start has a bound of its own, counted from when the worker took it.
+    if state is not None and state.is_pending() and in_state > rollout.start_timeout_seconds:
+        return (f"its worker took its run {run.name} {in_state:.0f} s ago but the run's process has not "
+                f"started (bound: start_timeout_seconds = {rollout.start_timeout_seconds:g}); see the worker's "
+                f"log on {host.name}")
     # A worker busy starting a run does not poll meanwhile, and the server records polls a little late:
     # the run's own last change of state (the worker took it, or started it) counts as a sign of life too.
     if polled is not None and state is not None and state.timestamp is not None:
-        polled = min(polled, max(0.0, time.time() - state.timestamp.timestamp()))
+        polled = min(polled, in_state)
     if polled is not None and polled > rollout.worker_silence_seconds:
         return (f"its worker stopped polling queue {host.queue} {polled:.0f} s ago (gone: killed, or its host "
                 f"down) while its run {run.name} was {state.name if state else 'unknown'}")

@@ -44,14 +44,14 @@ HOSTS = ("web-1", "web-2", "web-3")
 
 def fleet_file(text: str) -> str:
     """Production as the story needs it: no staging gate and no approvals (tests/e2e covers both), the
-    watch off, batches of one host then two, and a lost worker noticed within seconds."""
+    watch off, batches of one host then two."""
     text = text.replace('staging_environment = "staging"', "")
     text = text.replace('required_roles = ["team-lead", "product-owner"]', "required_roles = []")
     text = text.replace("[watch]\nenabled = true", "[watch]\nenabled = false")
     # Each host's canary is one more app start per host and deploy; tests/flows covers canaries.
     text = re.sub(r"\n\[service\.canary\]\n(#.*\n)*env = .*\n", "\n", text)
-    return (text.replace("batch_size = 1", "batch_size = 2").replace("start_timeout_seconds = 60", "start_timeout_seconds = 20")
-            .replace("worker_silence_seconds = 15", "worker_silence_seconds = 12"))
+    # The sandbox's own bounds stand: a busy CI machine takes many seconds to start a flow process.
+    return text.replace("batch_size = 1", "batch_size = 2")
 
 
 @pytest.fixture(scope="module")

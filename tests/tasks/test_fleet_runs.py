@@ -4,12 +4,17 @@ anyway, and it must then change nothing behind the rollback."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from uuid import uuid4
 
-from deployments.fleet import HostConfig
+import pytest
+from prefect.client.schemas.objects import FlowRun, State
+from prefect.states import Pending, Running, Scheduled
+
+from deployments.fleet import HostConfig, RolloutConfig
 from records.ledger import Ledger
-from tasks.fleet import give_up, given_up
+from tasks.fleet import _lost, give_up, given_up
 from tasks.steps import recording
 
 
@@ -28,3 +33,61 @@ def test_a_run_given_up_for_lost_is_known_as_such_and_no_other(tmp_path: Path) -
     [step] = ledger.steps(release.id)
     assert (step.name, step.status) == ("given-up [web-2]", "failed") and "stopped polling" in step.detail
     ledger.engine.dispose()
+
+
+# How a host's run is judged lost, state by state. The clocks are what matter here, so the queue's last poll
+# is given rather than awaited from a real worker; tests/e2e/test_fleet.py kills a real one.
+
+class _Queue:
+    def __init__(self, polled_ago: float | None) -> None:
+        self.last_polled = None if polled_ago is None else datetime.now(timezone.utc) - timedelta(seconds=polled_ago)
+
+
+class _Client:
+    def __init__(self, polled_ago: float | None) -> None:
+        self.queue = _Queue(polled_ago)
+
+    def read_work_queue_by_name(self, name: str, work_pool_name: str | None = None) -> _Queue:
+        return self.queue
+
+
+def _run(state: State) -> FlowRun:
+    return FlowRun(name="shiny-mole", flow_id=uuid4(), state=state, work_queue_name="web-2",
+                   work_pool_name="deploy-pool")
+
+
+def _ago(state: State, seconds: float) -> State:
+    state.timestamp = datetime.now(timezone.utc) - timedelta(seconds=seconds)
+    return state
+
+
+ROLLOUT = RolloutConfig(start_timeout_seconds=30, worker_silence_seconds=20)
+WEB2 = HostConfig(name="web-2", address="127.0.0.12:8102", workspace=Path("/srv/web-2"))
+
+
+@pytest.mark.parametrize(("state", "waited", "polled_ago", "lost"), [
+    # Scheduled: waits for a worker up to start_timeout, and says whether one ever polled.
+    (lambda: _ago(Scheduled(), 10), 10, 1, None),
+    (lambda: _ago(Scheduled(), 31), 31, None, "no worker took its run shiny-mole from queue web-2 within 30 s "
+                                               "(no worker has ever polled it)"),
+    (lambda: _ago(Scheduled(), 31), 31, 1, "(its worker last polled it 1 s ago)"),
+    # ...but not on a queue whose worker, seen once, has been silent for worker_silence_seconds all along.
+    (lambda: _ago(Scheduled(), 21), 21, 300, "the worker on web-2 last polled queue web-2 300 s ago"),
+    (lambda: _ago(Scheduled(), 15), 15, 300, None),
+    # Pending: taken; its process starting on a busy host is no loss until start_timeout from the take...
+    (lambda: _ago(Pending(), 25), 45, 1, None),
+    (lambda: _ago(Pending(), 35), 50, 1, "took its run shiny-mole 35 s ago but the run's process has not started"),
+    # ...though a worker gone silent while it starts is.
+    (lambda: _ago(Pending(), 25), 45, 25, "stopped polling queue web-2 25 s ago"),
+    # Running: the worker's silence counts from the later of its last poll and the run's last change of state.
+    (lambda: _ago(Running(), 5), 200, 60, None),
+    (lambda: _ago(Running(), 40), 200, 25, "stopped polling queue web-2 25 s ago (gone: killed, or its host down) "
+                                           "while its run shiny-mole was Running"),
+    (lambda: _ago(Running(), 40), 200, 3, None),
+])
+def test_a_host_run_is_lost_only_past_the_bound_of_its_state(state, waited, polled_ago, lost) -> None:  # type: ignore[no-untyped-def]
+    found = _lost(_Client(polled_ago), _run(state()), WEB2, waited, ROLLOUT)
+    if lost is None:
+        assert found is None
+    else:
+        assert found is not None and lost in found, found
