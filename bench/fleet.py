@@ -62,6 +62,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench._harness import Load  # noqa: E402 - the path above makes it importable
 
+START_RUNS = "start-host-runs"
 HOSTS = ("web-1", "web-2", "web-3")
 DEPLOYMENT = "production-deployment/production"
 RATE_TARGET = 200.0
@@ -316,63 +317,68 @@ def deploy_scenario(stack: Any, box: Any, args: argparse.Namespace,
     assert release is not None
     print(f"  deploy COMPLETED in {t1 - t0:.1f} s (ledger: release {release.id} {release.outcome})")
 
-    # The rollout: the deploy's roll-batch-N steps, and each host's own run of host-release.
+    # The rollout: the deploy's start-host-runs and roll-batch-N steps, and each host's own run of
+    # host-release from its turn (its wait-for-turn step's end) to its end.
     records_by_name = {s.name: s for s in ledger.steps(release.id)}
     batches = sorted((name for name in records_by_name if name.startswith("roll-batch-")), key=lambda n: int(n.rsplit("-", 1)[1]))
     if not batches or any(records_by_name[b].seconds is None for b in batches):
         raise SetupError(f"the ledger has no finished roll-batch step for release {release.id}: {sorted(records_by_name)}")
-    roll = sum(records_by_name[b].seconds or 0.0 for b in batches)
+    if (records_by_name.get(START_RUNS) is None or records_by_name[START_RUNS].seconds is None):
+        raise SetupError(f"the ledger has no finished {START_RUNS} step for release {release.id}: {sorted(records_by_name)}")
+    standing_up = records_by_name[START_RUNS].seconds or 0.0
+    roll = standing_up + sum(records_by_name[b].seconds or 0.0 for b in batches)
     runs = host_runs(stack, release.id)
     if sorted(r["parameters"]["host"] for r in runs) != sorted(HOSTS):
         raise SetupError(f"expected one host-release run per host for release {release.id}, found "
                          f"{[r['parameters'].get('host') for r in runs]}")
+    windows = {name: (start, end or start) for name, start, end, _status in steps}
     hosts: dict[str, dict[str, float]] = {}
     for run in runs:
         host = run["parameters"]["host"]
         states = run_states(stack, str(run["id"]))
-        created = epoch(run["created"])
-        hosts[host] = {"created": created, **{k.lower(): v for k, v in states.items()}}
-        hosts[host]["run"] = epoch(run["end_time"]) - epoch(run["start_time"])
-        hosts[host]["ledger"] = sum(s.seconds or 0.0 for name, s in records_by_name.items() if name.endswith(f"[{host}]"))
+        turn = windows.get(f"wait-for-turn [{host}]")
+        if turn is None:
+            raise SetupError(f"{host}'s run has no wait-for-turn step in release {release.id}")
+        hosts[host] = {"created": epoch(run["created"]), **{k.lower(): v for k, v in states.items()},
+                       "turn": turn[1], "end": epoch(run["end_time"])}
+        hosts[host]["run"] = hosts[host]["end"] - hosts[host]["turn"]
+        hosts[host]["ledger"] = sum(s.seconds or 0.0 for name, s in records_by_name.items()
+                                    if name.endswith(f"[{host}]") and not name.startswith("wait-for-turn"))
     phase2 = statistics.median(h["run"] for h in hosts.values())
     ledger_phase2 = statistics.median(h["ledger"] for h in hosts.values())
     baseline = len(batches) * phase2
 
-    print(f"  rollout: {len(batches)} batches, roll-batch steps {roll:.2f} s in all "
-          f"({', '.join(f'{b} {records_by_name[b].seconds:.2f} s' for b in batches)})")
-    print("  each host's host-release run (s; drain+start = batch start to the run's creation, pick-up = Scheduled "
-          "to Pending, process = Pending to Running, run = Running to Completed, ledger = its steps summed):")
-    windows = {name: (start, end or start) for name, start, end, _status in steps if name in batches}
+    print(f"  rollout: {START_RUNS} {standing_up:.2f} s, then {len(batches)} batches "
+          f"({', '.join(f'{b} {records_by_name[b].seconds:.2f} s' for b in batches)}): {roll:.2f} s in all")
+    print("  each host's host-release run (s; pick-up = Scheduled to Pending, process = Pending to Running, "
+          "standby = Running to its turn, run = its turn to its end, ledger = its steps summed but the wait):")
     assert production.fleet is not None
     planned = [[host.name for host in batch] for batch in production.fleet.batches()]
     if len(planned) != len(batches):
         raise SetupError(f"the fleet's file plans {len(planned)} batches, the ledger has {batches}")
     breakdown: Counter[str] = Counter()
+    breakdown[f"{START_RUNS}: every host's run created, taken and its process started, at once"] = standing_up
     for batch, members in zip(batches, planned):
         start, end = windows[batch]
-        last_done = start
-        first_created = end
         for host in members:
             h = hosts[host]
-            pending, running, completed = h.get("pending", h["created"]), h.get("running", h["created"]), h.get("completed", end)
-            print(f"    {batch:<13} {host}: drain+start {h['created'] - start:5.2f}  pick-up {pending - h.get('scheduled', h['created']):5.2f}  "
-                  f"process {running - pending:5.2f}  run {h['run']:6.2f}  ledger {h['ledger']:6.2f}  "
-                  f"(batch end - its end {end - completed:5.2f})")
-            last_done = max(last_done, completed)
-            first_created = min(first_created, h["created"])
-        # Where the batch's time goes beyond the slowest of its hosts' own runs.
-        slowest = max(members, key=lambda host: hosts[host]["completed"] - hosts[host]["running"])
-        s = hosts[slowest]
-        breakdown["drain + run creation"] += first_created - start
-        breakdown["worker pick-up (Scheduled -> Pending)"] += s.get("pending", s["created"]) - s["created"]
-        breakdown["flow process start (Pending -> Running)"] += s["running"] - s.get("pending", s["created"])
-        breakdown["host-release runs (the slowest of the batch)"] += s["completed"] - s["running"]
+            scheduled, pending, running = h.get("scheduled", h["created"]), h.get("pending", h["created"]), h.get("running", h["created"])
+            print(f"    {batch:<13} {host}: pick-up {pending - scheduled:5.2f}  process {running - pending:5.2f}  "
+                  f"standby {h['turn'] - running:6.2f}  run {h['run']:6.2f}  ledger {h['ledger']:6.2f}  "
+                  f"(batch end - its end {end - h['end']:5.2f})")
+        # Where the batch's time goes beyond the slowest of its hosts' own work.
+        slowest = max(members, key=lambda host: hosts[host]["run"])
+        first_turn = min(hosts[host]["turn"] for host in members)
+        last_done = max(hosts[host]["end"] for host in members)
+        breakdown["drain (batch start to its first turn)"] += first_turn - start
+        breakdown["host-release runs from their turn (the slowest of the batch)"] += hosts[slowest]["run"]
         breakdown["watch poll + back in rotation (after the last run ended)"] += end - last_done
-        breakdown["other (the other hosts of a batch finishing later)"] += (last_done - s["completed"]) + (s["created"] - first_created)
-    print("  where the rollout's time goes (summed over the batches):")
+        breakdown["other (turns given apart, hosts ending apart)"] += (
+            (last_done - first_turn) - hosts[slowest]["run"])
+    print("  where the rollout's time goes:")
     for what, seconds in breakdown.items():
         print(f"    {seconds:7.2f} s  {what}")
-    print(f"  one host's phase 2: median host-release run {phase2:.2f} s (Prefect: Running to Completed); "
+    print(f"  one host's phase 2: median host-release run from its turn {phase2:.2f} s; "
           f"median of its ledger steps summed {ledger_phase2:.2f} s")
     print(f"  rollout {roll:.2f} s vs {len(batches)} x {phase2:.2f} s = {baseline:.2f} s: {roll / baseline:.2f}x")
     return seen, {"roll": roll, "baseline": baseline, "phase2": phase2, "ledger_phase2": ledger_phase2,

@@ -1,5 +1,8 @@
 """host-release: one host of a fleet onto a release, run by that host's own worker (its queue).
 
+    wait-for-turn [host]            stand by (the process started) until the deploy drains the host and
+                                    gives it its turn, through the ledger record; stood down, it ends
+                                    Cancelled having changed nothing
     check-workspace [host]          no change made by hand in the host's checkout (a deploy would discard it)
     pull-release [host]             check out the SHA in the host's workspace
     check-canary [host]             the release on a spare port of the host, health and critical paths
@@ -7,8 +10,8 @@
     watch-startup-logs [host]       no error pattern in the host's log for the grace time
     check-health [host]             the host serves the SHA, healthy, and holds so
 
-The deploy starts one run per host of a batch, after draining it from the load balancer (tasks/fleet);
-the rollback starts the same with `rollback=true`: the previous release checked out and reloaded, its
+The deploy starts one run per host at once, and gives each its turn once it has drained its batch from
+the load balancer (tasks/fleet); the rollback starts the same with `rollback=true`: the previous release checked out and reloaded, its
 health taken at the first good answer (in maintenance, if the rollback turned it on), no canary. A host
 already serving the SHA from that checkout is left as it is. Every step is written to the deploy's
 ledger record (`release_id`), named with the host.
@@ -16,22 +19,26 @@ ledger record (`release_id`), named with the host.
 
 from __future__ import annotations
 
+import time
 from contextlib import nullcontext
 from typing import Any
 
 from prefect import Task, flow
+from prefect.client.schemas.objects import State
+from prefect.states import Cancelled
 
 from deployments.config import load_environment
 from deployments.errors import DeployError
 from deployments.logs import install_log_filters, run_log
 from records.ledger import Ledger
 from tasks.canary import check_canary
-from tasks.fleet import FleetError, given_up
+from tasks.fleet import FleetError, given_up, turn_of
 from tasks.health import check_health, probe
 from tasks.served_version import served_version
 from tasks.service import log_offset, restart_application, watch_startup_logs
 from tasks.source import check_workspace, current_sha, pull_release
-from tasks.steps import recording
+from tasks.steps import read_step, recording
+from tasks.waiting import wait_until
 
 
 def run_name() -> str:
@@ -43,7 +50,8 @@ def run_name() -> str:
 
 
 @flow(name="host-release", flow_run_name=run_name)
-def host_release(environment: str, host: str, sha: str, release_id: int = 0, rollback: bool = False) -> str:
+def host_release(environment: str, host: str, sha: str, release_id: int = 0, rollback: bool = False,
+                 standby_seconds: float = 0) -> str | State:
     """Put one host of a fleet on a release.
 
     Args:
@@ -52,11 +60,16 @@ def host_release(environment: str, host: str, sha: str, release_id: int = 0, rol
         sha: The release's full SHA, as the deploy or the rollback resolved it.
         release_id: The ledger record the steps are written to (0: none).
         rollback: Bring a previous release back: no canary, health at the first good answer.
+        standby_seconds: Wait this long at most for the host's turn, given in the ledger record (0: go now).
     """
     install_log_filters()
     config = load_environment(environment).for_host(host)
     ledger = Ledger.for_state_dir(config.state_dir) if release_id else None
     with recording(ledger, release_id) if ledger is not None else nullcontext():
+        if standby_seconds and ledger is not None:
+            stood_down = on_host(wait_for_turn, host)(ledger, release_id, host, standby_seconds)
+            if stood_down:
+                return Cancelled(message=f"{host} was not rolled: {stood_down}")
         still_wanted(ledger, release_id, host)
         if rollback and _serves(config, sha):
             return f"{host} already serves {sha[:12]} from its checkout; left as it is"
@@ -78,6 +91,37 @@ def host_release(environment: str, host: str, sha: str, release_id: int = 0, rol
             report = on_host(check_health, host)(config, sha)
     run_log().info("%s serves %s: %s", host, sha[:12], report.describe())
     return f"{host} serves {sha[:12]}, healthy"
+
+
+@read_step("wait-for-turn", retries=0)
+def wait_for_turn(ledger: Ledger, release_id: int, host: str, bound: float) -> str:
+    """Until the deploy gives this run its turn (its host drained): "" then; the reason when it stands it
+    down instead, or the run that started it has ended."""
+    from prefect.runtime import flow_run
+
+    run_id, parent = str(flow_run.id), flow_run.parent_flow_run_id
+    asked = [time.monotonic()]
+
+    def said() -> str | None:
+        answer = turn_of(ledger, release_id, host, run_id)
+        if answer is None and parent and time.monotonic() - asked[0] > 2:  # a crashed deploy says nothing
+            asked[0] = time.monotonic()
+            if _ended(parent):
+                return "stand down: the run that started it ended before its turn"
+        return answer
+
+    answer = wait_until(said, bound, f"its turn from ledger record {release_id}", interval=0.25,
+                        on_timeout=lambda: FleetError(f"wait for turn ({host})", f"no turn within {bound:g} s",
+                                                      "nothing was changed on this host; see the deploy's run"))
+    return "" if answer == "go" else answer.removeprefix("stand down: ")
+
+
+def _ended(run_id: str) -> bool:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(run_id).state
+    return state is not None and state.is_final()
 
 
 def still_wanted(ledger: Ledger | None, release_id: int, host: str) -> None:

@@ -1,9 +1,16 @@
 """Rolling a release across a fleet, batch by batch ([fleet] in the environment file).
 
+    start-host-runs     a `host-release` run per host on the host's own queue, all at once; each host's
+                        worker takes it and starts its process, which then stands by for its turn. The
+                        rollout goes on once every host's run is up: a host whose worker is gone is found
+                        before any host is drained, and no batch waits on its processes' start
     roll-batch <n>      each host of the batch drained from the load balancer (its requests in flight
-                        finish), rolled on its own host by its own worker (a `host-release` run on the
-                        host's queue: checkout, canary, reload, startup log, health held), then put back
-                        in rotation once the balancer's own check sees it up
+                        finish), given its turn (its run checks out, runs the canary, reloads, watches
+                        the startup log, holds its health), then put back in rotation once the balancer's
+                        own check sees it up
+
+The turn is given, and a run whose turn will not come is stood down, through the deploy's ledger record,
+which every host's run reads already.
 
 The batches run one after the other; a batch that fails stops the rollout there, its failed hosts left
 out of rotation, and the deploy fails (so its rollback returns every host). A host's run is watched,
@@ -61,17 +68,77 @@ def load_balancer(config: EnvironmentConfig) -> LoadBalancer:
 def roll_fleet(config: EnvironmentConfig, sha: str, release_id: int, rollback: bool = False) -> list[HostRun]:
     """Every host onto `sha`, batch by batch; raises on the first batch that fails."""
     assert config.fleet is not None
+    if ledger_of_release() is None:  # turns are given through the record
+        raise FleetError(f"roll fleet ({config.name})", "no ledger record is being written",
+                         "a fleet is rolled by a deploy or a rollback, which write one")
+    rollout = config.fleet.rollout
     done: list[HostRun] = []
     batches = [[h.name for h in batch] for batch in config.fleet.batches()]
     if rollback:
         batches = out_of_rotation_first(config, batches)
-    for number, batch in enumerate(batches, start=1):
-        if number > 1 and config.fleet.rollout.pause_seconds:
-            run_log().info("Pausing %g s before batch %d of %d.", config.fleet.rollout.pause_seconds, number, len(batches))
-            time.sleep(config.fleet.rollout.pause_seconds)
-        name = f"{'roll-back' if rollback else 'roll'}-batch-{number}"
-        done += roll_batch.with_options(name=name)(config, batch, sha, release_id, rollback)
+    # A run stands by for as long as the batches before it may take, each to its bound.
+    standby = len(batches) * (rollout.host_timeout_seconds + rollout.pause_seconds) + rollout.start_timeout_seconds
+    runs = start_host_runs(config, sha, release_id, rollback, standby)
+    try:
+        for number, batch in enumerate(batches, start=1):
+            if number > 1 and rollout.pause_seconds:
+                run_log().info("Pausing %g s before batch %d of %d.", rollout.pause_seconds, number, len(batches))
+                time.sleep(rollout.pause_seconds)
+            name = f"{'roll-back' if rollback else 'roll'}-batch-{number}"
+            done += roll_batch.with_options(name=name)(config, {host: runs[host] for host in batch}, sha,
+                                                       release_id, rollback)
+    finally:
+        for host, run in runs.items():
+            if run is not None and turn_of(ledger_of_release(), release_id, host, str(run)) is None:
+                stand_down(host, run, "the rollout stopped before this host's turn")
     return done
+
+
+@change_step("start-host-runs")
+def start_host_runs(config: EnvironmentConfig, sha: str, release_id: int, rollback: bool,
+                    standby: float) -> dict[str, UUID | None]:
+    """Every host's run (its id) started and standing by, or the rollout stops before any host is
+    touched. None for a host rolled in this process (no host-release deployment on the server), at its
+    turn."""
+    assert config.fleet is not None
+    started_runs = {host.name: start_host_run(config, host, sha, release_id, rollback, standby)
+                    for host in config.fleet.hosts}
+    runs = {name: None if run is None else run.id for name, run in started_runs.items()}
+    started = time.monotonic()
+    waiting = {name: run for name, run in runs.items() if run is not None}
+    with get_client(sync_client=True) as client:
+        while waiting:
+            for name, run in list(waiting.items()):
+                current = client.read_flow_run(run)
+                state = current.state
+                if state is not None and state.is_running():
+                    del waiting[name]
+                    continue
+                lost = (f"its run {current.name} ended {state.name} before its turn: "
+                        f"{_first_line(state.message) or 'see the run in the UI'}"
+                        if state is not None and state.is_final() else
+                        _lost(client, current, config.fleet.host(name), time.monotonic() - started,
+                              config.fleet.rollout))
+                if lost is not None:
+                    give_up(config, config.fleet.host(name), run, lost)
+                    _cancel(client, run, lost)
+                    for other, other_run in runs.items():
+                        if other != name and other_run is not None:
+                            stand_down(other, other_run, f"{name} could not be reached")
+                    raise FleetError(f"start host runs ({config.name})", f"{name}: {lost}; its state is unknown",
+                                     "no host was drained or changed; start the host's worker (`prefect worker "
+                                     "start` as the README shows) and deploy again" if not rollback else
+                                     "no host was changed by this rollback; start the host's worker, then run "
+                                     "the rollback again")
+            if waiting:
+                time.sleep(POLL_SECONDS / 2)
+    up = [name for name, run in runs.items() if run is not None]
+    return runs if not up else _said(runs, f"{len(up)} host run(s) standing by: {', '.join(up)}")
+
+
+def _said(runs: dict[str, UUID | None], message: str) -> dict[str, UUID | None]:
+    run_log().info("%s.", message)
+    return runs
 
 
 def out_of_rotation_first(config: EnvironmentConfig, batches: list[list[str]]) -> list[list[str]]:
@@ -85,16 +152,26 @@ def out_of_rotation_first(config: EnvironmentConfig, batches: list[list[str]]) -
 
 
 @change_step("roll-batch")
-def roll_batch(config: EnvironmentConfig, hosts: list[str], sha: str, release_id: int, rollback: bool) -> list[HostRun]:
+def roll_batch(config: EnvironmentConfig, runs: dict[str, UUID | None], sha: str, release_id: int,
+               rollback: bool) -> list[HostRun]:
     assert config.fleet is not None
     fleet = config.fleet
+    hosts = list(runs)
     step = f"roll {', '.join(hosts)} ({config.name})"
     balancer = load_balancer(config)
     for host in hosts:
         state = balancer.drain(host, fleet.load_balancer.drain_timeout_seconds)
         run_log().info("Drained %s from the load balancer (%s).", host, state.describe())
-    runs = [start_host_run(config, fleet.host(host), sha, release_id, rollback) for host in hosts]
-    outcomes = [watch_host_run(config, fleet.host(run[0]), run[1]) for run in runs]
+    outcomes: list[HostRun] = []
+    turns: dict[str, float] = {}
+    for host, run in runs.items():
+        if run is None:  # no host-release deployment: this host is rolled here, now
+            outcomes.append(roll_in_process(config, fleet.host(host), sha, release_id, rollback))
+        else:
+            give_turn(host, run)
+            turns[host] = time.monotonic()
+    outcomes += [watch_host_run(config, fleet.host(host), run, turns[host])
+                 for host, run in runs.items() if run is not None]
     failed = [outcome for outcome in outcomes if not outcome.ok]
     if failed:
         raise FleetError(step, "; ".join(outcome.describe() for outcome in failed),
@@ -130,38 +207,42 @@ def check_balancer(config: EnvironmentConfig) -> str:
     return f"{len(seen)} hosts in rotation: " + ", ".join(s.describe() for s in seen)
 
 
-def start_host_run(config: EnvironmentConfig, host: HostConfig, sha: str, release_id: int,
-                   rollback: bool) -> tuple[str, FlowRun | HostRun]:
-    """A `host-release` run on the host's own queue; without such a deployment on the server (one
-    machine, no workers), the host is rolled in this process."""
+def start_host_run(config: EnvironmentConfig, host: HostConfig, sha: str, release_id: int, rollback: bool,
+                   standby: float) -> FlowRun | None:
+    """A `host-release` run on the host's own queue, standing by up to `standby` seconds for its turn;
+    None when the server has no such deployment (one machine, no workers)."""
     parameters = {"environment": config.name, "host": host.name, "sha": sha, "release_id": release_id,
-                  "rollback": rollback}
+                  "rollback": rollback, "standby_seconds": standby}
     try:
         run = run_deployment(f"{HOST_FLOW}/{config.name}", parameters=parameters, timeout=0,
                              work_queue_name=host.queue, as_subflow=True)
     except ObjectNotFound:
-        from flows.host_release import host_release
-
-        run_log().warning("No %s/%s deployment on this server: rolling %s in this process.", HOST_FLOW,
-                          config.name, host.name)
-        state = host_release(**parameters, return_state=True)
-        ok = state.is_completed()
-        return host.name, HostRun(host.name, ok, str(state.result(raise_on_failure=False)) if ok else
-                                  (state.message or state.name))
+        run_log().warning("No %s/%s deployment on this server: %s is rolled in this process at its turn.",
+                          HOST_FLOW, config.name, host.name)
+        return None
     run_log().info("%s: run %s on queue %s.", host.name, run.name, host.queue)
-    return host.name, run
+    return run
 
 
-def watch_host_run(config: EnvironmentConfig, host: HostConfig, run: FlowRun | HostRun) -> HostRun:
-    """Until the host's run ends, or is lost with its worker; bounded by the rollout's timeouts."""
-    if isinstance(run, HostRun):
-        return run
+def roll_in_process(config: EnvironmentConfig, host: HostConfig, sha: str, release_id: int,
+                    rollback: bool) -> HostRun:
+    from flows.host_release import host_release
+
+    state = host_release(environment=config.name, host=host.name, sha=sha, release_id=release_id,
+                         rollback=rollback, return_state=True)
+    ok = state.is_completed()
+    return HostRun(host.name, ok, str(state.result(raise_on_failure=False)) if ok else (state.message or state.name))
+
+
+def watch_host_run(config: EnvironmentConfig, host: HostConfig, run: UUID, turn: float) -> HostRun:
+    """Until the host's run ends, or is lost with its worker; bounded by the rollout's timeouts, counted
+    from its turn (`turn`, a monotonic time)."""
     assert config.fleet is not None
     rollout = config.fleet.rollout
-    started = time.monotonic()
+    started = turn
     with get_client(sync_client=True) as client:
         while True:
-            current = client.read_flow_run(run.id)
+            current = client.read_flow_run(run)
             state = current.state
             waited = time.monotonic() - started
             if state is not None and state.is_final():
@@ -173,8 +254,8 @@ def watch_host_run(config: EnvironmentConfig, host: HostConfig, run: FlowRun | H
             if lost is None and waited > rollout.host_timeout_seconds:
                 lost = f"its run {current.name} did not end within {rollout.host_timeout_seconds:g} s"
             if lost is not None:
-                give_up(config, host, run.id, lost)
-                _cancel(client, run.id, lost)
+                give_up(config, host, run, lost)
+                _cancel(client, run, lost)
                 return HostRun(host.name, False, f"{lost}; its state is unknown", current.name)
             time.sleep(POLL_SECONDS)
 
@@ -224,6 +305,51 @@ def give_up(config: EnvironmentConfig, host: HostConfig, run_id: UUID, why: str)
     ledger, release_id = found
     ledger.step_finished(ledger.step_started(release_id, GIVEN_UP.format(host=host.name)), "failed",
                          f"{run_id} {why}"[:2000])
+
+
+TURN = "turn [{host}]"
+STAND_DOWN = "stand-down [{host}]"
+
+
+def give_turn(host: str, run_id: UUID) -> None:
+    """The host's standing-by run may go on: its host is drained."""
+    _said_to(TURN.format(host=host), "completed", f"{run_id}")
+
+
+def stand_down(host: str, run_id: UUID, why: str) -> None:
+    """The host's standing-by run ends without changing anything: its turn will not come."""
+    _said_to(STAND_DOWN.format(host=host), "completed", f"{run_id} {why}")
+
+
+def ledger_of_release() -> Any:
+    from tasks.steps import current_release
+
+    found = current_release()
+    return None if found is None else found[0]
+
+
+def _said_to(name: str, status: str, detail: str) -> None:
+    from tasks.steps import current_release
+
+    found = current_release()
+    if found is not None:
+        ledger, release_id = found
+        ledger.step_finished(ledger.step_started(release_id, name), status, detail[:2000])
+
+
+def turn_of(ledger: Any, release_id: int, host: str, run_id: str) -> str | None:
+    """What the deploy said to this host's run: "go", "stand down: <why>", or nothing yet."""
+    if ledger is None:
+        return None
+    turn, down, lost = TURN.format(host=host), STAND_DOWN.format(host=host), GIVEN_UP.format(host=host)
+    for step in ledger.steps(release_id):
+        if not step.detail.startswith(run_id):
+            continue
+        if step.name == turn:
+            return "go"
+        if step.name in (down, lost):
+            return f"stand down: {step.detail[len(run_id):].strip()}"
+    return None
 
 
 def given_up(ledger: Any, release_id: int, host: str, run_id: str) -> bool:

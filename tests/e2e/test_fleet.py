@@ -188,6 +188,14 @@ def test_v2_rolls_across_the_fleet_without_failing_a_request(fleet: tuple[Stack,
     assert release is not None
     runs = host_runs(stack, release.id)
     assert sorted((r["parameters"]["host"], r["work_queue_name"]) for r in runs) == [(h, h) for h in HOSTS]
+    # Every host's run was up and standing by before the first host was drained; web-2's and web-3's
+    # turns came once web-1 had rolled.
+    steps = Ledger.for_state_dir(production.state_dir).steps(release.id)
+    order = [step.name for step in steps]
+    assert all(step.status == "completed" for step in steps if step.name.startswith(("wait-for-turn", "start-host-runs")))
+    assert order.index("start-host-runs") < order.index("roll-batch-1")
+    assert {f"wait-for-turn [{host}]" for host in HOSTS} <= set(order)
+    assert order.index("check-health [web-1]") < order.index("turn [web-2]") and "turn [web-3]" in order
     status = deployctl(stack, "status", "production")
     assert status.returncode == 0, status.stderr
     for host in HOSTS:

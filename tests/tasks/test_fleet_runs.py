@@ -1,6 +1,8 @@
-"""A host's run given up for lost by a deploy (its worker went silent) is said so in the ledger, where
-the run looks before each change it makes: Prefect lets a cancelled run that a worker takes later start
-anyway, and it must then change nothing behind the rollback."""
+"""What a deploy says to its hosts' runs through the ledger, and when it takes one for lost.
+
+A run given up for lost (its worker went silent) is said so in the ledger, where the run looks before
+each change it makes: Prefect lets a cancelled run that a worker takes later start anyway, and it must
+then change nothing behind the rollback. A run standing by hears its turn, or its stand-down, there too."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from prefect.states import Pending, Running, Scheduled
 
 from deployments.fleet import HostConfig, RolloutConfig
 from records.ledger import Ledger
-from tasks.fleet import _lost, give_up, given_up
+from tasks.fleet import _lost, give_turn, give_up, given_up, stand_down, turn_of
 from tasks.steps import recording
 
 
@@ -91,3 +93,25 @@ def test_a_host_run_is_lost_only_past_the_bound_of_its_state(state, waited, poll
         assert found is None
     else:
         assert found is not None and lost in found, found
+
+
+def test_a_standing_by_run_hears_its_own_turn_or_stand_down_and_no_other(tmp_path: Path) -> None:
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    release = ledger.open_release(environment="production", ref="v2")
+    web2, web3, stale = uuid4(), uuid4(), uuid4()
+    host = HostConfig(name="web-3", address="127.0.0.13:8102", workspace=tmp_path)
+    give_turn("web-2", web2)  # outside a recorded deploy: nothing is said
+    assert turn_of(ledger, release.id, "web-2", str(web2)) is None
+    with recording(ledger, release.id):
+        assert turn_of(ledger, release.id, "web-2", str(web2)) is None  # nothing said yet: it waits
+        give_turn("web-2", web2)
+        stand_down("web-3", web3, "the rollout stopped before this host's turn")
+        give_up(None, host, stale, "its worker stopped polling queue web-3 25 s ago")  # type: ignore[arg-type]
+    assert turn_of(ledger, release.id, "web-2", str(web2)) == "go"
+    assert turn_of(ledger, release.id, "web-3", str(web3)) == "stand down: the rollout stopped before this host's turn"
+    assert turn_of(ledger, release.id, "web-3", str(stale)) == "stand down: its worker stopped polling queue web-3 25 s ago"
+    # Another run of the same host, or the same run under another host, hears nothing.
+    assert turn_of(ledger, release.id, "web-2", str(web3)) is None
+    assert turn_of(ledger, release.id, "web-3", str(web2)) is None
+    assert turn_of(None, release.id, "web-2", str(web2)) is None
+    ledger.engine.dispose()
