@@ -40,7 +40,7 @@ lock:
 # in this process.
 TEST_WORKERS ?= 3
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The edit-test loop: every test that starts no server, sandbox or browser (the `slow` mark), in about
 # a minute. `make test` runs them too.

@@ -1,5 +1,7 @@
 """deployment-execution: runbook phase 2, in the order that never runs new code on an old schema.
 
+    wait-for-hosts           [fleet]: every host's run (started with phase 1) taken by its worker and
+                             standing by; a host out of reach stops the deploy here, nothing changed
     verify-environment       step 6: variables present, secrets resolved from their sources
     pull-release             step 4: check out the resolved SHA
     switch-environment       ... and make its own environment live ([dependencies]; built in the prerequisites)
@@ -18,13 +20,15 @@ The ledger is told before each change, so a crash at any point knows what may ne
 
 from __future__ import annotations
 
+from uuid import UUID
+
 from prefect import flow
 
 from deployments.config import EnvironmentConfig
 from deployments.secrets import resolve_database_url
 from tasks.canary import check_canary
 from tasks.dependencies import switch_environment
-from tasks.fleet import roll_fleet
+from tasks.fleet import roll_fleet, wait_for_hosts
 from records.ledger import Ledger
 from tasks.migrations import database_revision, run_migrations
 from tasks.service import log_offset, restart_application, verify_environment, watch_startup_logs
@@ -32,8 +36,12 @@ from tasks.source import pull_release
 
 
 @flow(name="deployment-execution", flow_run_name="{config.name}: deployment execution")
-def deployment_execution(config: EnvironmentConfig, release_id: int, sha: str, application_name: str) -> str | None:
+def deployment_execution(config: EnvironmentConfig, release_id: int, sha: str, application_name: str,
+                         hosts: dict[str, UUID | None] | None = None) -> str | None:
+    """Phase 2. `hosts`: a fleet's host runs, started and standing by (tasks/fleet.standing_by)."""
     ledger = Ledger.for_state_dir(config.state_dir)
+    if config.fleet is not None and hosts is not None:  # every host reachable, before anything changes
+        wait_for_hosts(config, hosts, rollback=False)
     verify_environment(config)
     ledger.update(release_id, code_changed=True)
     pull_release(config, sha)
@@ -44,7 +52,7 @@ def deployment_execution(config: EnvironmentConfig, release_id: int, sha: str, a
     revision = database_revision(resolve_database_url(config))
     ledger.update(release_id, db_revision_after=revision)
     if config.fleet is not None:  # the database is shared: migrated once, above, from the deploy's checkout
-        roll_fleet(config, sha, release_id)
+        roll_fleet(config, sha, release_id, runs=hosts)
         return revision
     check_canary(config, sha)
     offset = log_offset(config)

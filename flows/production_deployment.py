@@ -2,6 +2,7 @@
 
     verify-prerequisites            merged to main · tests pass · security scan · migrations tested · staging verified
     approvals                       team lead and product owner, two different people (production)
+    start-host-runs                 [fleet]: every host's run on its queue, to stand by for its turn
     pre-deployment-verification     step 1 staging health · step 2 migration status · step 3 backup · baseline
     deployment-execution            step 6 environment · step 4 code · step 5 migrations · restart · startup log
     post-deployment-verification    step 7 health · step 8 critical paths · step 9 performance
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
+from uuid import UUID
 
 from prefect import Flow, flow
 from prefect.client.schemas.objects import FlowRun
@@ -39,6 +41,7 @@ from records.deploy_record import DeployRecord
 from records.ledger import Ledger
 from records.reporting import rename_run
 from tasks.approvals import obtain_approvals, release_brief
+from tasks.fleet import standing_by
 from tasks.locks import deploy_lock
 from tasks.source import ResolvedRelease, remove_worktree, validate_ref
 
@@ -121,18 +124,29 @@ def production_deployment(environment: str, ref: str | int = "main", dry_run: bo
             with record.phase("approvals"):
                 approvals = obtain_approvals(config, approval_brief(record, prerequisites, staging))
                 record.update(approvals=[a.as_dict() for a in approvals])
-        with record.phase("pre-deployment-verification"):
-            pre = pre_deployment_verification(config=config, staging=staging, release_id=record.release_id,
-                                              sha=release.sha, dry_run=dry_run, run_id=record.run_id,
-                                              migrations=prerequisites.migrations)
-        if dry_run:
-            return record.finish("noop", plan(config, release, pre.migrations.describe()))
-        with record.phase("deployment-execution"):
-            deployment_execution(config=config, release_id=record.release_id, sha=release.sha,
-                                 application_name=record.app_name)
+        # A fleet's hosts are asked to stand by now: their workers start the runs' processes while
+        # phase 1 runs, and a host that cannot be reached stops the deploy before the database changes.
+        with hosts_standing_by(config, release.sha, record.release_id, dry_run) as hosts:
+            with record.phase("pre-deployment-verification"):
+                pre = pre_deployment_verification(config=config, staging=staging, release_id=record.release_id,
+                                                  sha=release.sha, dry_run=dry_run, run_id=record.run_id,
+                                                  migrations=prerequisites.migrations)
+            if dry_run:
+                return record.finish("noop", plan(config, release, pre.migrations.describe()))
+            with record.phase("deployment-execution"):
+                deployment_execution(config=config, release_id=record.release_id, sha=release.sha,
+                                     application_name=record.app_name, hosts=hosts)
         with record.phase("post-deployment-verification"):
             post_deployment_verification(config=config, sha=release.sha, baseline=pre.baseline)
     return record.finish("succeeded", f"{release.short} is live in {environment}", watch=lambda: schedule_watch(record))
+
+
+def hosts_standing_by(config: EnvironmentConfig, sha: str, release_id: int,
+                      dry_run: bool) -> AbstractContextManager[dict[str, UUID | None] | None]:
+    """A fleet's host runs, started and standing by for their turns (tasks/fleet); None without one."""
+    if config.fleet is None or dry_run:
+        return nullcontext()
+    return standing_by(config, sha, release_id)
 
 
 def deploy_lock_unless(dry_run: bool, record: DeployRecord) -> AbstractContextManager[None]:

@@ -22,6 +22,8 @@ and the host counts as failed, in an unknown state that the rollback must bring 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -65,21 +67,20 @@ def load_balancer(config: EnvironmentConfig) -> LoadBalancer:
     return HAProxy(balancer.socket, balancer.backend, step=f"load balancer ({config.name})")
 
 
-def roll_fleet(config: EnvironmentConfig, sha: str, release_id: int, rollback: bool = False) -> list[HostRun]:
-    """Every host onto `sha`, batch by batch; raises on the first batch that fails."""
+def roll_fleet(config: EnvironmentConfig, sha: str, release_id: int, rollback: bool = False,
+               runs: dict[str, UUID | None] | None = None) -> list[HostRun]:
+    """Every host onto `sha`, batch by batch; raises on the first batch that fails. `runs`: the hosts'
+    runs started already (`standing_by`), else they are started here."""
     assert config.fleet is not None
-    if ledger_of_release() is None:  # turns are given through the record
-        raise FleetError(f"roll fleet ({config.name})", "no ledger record is being written",
-                         "a fleet is rolled by a deploy or a rollback, which write one")
     rollout = config.fleet.rollout
     done: list[HostRun] = []
     batches = [[h.name for h in batch] for batch in config.fleet.batches()]
     if rollback:
         batches = out_of_rotation_first(config, batches)
-    # A run stands by for as long as the batches before it may take, each to its bound.
-    standby = len(batches) * (rollout.host_timeout_seconds + rollout.pause_seconds) + rollout.start_timeout_seconds
-    runs = start_host_runs(config, sha, release_id, rollback, standby)
-    try:
+    started_here = runs is None
+    with standing_by(config, sha, release_id, rollback, runs) as runs:
+        if started_here:  # else the caller waited for them, before it changed anything
+            wait_for_hosts(config, runs, rollback)
         for number, batch in enumerate(batches, start=1):
             if number > 1 and rollout.pause_seconds:
                 run_log().info("Pausing %g s before batch %d of %d.", rollout.pause_seconds, number, len(batches))
@@ -87,24 +88,52 @@ def roll_fleet(config: EnvironmentConfig, sha: str, release_id: int, rollback: b
             name = f"{'roll-back' if rollback else 'roll'}-batch-{number}"
             done += roll_batch.with_options(name=name)(config, {host: runs[host] for host in batch}, sha,
                                                        release_id, rollback)
+    return done
+
+
+# Before its turn a deploy's run may stand by through the phases ahead of the rollout (the backup, the
+# migrations), besides the batches before its own; the run that started it ending stands it down sooner.
+PHASES_BEFORE_ROLLOUT_SECONDS = 7200.0
+
+
+@contextmanager
+def standing_by(config: EnvironmentConfig, sha: str, release_id: int, rollback: bool = False,
+                runs: dict[str, UUID | None] | None = None) -> Iterator[dict[str, UUID | None]]:
+    """Every host's run started (`runs` when given), standing by for its turn; on the way out, each run
+    whose turn never came is stood down (it ends Cancelled, having changed nothing)."""
+    assert config.fleet is not None
+    if ledger_of_release() is None:  # turns are given through the record
+        raise FleetError(f"roll fleet ({config.name})", "no ledger record is being written",
+                         "a fleet is rolled by a deploy or a rollback, which write one")
+    if runs is None:
+        rollout = config.fleet.rollout
+        standby = (len(config.fleet.batches()) * (rollout.host_timeout_seconds + rollout.pause_seconds)
+                   + rollout.start_timeout_seconds + (0 if rollback else PHASES_BEFORE_ROLLOUT_SECONDS))
+        runs = start_host_runs(config, sha, release_id, rollback, standby)
+    try:
+        yield runs
     finally:
         for host, run in runs.items():
             if run is not None and turn_of(ledger_of_release(), release_id, host, str(run)) is None:
-                stand_down(host, run, "the rollout stopped before this host's turn")
-    return done
+                stand_down(host, run, "the deploy stopped before this host's turn")
 
 
 @change_step("start-host-runs")
 def start_host_runs(config: EnvironmentConfig, sha: str, release_id: int, rollback: bool,
                     standby: float) -> dict[str, UUID | None]:
-    """Every host's run (its id) started and standing by, or the rollout stops before any host is
-    touched. None for a host rolled in this process (no host-release deployment on the server), at its
-    turn."""
+    """Every host's run created on its host's queue (its id), to stand by for its turn. None for a host
+    rolled in this process (no host-release deployment on the server), at its turn."""
     assert config.fleet is not None
-    started_runs = {host.name: start_host_run(config, host, sha, release_id, rollback, standby)
-                    for host in config.fleet.hosts}
-    runs = {name: None if run is None else run.id for name, run in started_runs.items()}
-    started = time.monotonic()
+    started = {host.name: start_host_run(config, host, sha, release_id, rollback, standby)
+               for host in config.fleet.hosts}
+    return {name: None if run is None else run.id for name, run in started.items()}
+
+
+@read_step("wait-for-hosts", retries=0)
+def wait_for_hosts(config: EnvironmentConfig, runs: dict[str, UUID | None], rollback: bool) -> str:
+    """Every host's run taken by its worker and its process up, standing by; or the rollout stops here,
+    before any host is drained or changed."""
+    assert config.fleet is not None
     waiting = {name: run for name, run in runs.items() if run is not None}
     with get_client(sync_client=True) as client:
         while waiting:
@@ -114,18 +143,15 @@ def start_host_runs(config: EnvironmentConfig, sha: str, release_id: int, rollba
                 if state is not None and state.is_running():
                     del waiting[name]
                     continue
+                waited = time.time() - current.created.timestamp() if current.created else 0.0
                 lost = (f"its run {current.name} ended {state.name} before its turn: "
                         f"{_first_line(state.message) or 'see the run in the UI'}"
                         if state is not None and state.is_final() else
-                        _lost(client, current, config.fleet.host(name), time.monotonic() - started,
-                              config.fleet.rollout))
+                        _lost(client, current, config.fleet.host(name), waited, config.fleet.rollout))
                 if lost is not None:
                     give_up(config, config.fleet.host(name), run, lost)
                     _cancel(client, run, lost)
-                    for other, other_run in runs.items():
-                        if other != name and other_run is not None:
-                            stand_down(other, other_run, f"{name} could not be reached")
-                    raise FleetError(f"start host runs ({config.name})", f"{name}: {lost}; its state is unknown",
+                    raise FleetError(f"wait for hosts ({config.name})", f"{name}: {lost}; nothing was changed on it",
                                      "no host was drained or changed; start the host's worker (`prefect worker "
                                      "start` as the README shows) and deploy again" if not rollback else
                                      "no host was changed by this rollback; start the host's worker, then run "
@@ -133,12 +159,7 @@ def start_host_runs(config: EnvironmentConfig, sha: str, release_id: int, rollba
             if waiting:
                 time.sleep(POLL_SECONDS / 2)
     up = [name for name, run in runs.items() if run is not None]
-    return runs if not up else _said(runs, f"{len(up)} host run(s) standing by: {', '.join(up)}")
-
-
-def _said(runs: dict[str, UUID | None], message: str) -> dict[str, UUID | None]:
-    run_log().info("%s.", message)
-    return runs
+    return f"{len(up)} host run(s) standing by: {', '.join(up)}" if up else "hosts rolled in this process"
 
 
 def out_of_rotation_first(config: EnvironmentConfig, batches: list[list[str]]) -> list[list[str]]:
@@ -159,6 +180,11 @@ def roll_batch(config: EnvironmentConfig, runs: dict[str, UUID | None], sha: str
     hosts = list(runs)
     step = f"roll {', '.join(hosts)} ({config.name})"
     balancer = load_balancer(config)
+    gone = still_standing_by(config, runs)
+    if gone:
+        raise FleetError(step, "; ".join(gone), "no host of this batch was drained or changed; " + (
+            "the rollback brings every host back" if not rollback else
+            "start the host's worker, then run the rollback again"))
     for host in hosts:
         state = balancer.drain(host, fleet.load_balancer.drain_timeout_seconds)
         run_log().info("Drained %s from the load balancer (%s).", host, state.describe())
@@ -185,6 +211,27 @@ def roll_batch(config: EnvironmentConfig, runs: dict[str, UUID | None], sha: str
         state = balancer.ready(host, fleet.load_balancer.ready_timeout_seconds, wait_up=not in_maintenance)
         run_log().info("%s is back in rotation (%s).", host, state.describe())
     return outcomes
+
+
+def still_standing_by(config: EnvironmentConfig, runs: dict[str, UUID | None]) -> list[str]:
+    """The hosts whose run is no longer standing by (its worker gone silent, or the run ended), each
+    given up for lost; empty when every run still waits for its turn."""
+    assert config.fleet is not None
+    gone = []
+    with get_client(sync_client=True) as client:
+        for name, run in runs.items():
+            if run is None:
+                continue
+            current = client.read_flow_run(run)
+            state = current.state
+            lost = (f"its run {current.name} ended {state.name} before its turn"
+                    if state is not None and state.is_final() else
+                    _lost(client, current, config.fleet.host(name), 0.0, config.fleet.rollout))
+            if lost is not None:
+                give_up(config, config.fleet.host(name), run, lost)
+                _cancel(client, run, lost)
+                gone.append(f"{name}: {lost}; nothing was changed on it")
+    return gone
 
 
 @read_step("check-load-balancer", retries=0)

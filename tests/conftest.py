@@ -32,23 +32,40 @@ logging.raiseExceptions = False
 collect_ignore_glob = ["other_app/releases/*"]
 
 
+TESTS = Path(__file__).resolve().parent
+# The files that take longest on 2 cores (`--durations`, setup included), longest first.
+LONGEST = [
+    "e2e/test_fleet.py",
+    "ui/test_operator_in_the_browser.py",
+    "e2e/test_server_and_worker.py",
+    "test_lock.py",
+    "faults/test_faults_postgres.py",
+    "faults/test_faults.py",
+    "e2e/test_other_app.py",
+    "flows/test_deploy_on_postgres.py",
+    "sample_app/test_release_suites.py",
+]
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that needs a Prefect server is slow whether or not its module says so: `make test-fast`
     (-m "not slow") must never start one.
 
-    Then the files with slow tests run first, the browser's first of all: `make test` hands whole files
-    to its workers in this order, and a long file handed out last runs alone on one core while the
-    other idles. The many quick files at the end fill in around the long ones. Within a file the
-    order is unchanged; every worker sorts alike, as xdist requires."""
+    Then the longest files run first (LONGEST, then the other files with slow tests): `make test` hands
+    whole files to its workers in this order (--no-loadscope-reorder keeps xdist from reordering them
+    by their number of tests), and a long file handed out last runs alone on one core while the others
+    idle. The many quick files at the end fill in around the long ones. Within a file the order is
+    unchanged; every worker sorts alike, as xdist requires."""
     for item in items:
         if "prefect_server" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
     heavy = {item.path for item in items if item.get_closest_marker("slow")}
     position = {id(item): index for index, item in enumerate(items)}
 
-    def rank(item: pytest.Item) -> tuple[int, int]:
-        first = 0 if item.path.parent.name == "ui" else 1 if item.path in heavy else 2
-        return first, position[id(item)]
+    def rank(item: pytest.Item) -> tuple[int, int, int]:
+        where = item.path.relative_to(TESTS).as_posix() if item.path.is_relative_to(TESTS) else ""
+        first = LONGEST.index(where) if where in LONGEST else len(LONGEST) if item.path in heavy else len(LONGEST) + 1
+        return first, 0, position[id(item)]
 
     items.sort(key=rank)
 

@@ -239,15 +239,17 @@ def test_a_host_whose_worker_is_killed_mid_rollout_is_lost_and_the_fleet_converg
     stack, box = fleet
     v2 = box.sha("v2")[:12]
     deploy = start(stack, "production-deployment/production", "ref=v2", "force=true")
-    # Kill web-2's worker, and the flow process it started, once its run for web-2 is running: the
-    # worker's host gone as a whole.
+    # Kill web-2's worker, and the flow process it started, once web-2 has its turn (its run stood by
+    # from phase 1 on, and now changes the host): the worker's host gone as a whole, mid-change.
+    ledger = Ledger.for_state_dir(box.config("production").state_dir)
     deadline = time.monotonic() + 300
     running: list[dict] = []  # type: ignore[type-arg]
     while not running and time.monotonic() < deadline:
         assert state_of(stack, deploy) not in FINAL, run_of(stack, deploy)["state"]
-        running = [r for r in flow_runs(stack, "host-release") if r["parameters"].get("host") == "web-2"
-                   and r["parameters"].get("release_id") and r["state"]["type"] == "RUNNING"
-                   and r["parameters"].get("rollback") is False]
+        release = ledger.by_flow_run(deploy)
+        if release is not None and any(step.name == "turn [web-2]" for step in ledger.steps(release.id)):
+            running = [r for r in flow_runs(stack, "host-release") if r["parameters"].get("host") == "web-2"
+                       and r["parameters"].get("release_id") == release.id and r["state"]["type"] == "RUNNING"]
         time.sleep(0.2)
     assert running, "web-2's run never started"
     process = flow_process(running[0]["id"])
