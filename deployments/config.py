@@ -605,17 +605,21 @@ class EnvironmentConfig(Model):
             raise ValueError("host is set by the orchestrator for one host of [fleet]; remove it from the file")
         if self.fleet is None:
             return self
-        if self.dependencies is not None:
-            raise ValueError("[fleet] with [dependencies] is not supported: each host would need the release's "
-                             "environment built on it; deploy a fleet's app in service.python as it is")
         services = {}
         for host in self.fleet.hosts:
+            if self.dependencies is not None and "python" in host.service:
+                raise ValueError(f"fleet host {host.name}: service.python: leave it out with [dependencies]: the "
+                                 "host's interpreter is its live release's environment, <dependencies_directory>"
+                                 "/current/bin/python")
+            if self.dependencies is None and host.dependencies_directory is not None:
+                raise ValueError(f"fleet host {host.name}: dependencies_directory is for [dependencies], which "
+                                 "this file does not have; remove it")
             twice = sorted(set(self.database.variables) & set(host.service.get("env") or {}))
             if twice:
                 raise ValueError(f"fleet host {host.name}: service.env: {', '.join(twice)} also given by [database]: "
                                  "the tool sets the database's variables itself; remove them from the host's env")
             try:
-                services[host.name] = _host_service(self.service, host, info.context)
+                services[host.name] = _host_service(self.service, host, info.context, self._host_dependencies(host))
             except ValidationError as exc:
                 problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
                                      for e in exc.errors())
@@ -634,7 +638,17 @@ class EnvironmentConfig(Model):
             raise InvalidInput(f"environment {self.name}", f"its [fleet] has no host {str(name)[:60]!r}",
                                f"use one of: {', '.join(h.name for h in self.fleet.hosts)}") from None
         source = self.source.model_copy(update={"workspace": host.workspace})
-        return self.model_copy(update={"source": source, "service": self._host_services[name], "host": name})
+        return self.model_copy(update={"source": source, "service": self._host_services[name], "host": name,
+                                       "dependencies": self._host_dependencies(host)})
+
+    def _host_dependencies(self, host: HostConfig) -> DependenciesConfig | None:
+        """A host's own environments: never the deploy checkout's (`[dependencies] directory`), whose
+        `current` the migrations switch before the host's turn, even on the same machine."""
+        if self.dependencies is None:
+            return None
+        directory = self.dependencies.directory
+        own = host.dependencies_directory or directory.with_name(f"{directory.name}-{host.name}")
+        return self.dependencies.model_copy(update={"directory": own})
 
     @property
     def hosts(self) -> list[EnvironmentConfig]:
@@ -659,9 +673,12 @@ class EnvironmentConfig(Model):
         return self.name if info.mode == "json" else handler(self)
 
 
-def _host_service(service: ServiceConfig, host: HostConfig, context: Any) -> ServiceConfig:
+def _host_service(service: ServiceConfig, host: HostConfig, context: Any,
+                  dependencies: DependenciesConfig | None) -> ServiceConfig:
     differences = dict(host.service)
     merged = {**service.model_dump(exclude_unset=True), **differences}
+    if dependencies is not None:  # the host's own live environment
+        merged["python"] = str(dependencies.directory / "current" / "bin" / "python")
     env = differences.get("env", {})
     # An env that is not a table is left as written, for ServiceConfig to refuse with the host named.
     merged["env"] = {**service.env, **env} if isinstance(env, dict) else env

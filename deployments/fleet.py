@@ -47,6 +47,9 @@ class HostConfig(Model):
     service: dict[str, Any] = Field(default_factory=dict, description=(
         "keys of [service] that differ on this host (pid_file, startup_log, env, ...); env is merged into "
         "[service] env, base_url defaults to http://<address>"))
+    dependencies_directory: FilePath | None = Field(None, description=(
+        "with [dependencies]: where this host keeps the release environments it builds; default "
+        "<[dependencies] directory>-<name>, beside the deploy checkout's own"))
 
     @field_validator("name")
     @classmethod

@@ -5,6 +5,8 @@
                                     Cancelled having changed nothing
     check-workspace [host]          no change made by hand in the host's checkout (a deploy would discard it)
     pull-release [host]             check out the SHA in the host's workspace
+    switch-environment [host]       [dependencies]: the release's environment made live on the host,
+                                    built there first when the host has not got it; old ones pruned
     check-canary [host]             the release on a spare port of the host, health and critical paths
     restart-application [host]      graceful reload; a release that cannot start leaves the old one serving
     watch-startup-logs [host]       no error pattern in the host's log for the grace time
@@ -32,7 +34,9 @@ from deployments.errors import DeployError
 from deployments.logs import install_log_filters, run_log
 from records.ledger import Ledger
 from tasks.canary import check_canary
+from tasks.dependencies import prune_environments, switch_environment
 from tasks.fleet import FleetError, given_up, turn_of
+from tasks.release_environments import live_environment
 from tasks.health import check_health, probe
 from tasks.served_version import served_version
 from tasks.service import log_offset, restart_application, watch_startup_logs
@@ -51,7 +55,7 @@ def run_name() -> str:
 
 @flow(name="host-release", flow_run_name=run_name)
 def host_release(environment: str, host: str, sha: str, release_id: int = 0, rollback: bool = False,
-                 standby_seconds: float = 0) -> str | State:
+                 standby_seconds: float = 0, environment_key: str = "") -> str | State:
     """Put one host of a fleet on a release.
 
     Args:
@@ -61,6 +65,8 @@ def host_release(environment: str, host: str, sha: str, release_id: int = 0, rol
         release_id: The ledger record the steps are written to (0: none).
         rollback: Bring a previous release back: no canary, health at the first good answer.
         standby_seconds: Wait this long at most for the host's turn, given in the ledger record (0: go now).
+        environment_key: With [dependencies], a rollback's environment to make live again (its key);
+            a deploy makes live the one its checkout's dependency files key.
     """
     install_log_filters()
     config = load_environment(environment).for_host(host)
@@ -77,6 +83,12 @@ def host_release(environment: str, host: str, sha: str, release_id: int = 0, rol
             on_host(check_workspace, host)(config)
         still_wanted(ledger, release_id, host)
         on_host(pull_release, host, "check-out-previous-release" if rollback else None)(config, sha)
+        if config.dependencies is not None:
+            on_host(switch_environment, host, "switch-back-environment" if rollback else None)(
+                config, environment_key or None)
+            pruned = prune_environments(config, keep={key for key in (environment_key, live_key(config)) if key})
+            if pruned:
+                run_log().info("%s: removed %d old environment(s): %s", host, len(pruned), ", ".join(pruned))
         if config.service.canary is not None and not rollback:
             on_host(check_canary, host)(config, sha)
         offset = log_offset(config)
@@ -140,6 +152,11 @@ def still_wanted(ledger: Ledger | None, release_id: int, host: str) -> None:
 def on_host(step: Task[..., Any], host: str, name: str | None = None) -> Task[..., Any]:
     """The step under its runbook name with the host's: the ledger and the UI tell hosts apart."""
     return step.with_options(name=f"{name or step.name} [{host}]")
+
+
+def live_key(config: Any) -> str | None:
+    live = live_environment(config)
+    return live.key if live is not None else None
 
 
 def _serves(config: Any, sha: str) -> bool:

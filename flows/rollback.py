@@ -141,7 +141,8 @@ def rollback(environment: str, failed_run_id: str = "", to: str = "", reason: st
                 if config.fleet is not None and plan.code:
                     # Every host, batch by batch as the deploy rolled them: drained, rolled back by its own
                     # worker, healthy, back in rotation. A host already on the previous release is left.
-                    roll_fleet(config, plan.to_sha, record_id, rollback=True)
+                    roll_fleet(config, plan.to_sha, record_id, rollback=True,
+                               environment_key=subject.environment_before if config.dependencies else None)
                 elif not never_ran and config.fleet is None:
                     restart_application(config)
                 # Retried each second until the health deadline, visibly; the first good answer will do:

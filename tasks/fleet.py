@@ -68,9 +68,10 @@ def load_balancer(config: EnvironmentConfig) -> LoadBalancer:
 
 
 def roll_fleet(config: EnvironmentConfig, sha: str, release_id: int, rollback: bool = False,
-               runs: dict[str, UUID | None] | None = None) -> list[HostRun]:
+               runs: dict[str, UUID | None] | None = None, environment_key: str | None = None) -> list[HostRun]:
     """Every host onto `sha`, batch by batch; raises on the first batch that fails. `runs`: the hosts'
-    runs started already (`standing_by`), else they are started here."""
+    runs started already (`standing_by`), else they are started here. `environment_key`: with
+    [dependencies], the release environment a rollback makes live again on each host."""
     assert config.fleet is not None
     rollout = config.fleet.rollout
     done: list[HostRun] = []
@@ -78,7 +79,7 @@ def roll_fleet(config: EnvironmentConfig, sha: str, release_id: int, rollback: b
     if rollback:
         batches = out_of_rotation_first(config, batches)
     started_here = runs is None
-    with standing_by(config, sha, release_id, rollback, runs) as runs:
+    with standing_by(config, sha, release_id, rollback, runs, environment_key) as runs:
         if started_here:  # else the caller waited for them, before it changed anything
             wait_for_hosts(config, runs, rollback)
         for number, batch in enumerate(batches, start=1):
@@ -87,7 +88,7 @@ def roll_fleet(config: EnvironmentConfig, sha: str, release_id: int, rollback: b
                 time.sleep(rollout.pause_seconds)
             name = f"{'roll-back' if rollback else 'roll'}-batch-{number}"
             done += roll_batch.with_options(name=name)(config, {host: runs[host] for host in batch}, sha,
-                                                       release_id, rollback)
+                                                       release_id, rollback, environment_key)
     return done
 
 
@@ -98,7 +99,8 @@ PHASES_BEFORE_ROLLOUT_SECONDS = 7200.0
 
 @contextmanager
 def standing_by(config: EnvironmentConfig, sha: str, release_id: int, rollback: bool = False,
-                runs: dict[str, UUID | None] | None = None) -> Iterator[dict[str, UUID | None]]:
+                runs: dict[str, UUID | None] | None = None,
+                environment_key: str | None = None) -> Iterator[dict[str, UUID | None]]:
     """Every host's run started (`runs` when given), standing by for its turn; on the way out, each run
     whose turn never came is stood down (it ends Cancelled, having changed nothing)."""
     assert config.fleet is not None
@@ -109,7 +111,7 @@ def standing_by(config: EnvironmentConfig, sha: str, release_id: int, rollback: 
         rollout = config.fleet.rollout
         standby = (len(config.fleet.batches()) * (rollout.host_timeout_seconds + rollout.pause_seconds)
                    + rollout.start_timeout_seconds + (0 if rollback else PHASES_BEFORE_ROLLOUT_SECONDS))
-        runs = start_host_runs(config, sha, release_id, rollback, standby)
+        runs = start_host_runs(config, sha, release_id, rollback, standby, environment_key)
     try:
         yield runs
     finally:
@@ -120,11 +122,11 @@ def standing_by(config: EnvironmentConfig, sha: str, release_id: int, rollback: 
 
 @change_step("start-host-runs")
 def start_host_runs(config: EnvironmentConfig, sha: str, release_id: int, rollback: bool,
-                    standby: float) -> dict[str, UUID | None]:
+                    standby: float, environment_key: str | None = None) -> dict[str, UUID | None]:
     """Every host's run created on its host's queue (its id), to stand by for its turn. None for a host
     rolled in this process (no host-release deployment on the server), at its turn."""
     assert config.fleet is not None
-    started = {host.name: start_host_run(config, host, sha, release_id, rollback, standby)
+    started = {host.name: start_host_run(config, host, sha, release_id, rollback, standby, environment_key)
                for host in config.fleet.hosts}
     return {name: None if run is None else run.id for name, run in started.items()}
 
@@ -174,7 +176,7 @@ def out_of_rotation_first(config: EnvironmentConfig, batches: list[list[str]]) -
 
 @change_step("roll-batch")
 def roll_batch(config: EnvironmentConfig, runs: dict[str, UUID | None], sha: str, release_id: int,
-               rollback: bool) -> list[HostRun]:
+               rollback: bool, environment_key: str | None = None) -> list[HostRun]:
     assert config.fleet is not None
     fleet = config.fleet
     hosts = list(runs)
@@ -192,7 +194,7 @@ def roll_batch(config: EnvironmentConfig, runs: dict[str, UUID | None], sha: str
     turns: dict[str, float] = {}
     for host, run in runs.items():
         if run is None:  # no host-release deployment: this host is rolled here, now
-            outcomes.append(roll_in_process(config, fleet.host(host), sha, release_id, rollback))
+            outcomes.append(roll_in_process(config, fleet.host(host), sha, release_id, rollback, environment_key))
         else:
             give_turn(host, run)
             turns[host] = time.monotonic()
@@ -255,11 +257,12 @@ def check_balancer(config: EnvironmentConfig) -> str:
 
 
 def start_host_run(config: EnvironmentConfig, host: HostConfig, sha: str, release_id: int, rollback: bool,
-                   standby: float) -> FlowRun | None:
+                   standby: float, environment_key: str | None = None) -> FlowRun | None:
     """A `host-release` run on the host's own queue, standing by up to `standby` seconds for its turn;
     None when the server has no such deployment (one machine, no workers)."""
     parameters = {"environment": config.name, "host": host.name, "sha": sha, "release_id": release_id,
-                  "rollback": rollback, "standby_seconds": standby}
+                  "rollback": rollback, "standby_seconds": standby,
+                  **({"environment_key": environment_key} if environment_key else {})}
     try:
         run = run_deployment(f"{HOST_FLOW}/{config.name}", parameters=parameters, timeout=0,
                              work_queue_name=host.queue, as_subflow=True)
@@ -272,11 +275,11 @@ def start_host_run(config: EnvironmentConfig, host: HostConfig, sha: str, releas
 
 
 def roll_in_process(config: EnvironmentConfig, host: HostConfig, sha: str, release_id: int,
-                    rollback: bool) -> HostRun:
+                    rollback: bool, environment_key: str | None = None) -> HostRun:
     from flows.host_release import host_release
 
     state = host_release(environment=config.name, host=host.name, sha=sha, release_id=release_id,
-                         rollback=rollback, return_state=True)
+                         rollback=rollback, environment_key=environment_key or "", return_state=True)
     ok = state.is_completed()
     return HostRun(host.name, ok, str(state.result(raise_on_failure=False)) if ok else (state.message or state.name))
 

@@ -110,7 +110,7 @@ def test_a_bad_batch_size_names_the_field_and_what_to_write(tmp_path: Path, roll
      "fleet.hosts.0.work_queu: unknown key; remove it or rename it (did you mean 'work_queue'?)"),
     ('name = "web-1"', 'name = "web-1"\nport = 8102',
      "fleet.hosts.0.port: unknown key; remove it or rename it "
-     "(known keys here: address, name, service, work_queue, workspace)"),
+     "(known keys here: address, dependencies_directory, name, service, work_queue, workspace)"),
     ('service = { pid_file = "h1/run/app.pid"', 'service = { grace_seconds = -1, pid_file = "h1/run/app.pid"',
      "fleet host web-1: service: grace_seconds: Input should be greater than or equal to 0"),
     ('service = { pid_file = "h2/run/app.pid"', 'service = { pidfile = "x.pid", pid_file = "h2/run/app.pid"',
@@ -152,17 +152,33 @@ def test_host_is_never_written_in_the_file(tmp_path: Path) -> None:
     assert "host is set by the orchestrator for one host of [fleet]; remove it from the file" in message
 
 
-def test_a_fleet_with_dependencies_is_refused(tmp_path: Path) -> None:
-    def with_dependencies(text: str) -> str:
-        text = text.replace('python = "../.venv/bin/python"\n', "", 1)
-        text = text.replace('start_command = ["{bin}/gunicorn"', 'start_command = ["{python}", "{bin}/gunicorn"', 1)
-        return text + '\n[dependencies]\ndirectory = "envs"\npython = "/usr/bin/python3"\n'
+def with_dependencies(text: str) -> str:
+    text = text.replace('python = "../.venv/bin/python"\n', "", 1)
+    text = text.replace('start_command = ["{bin}/gunicorn"', 'start_command = ["{python}", "{bin}/gunicorn"', 1)
+    return text + '\n[dependencies]\ndirectory = "envs"\npython = "/usr/bin/python3"\n'
 
-    without_fleet = load(tmp_path, edit=with_dependencies)
-    assert without_fleet.dependencies is not None and without_fleet.fleet is None
-    message = error_of(tmp_path, fleet_section(), with_dependencies)
-    assert "[fleet] with [dependencies] is not supported" in message
-    assert "deploy a fleet's app in service.python as it is" in message
+
+def test_each_host_of_a_fleet_with_dependencies_runs_its_own_live_environment(tmp_path: Path) -> None:
+    fleet = fleet_section().replace('workspace = "h3/app"', 'workspace = "h3/app"\ndependencies_directory = "h3/envs"')
+    config = load(tmp_path, edit=lambda text: with_dependencies(text) + fleet)
+    assert config.dependencies is not None and config.dependencies.directory == tmp_path / "envs"
+    web2, web3 = config.for_host("web-2"), config.for_host("web-3")
+    # Never the deploy checkout's environments (the migrations make the release's live there before
+    # any host's turn): beside them by default, or where the host says.
+    assert web2.dependencies is not None and web2.dependencies.directory == tmp_path / "envs-web-2"
+    assert web2.service.python == tmp_path / "envs-web-2" / "current" / "bin" / "python"
+    assert web3.dependencies is not None and web3.dependencies.directory == tmp_path / "h3" / "envs"
+    assert web3.service.python == tmp_path / "h3" / "envs" / "current" / "bin" / "python"
+    assert web3.dependencies.install_command == config.dependencies.install_command
+
+
+def test_a_host_interpreter_with_dependencies_and_a_host_directory_without_them_are_refused(tmp_path: Path) -> None:
+    fleet = fleet_section().replace('service = { pid_file = "h2/run/app.pid"', 'service = { python = "/usr/bin/python3", pid_file = "h2/run/app.pid"')
+    message = error_of(tmp_path, edit=lambda text: with_dependencies(text) + fleet)
+    assert "fleet host web-2: service.python: leave it out with [dependencies]" in message
+    fleet = fleet_section().replace('workspace = "h2/app"', 'workspace = "h2/app"\ndependencies_directory = "h2/envs"')
+    message = error_of(tmp_path, fleet)
+    assert "fleet host web-2: dependencies_directory is for [dependencies], which this file does not have" in message
 
 
 def test_for_host_is_the_environment_on_that_host(tmp_path: Path) -> None:
