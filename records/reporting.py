@@ -75,14 +75,28 @@ def success_criteria(release: Release, steps: list[StepRecord], notified: bool) 
         Criterion("Critical functionality verified",
                   None if evidence("run-critical-path-tests").startswith("not checked") else "run-critical-path-tests" in done,
                   evidence("run-critical-path-tests")),
-        Criterion("No critical errors in application logs", "watch-startup-logs" in done,
-                  evidence("watch-startup-logs")),
+        logs_watched(steps),
         Criterion("Monitoring systems showing normal metrics",
                   None if evidence("check-performance").startswith("not measured") else "check-performance" in done,
                   evidence("check-performance")),
         Criterion("Stakeholders notified of successful deployment", notified,
                   "completion notification sent" if notified else "not sent"),
     ]
+
+
+def logs_watched(steps: list[StepRecord]) -> Criterion:
+    """One host's startup log watched clean; a fleet's, every host's (its last watch counts: a host rolled
+    back and forth is judged on where it ended)."""
+    name = "No critical errors in application logs"
+    last = {s.name: s for s in steps if s.name == "watch-startup-logs" or s.name.startswith("watch-startup-logs [")}
+    if set(last) <= {"watch-startup-logs"}:
+        step = last.get("watch-startup-logs")
+        return Criterion(name, step is not None and step.status == "completed",
+                         step.detail if step is not None and step.status == "completed" else "not done")
+    hosts = {s.name.removeprefix("watch-startup-logs [").rstrip("]"): s for s in last.values() if s.name != "watch-startup-logs"}
+    bad = sorted(host for host, step in hosts.items() if step.status != "completed")
+    return Criterion(name, not bad, f"{len(hosts) - len(bad)} of {len(hosts)} hosts' logs clean"
+                     + (f"; not on {', '.join(bad)}" if bad else f" ({', '.join(sorted(hosts))})"))
 
 
 def summary_text(release: Release, criteria: list[Criterion]) -> str:

@@ -30,6 +30,7 @@ import pytest
 
 from deployctl.stack import Stack
 from records.ledger import Ledger
+from records.reporting import success_criteria
 from tasks.fleet import fleet_problems
 from tasks.load_balancer import HAProxy
 from tests.e2e.operator import (FINAL, deployctl, flow_process, flow_runs, run_of, stack_with_sandbox, state_of, trigger,
@@ -196,6 +197,10 @@ def test_v2_rolls_across_the_fleet_without_failing_a_request(fleet: tuple[Stack,
     assert order.index("start-host-runs") < order.index("roll-batch-1")
     assert {f"wait-for-turn [{host}]" for host in HOSTS} <= set(order)
     assert order.index("check-health [web-1]") < order.index("turn [web-2]") and "turn [web-3]" in order
+    # The runbook's success criteria hold for the fleet as a whole: every host's log watched clean.
+    criteria = {c.name: c for c in success_criteria(release, steps, notified=True)}
+    assert all(c.met is not False for c in criteria.values()), criteria
+    assert criteria["No critical errors in application logs"].evidence.startswith("3 of 3 hosts' logs clean")
     status = deployctl(stack, "status", "production")
     assert status.returncode == 0, status.stderr
     for host in HOSTS:

@@ -117,3 +117,22 @@ def test_the_summary_gives_each_migrations_kind_and_the_linters_findings() -> No
     text = summary_markdown(release(migrations=migrations), STEPS, CRITERIA, [COMMIT], ["team-lead", "product-owner"])
     assert "- migration `0002`: Salary range on jobs (expand; require-concurrent-index-creation warns)\n" in text
     assert "- migration `0003`: Drop url (destructive; ban-drop-column allowed)" in text
+
+
+def test_a_fleets_logs_are_judged_host_by_host_on_where_each_ended() -> None:
+    from records.reporting import success_criteria
+
+    def logs(steps: list[StepRecord]):  # type: ignore[no-untyped-def]
+        return next(c for c in success_criteria(release(), steps, notified=True)
+                    if c.name == "No critical errors in application logs")
+
+    watched = [StepRecord(f"watch-startup-logs [{host}]", "completed", "no error pattern in 3 s", 3.0)
+               for host in ("web-1", "web-2", "web-3")]
+    clean = logs([*STEPS, *watched])
+    assert clean.met is True and clean.evidence == "3 of 3 hosts' logs clean (web-1, web-2, web-3)"
+    failed = logs([*STEPS, *watched, StepRecord("watch-startup-logs [web-2]", "failed", "Traceback", 1.0)])
+    assert failed.met is False and failed.evidence == "2 of 3 hosts' logs clean; not on web-2"
+    # One host: its one step, as before.
+    single = logs([*STEPS, StepRecord("watch-startup-logs", "completed", "no error pattern in 3 s", 3.0)])
+    assert single.met is True and single.evidence == "no error pattern in 3 s"
+    assert logs([s for s in STEPS if s.name != "watch-startup-logs"]).met is False
