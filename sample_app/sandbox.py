@@ -177,6 +177,8 @@ def up(
         _prepare_workspace(config, origin)
         for host in config.hosts:
             _prepare_workspace(host, origin)
+        for instance in [config, *config.hosts]:  # with [dependencies] an app starts in its live environment
+            _live_environment(instance)
         url = resolve_database_url(config)
         if url.startswith("postgresql"):
             _create_postgres_database(url)
@@ -202,6 +204,20 @@ def up(
             log(f"{env + '/lb':<11} {config.service.base_url} haproxy pid {_start_balancer(config)}, "
                 f"{len(config.fleet.hosts)} hosts")
     return configs
+
+
+def _live_environment(config: EnvironmentConfig) -> None:
+    """With [dependencies]: the checkout's release environment built and live, as a deploy leaves it."""
+    if config.dependencies is None:
+        return
+    from tasks.dependencies import ensure_environment, switch_environment
+    from tasks.release_environments import live_environment, release_environment
+
+    wanted = release_environment(config, config.app_dir())
+    live = live_environment(config)
+    if live is None or live.key != wanted.key:
+        ensure_environment(config, config.app_dir())
+        switch_environment.fn(config)
 
 
 def _start(config: EnvironmentConfig) -> int:

@@ -41,6 +41,8 @@ from tests.tasks.test_load_balancer import haproxy_binary  # noqa: F401  (fixtur
 pytestmark = pytest.mark.slow
 
 HOSTS = ("web-1", "web-2", "web-3")
+INSTALL_SHARED = Path(__file__).resolve().parents[1] / "tasks" / "install_shared.py"
+ENVIRONMENTS = "envs"  # relative to the file: <sandbox>/environments/envs, and envs-web-N beside it
 
 
 def fleet_file(text: str) -> str:
@@ -52,7 +54,21 @@ def fleet_file(text: str) -> str:
     # Each host's canary is one more app start per host and deploy; tests/flows covers canaries.
     text = re.sub(r"\n\[service\.canary\]\n(#.*\n)*env = .*\n", "\n", text)
     # The sandbox's own bounds stand: a busy CI machine takes many seconds to start a flow process.
-    return text.replace("batch_size = 1", "batch_size = 2")
+    text = text.replace("batch_size = 1", "batch_size = 2")
+    return with_dependencies(text) if "\n[fleet.rollout]\n" in text else text
+
+
+def with_dependencies(text: str) -> str:
+    """[dependencies]: each host builds the release's environment and makes it live at its turn, and a
+    rollback makes the previous one live again. The environments share the orchestrator's packages (the
+    tests' install_shared.py); the key follows README.md, which v2 changes, so v2 gets its own."""
+    text = re.sub(r'^python = ".*"\n', "", text, count=1, flags=re.M)
+    text = text.replace('start_command = ["{bin}/gunicorn"', 'start_command = ["{python}", "{bin}/gunicorn"', 1)
+    python = Path(os.path.realpath(sys.executable))
+    return text + "\n".join([
+        "", "[dependencies]", f'directory = "{ENVIRONMENTS}"', f'python = "{python}"', 'venv_options = ["--without-pip"]',
+        'files = ["README.md"]', f'install_command = ["{sys.executable}", "{INSTALL_SHARED}", "{{python}}"]',
+        "check_command = []", ""])
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +136,21 @@ def serves(stack: Stack, box: Sandbox) -> dict[str, str]:
     return found
 
 
+def environments(box: Sandbox) -> dict[str, tuple[str, int]]:
+    """Each host's live environment ([dependencies]): its key, and how many it holds."""
+    from tasks.release_environments import MARKER, live_environment, release_environment
+
+    found = {}
+    for host in box.config("production").hosts:
+        live = live_environment(host)
+        assert live is not None and host.dependencies is not None, f"{host.host} has no live environment"
+        # The live one is the checkout's own: the code and its packages moved together.
+        assert live.key == release_environment(host, host.app_dir()).key, host.host
+        built = [p for p in host.dependencies.directory.glob(f"*/{MARKER}") if not p.parent.is_symlink()]
+        found[host.host] = (live.key, len(built))
+    return found
+
+
 def balancer(box: Sandbox) -> HAProxy:
     production = box.config("production")
     assert production.fleet is not None
@@ -168,6 +199,13 @@ def test_a_release_failing_on_its_second_batch_is_rolled_back_across_the_fleet(f
     assert steps["roll-batch-1"] == "completed" and steps["roll-batch-2"] == "failed"
     assert steps["pull-release [web-1]"] == "completed" and steps["check-workspace [web-2]"] == "failed"
     assert "pull-release [web-2]" not in steps
+    # web-1 built v2's environment at its turn and made it live; the rollback made v1's live again.
+    undo = ledger.by_flow_run(rollback)
+    assert undo is not None
+    assert steps["switch-environment [web-1]"] == "completed"
+    assert {s.name: s.status for s in ledger.steps(undo.id)}["switch-back-environment [web-1]"] == "completed"
+    live = environments(box)
+    assert len({key for key, _ in live.values()}) == 1 and live["web-1"][1] == 2 and live["web-2"][1] == 1, live
     assert users.failures == [], users.report()
     assert users.answers["200"] > 0, users.report()
     print(f"v2 failing on batch 2, then its rollback, through the balancer: {users.report()} (v2 was {v2})")
@@ -183,6 +221,8 @@ def test_v2_rolls_across_the_fleet_without_failing_a_request(fleet: tuple[Stack,
     v2 = box.sha("v2")[:12]
     assert serves(stack, box) == dict.fromkeys(HOSTS, v2)
     assert users.failures == [] and users.answers["maintenance"] == 0, users.report()
+    live = environments(box)  # v2's, built on each host at its turn (web-1 kept it from the failed try)
+    assert len({key for key, _ in live.values()}) == 1 and all(count == 2 for _, count in live.values()), live
     print(f"v2 rolled across 3 hosts through the balancer: {users.report()}")
     # One run per host under the deploy, each on its host's own queue.
     release = Ledger.for_state_dir(production.state_dir).by_flow_run(run_id)

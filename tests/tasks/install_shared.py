@@ -20,5 +20,6 @@ Path(purelib, "shared.pth").write_text(sysconfig.get_path("purelib") + "\n")
 script = target.parent / "gunicorn"
 script.write_text(f"#!{target}\nimport sys\nfrom gunicorn.app.wsgiapp import run\nsys.exit(run())\n")
 script.chmod(0o755)
-sys.exit(subprocess.run([sys.executable, "-m", "pip", "--python", str(target), "install", "--quiet",
-                         "--disable-pip-version-check", "-r", "requirements.txt"]).returncode)
+if Path("requirements.txt").exists():  # an app with no packages of its own (jobapp) needs only the shared ones
+    sys.exit(subprocess.run([sys.executable, "-m", "pip", "--python", str(target), "install", "--quiet",
+                             "--disable-pip-version-check", "-r", "requirements.txt"]).returncode)
