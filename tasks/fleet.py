@@ -1,9 +1,11 @@
 """Rolling a release across a fleet, batch by batch ([fleet] in the environment file).
 
-    start-host-runs     a `host-release` run per host on the host's own queue, all at once; each host's
-                        worker takes it and starts its process, which then stands by for its turn. The
-                        rollout goes on once every host's run is up: a host whose worker is gone is found
-                        before any host is drained, and no batch waits on its processes' start
+    start-host-runs     a `host-release` run per host on the host's own queue, all at once (a deploy
+                        does it as phase 1 begins); each host's worker takes it and starts its process,
+                        which then stands by for its turn
+    wait-for-hosts      every host's run up and standing by (a deploy waits as phase 2 begins): a host
+                        whose worker is gone is found before anything is changed, and no batch waits
+                        on its processes' start
     roll-batch <n>      each host of the batch drained from the load balancer (its requests in flight
                         finish), given its turn (its run checks out, runs the canary, reloads, watches
                         the startup log, holds its health), then put back in rotation once the balancer's
