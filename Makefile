@@ -36,8 +36,9 @@ lock:
 
 # Three workers, one test file each at a time (module fixtures such as a sandbox stay in one process):
 # most tests wait on servers, not on the CPU, so a third worker fills the two cores' idle time
-# (full runs on 2 cores: 839 s with three workers, 897-1004 s with two). TEST_WORKERS=0 runs everything
-# in this process.
+# (full runs on 2 cores: 839 s with three workers, 897-1004 s with two). Files are handed out in the
+# conftest's order, the longest first (--no-loadscope-reorder: xdist would sort them by their number of
+# tests and leave the long e2e files for last). TEST_WORKERS=0 runs everything in this process.
 TEST_WORKERS ?= 3
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
