@@ -9,6 +9,10 @@ The story, in order (each test starts where the one before left the fleet):
   3. web-2's worker is killed while its run rolls web-2: the loss is seen, the deploy fails, the
      rollback cannot reach web-2 and says so (`deployctl status` shows the fleet mixed); once web-2's
      worker is back, the rollback run again brings the fleet onto one release.
+  4. web-3's worker is gone before a deploy: phase 2's wait-for-hosts finds it before anything changes;
+     the deploy is aborted, the database untouched, no host drained, the reached hosts' runs stood down.
+
+Production has [dependencies]: each host builds the release's environment at its turn.
 """
 
 from __future__ import annotations
@@ -323,3 +327,38 @@ def test_a_host_whose_worker_is_killed_mid_rollout_is_lost_and_the_fleet_converg
     assert all(server.in_rotation for server in balancer(box).servers())
     final = deployctl(stack, "status", "production")
     assert "MIXED" not in final.stdout, final.stdout
+
+
+def test_a_host_out_of_reach_before_the_rollout_stops_the_deploy_before_anything_changes(
+        fleet: tuple[Stack, Sandbox]) -> None:
+    """web-3's worker is gone before the deploy starts: its run is never taken, phase 2's wait-for-hosts
+    says so, and the deploy ends with nothing changed (no migration, no host drained or rolled, no
+    rollback); the other hosts' standing-by runs are stood down."""
+    stack, box = fleet
+    v2 = box.sha("v2")[:12]
+    before = {s.name: s.in_rotation for s in balancer(box).servers()}
+    os.killpg(worker_pid(stack, "web-3"), signal.SIGKILL)
+    try:
+        deploy = start(stack, "production-deployment/production", "ref=v2", "force=true")
+        assert wait_for(stack, deploy, FINAL, timeout=300) == "FAILED"
+        message = run_of(stack, deploy)["state"]["message"]
+        assert "wait for hosts (production): web-3: no worker took its run" in message, message
+        assert "nothing was changed on it" in message and "no host was drained or changed" in message, message
+        ledger = Ledger.for_state_dir(box.config("production").state_dir)
+        release = ledger.by_flow_run(deploy)
+        assert release is not None and release.outcome == "aborted", release
+        assert not release.code_changed and not release.migration_started
+        steps = {s.name: s.status for s in ledger.steps(release.id)}
+        assert steps["wait-for-hosts"] == "failed" and not any(name.startswith("roll-batch") for name in steps)
+        assert not any(name.startswith(("pull-release", "run-migrations", "turn [")) for name in steps), steps
+        # The hosts that were reached stood down, Cancelled, having changed nothing.
+        runs = {r["parameters"]["host"]: r for r in host_runs(stack, release.id)}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(state_of(stack, runs[h]["id"]) not in FINAL for h in ("web-1", "web-2")):
+            time.sleep(0.5)
+        assert {h: state_of(stack, runs[h]["id"]) for h in HOSTS} == dict.fromkeys(HOSTS, "CANCELLED")
+        assert {s.name: s.in_rotation for s in balancer(box).servers()} == before
+        assert serves(stack, box) == dict.fromkeys(HOSTS, v2)
+        assert not [r for r in flow_runs(stack, "rollback") if r["parameters"].get("failed_run_id") == deploy]
+    finally:
+        stack.up(log=lambda *_: None)
