@@ -1,5 +1,8 @@
 """host-release: one host of a fleet onto a release, run by that host's own worker (its queue).
 
+    prepare-environment [host]      [dependencies], a deploy's: the release's environment built on the host
+                                    from a scratch checkout while the host still serves, so that its
+                                    turn only switches it live
     wait-for-turn [host]            stand by (the process started) until the deploy drains the host and
                                     gives it its turn, through the ledger record; stood down, it ends
                                     Cancelled having changed nothing
@@ -34,13 +37,13 @@ from deployments.errors import DeployError
 from deployments.logs import install_log_filters, run_log
 from records.ledger import Ledger
 from tasks.canary import check_canary
-from tasks.dependencies import prune_environments, switch_environment
+from tasks.dependencies import ensure_environment, prune_environments, switch_environment
 from tasks.fleet import FleetError, given_up, turn_of
 from tasks.release_environments import live_environment
 from tasks.health import check_health, probe
 from tasks.served_version import served_version
 from tasks.service import log_offset, restart_application, watch_startup_logs
-from tasks.source import check_workspace, current_sha, pull_release
+from tasks.source import add_worktree, check_workspace, current_sha, fetch, pull_release, remove_worktree
 from tasks.steps import read_step, recording
 from tasks.waiting import wait_until
 
@@ -73,6 +76,8 @@ def host_release(environment: str, host: str, sha: str, release_id: int = 0, rol
     ledger = Ledger.for_state_dir(config.state_dir) if release_id else None
     with recording(ledger, release_id) if ledger is not None else nullcontext():
         if standby_seconds and ledger is not None:
+            if config.dependencies is not None and not rollback:
+                on_host(prepare_environment, host)(config, sha, release_id)
             stood_down = on_host(wait_for_turn, host)(ledger, release_id, host, standby_seconds)
             if stood_down:
                 return Cancelled(message=f"{host} was not rolled: {stood_down}")
@@ -103,6 +108,21 @@ def host_release(environment: str, host: str, sha: str, release_id: int = 0, rol
             report = on_host(check_health, host)(config, sha)
     run_log().info("%s serves %s: %s", host, sha[:12], report.describe())
     return f"{host} serves {sha[:12]}, healthy"
+
+
+@read_step("prepare-environment", retries=0)
+def prepare_environment(config: Any, sha: str, release_id: int) -> str:
+    """The release's environment built in this host's directory from a scratch checkout of the release,
+    before the host is drained; nothing the host serves changes."""
+    fetch(config)
+    tree = add_worktree(config, sha, config.state_dir / "worktrees" / f"{config.name}-{config.host}-{release_id}")
+    try:
+        environment, seconds = ensure_environment(config, config.app_dir(tree), step=f"prepare environment ({config.host})")
+    finally:
+        remove_worktree(config, tree)
+    if seconds is None:
+        return f"environment {environment.key} on {config.host} already built"
+    return f"environment {environment.key} built on {config.host} in {seconds:.1f} s, before its turn"
 
 
 @read_step("wait-for-turn", retries=0)

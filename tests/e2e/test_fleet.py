@@ -12,7 +12,8 @@ The story, in order (each test starts where the one before left the fleet):
   4. web-3's worker is gone before a deploy: phase 2's wait-for-hosts finds it before anything changes;
      the deploy is aborted, the database untouched, no host drained, the reached hosts' runs stood down.
 
-Production has [dependencies]: each host builds the release's environment at its turn.
+Production has [dependencies]: each host builds the release's environment while it stands by, and
+switches it live at its turn.
 """
 
 from __future__ import annotations
@@ -209,7 +210,8 @@ def test_a_release_failing_on_its_second_batch_is_rolled_back_across_the_fleet(f
     assert steps["switch-environment [web-1]"] == "completed"
     assert {s.name: s.status for s in ledger.steps(undo.id)}["switch-back-environment [web-1]"] == "completed"
     live = environments(box)
-    assert len({key for key, _ in live.values()}) == 1 and live["web-1"][1] == 2 and live["web-2"][1] == 1, live
+    # web-2 had built v2's while it stood by (before its turn found the hand change), never made live.
+    assert len({key for key, _ in live.values()}) == 1 and all(count == 2 for _, count in live.values()), live
     assert users.failures == [], users.report()
     assert users.answers["200"] > 0, users.report()
     print(f"v2 failing on batch 2, then its rollback, through the balancer: {users.report()} (v2 was {v2})")
@@ -225,7 +227,7 @@ def test_v2_rolls_across_the_fleet_without_failing_a_request(fleet: tuple[Stack,
     v2 = box.sha("v2")[:12]
     assert serves(stack, box) == dict.fromkeys(HOSTS, v2)
     assert users.failures == [] and users.answers["maintenance"] == 0, users.report()
-    live = environments(box)  # v2's, built on each host at its turn (web-1 kept it from the failed try)
+    live = environments(box)  # v2's, built on each host (in the failed try) while it still served
     assert len({key for key, _ in live.values()}) == 1 and all(count == 2 for _, count in live.values()), live
     print(f"v2 rolled across 3 hosts through the balancer: {users.report()}")
     # One run per host under the deploy, each on its host's own queue.
@@ -237,7 +239,11 @@ def test_v2_rolls_across_the_fleet_without_failing_a_request(fleet: tuple[Stack,
     # turns came once web-1 had rolled.
     steps = Ledger.for_state_dir(production.state_dir).steps(release.id)
     order = [step.name for step in steps]
-    assert all(step.status == "completed" for step in steps if step.name.startswith(("wait-for-turn", "start-host-runs")))
+    assert all(step.status == "completed" for step in steps
+               if step.name.startswith(("wait-for-turn", "start-host-runs", "prepare-environment")))
+    assert {f"prepare-environment [{host}]" for host in HOSTS} <= {step.name for step in steps}
+    # Built before the turn, so the turn only switches it live.
+    assert all("built first" not in step.detail for step in steps if step.name.startswith("switch-environment ["))
     assert order.index("start-host-runs") < order.index("roll-batch-1")
     assert {f"wait-for-turn [{host}]" for host in HOSTS} <= set(order)
     assert order.index("check-health [web-1]") < order.index("turn [web-2]") and "turn [web-3]" in order
