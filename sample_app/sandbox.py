@@ -279,12 +279,12 @@ def fleet_section(root: Path, port: int, hosts: int) -> str:
 
 
 def haproxy_config(config: EnvironmentConfig) -> str:
-    """HAProxy in front of the fleet: round robin, each host checked every 200 ms on its /api/health,
-    up while it says ok or maintenance (a rollback's maintenance page is the app's, with its Retry-After,
+    """HAProxy in front of the fleet: round robin, each host checked every 200 ms on its /api/health
+    (down after three failed checks, each given 2 s), up while it says ok or maintenance (a rollback's maintenance page is the app's, with its Retry-After,
     not the balancer's "no server available"), the runtime API on the file's socket."""
     assert config.fleet is not None
     front = config.service.base_url.removeprefix("http://")
-    servers = "\n".join(f"    server {host.name} {host.address} check inter 200ms fall 2 rise 2"
+    servers = "\n".join(f"    server {host.name} {host.address} check inter 200ms fall 3 rise 2"
                          for host in config.fleet.hosts)
     home = config.fleet.load_balancer.socket.parent
     return f"""\
@@ -299,6 +299,9 @@ defaults
     timeout connect 2s
     timeout client 30s
     timeout server 30s
+    # A check answered slower than `inter` would fail without it: on a loaded machine the last host in
+    # rotation was marked down while it served, and users got the balancer's own 503.
+    timeout check 2s
 frontend web
     bind {front}
     default_backend {config.fleet.load_balancer.backend}

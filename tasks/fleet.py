@@ -189,6 +189,7 @@ def roll_batch(config: EnvironmentConfig, runs: dict[str, UUID | None], sha: str
         raise FleetError(step, "; ".join(gone), "no host of this batch was drained or changed; " + (
             "the rollback brings every host back" if not rollback else
             "start the host's worker, then run the rollback again"))
+    others_up(config, balancer, hosts, rollback)
     for host in hosts:
         state = balancer.drain(host, fleet.load_balancer.drain_timeout_seconds)
         run_log().info("Drained %s from the load balancer (%s).", host, state.describe())
@@ -215,6 +216,37 @@ def roll_batch(config: EnvironmentConfig, runs: dict[str, UUID | None], sha: str
         state = balancer.ready(host, fleet.load_balancer.ready_timeout_seconds, wait_up=not in_maintenance)
         run_log().info("%s is back in rotation (%s).", host, state.describe())
     return outcomes
+
+
+def others_up(config: EnvironmentConfig, balancer: LoadBalancer, batch: list[str], rollback: bool) -> str:
+    """Before a batch is drained: another host of the fleet up in the balancer, so that draining the
+    batch leaves users a server. The batch before was put back without waiting for the balancer's
+    check when a rollback runs in maintenance; this waits for it, up to the ready bound. A deploy that
+    would drain the last host up stops instead; a rollback goes on (the fleet is down already) and
+    says so."""
+    assert config.fleet is not None
+    fleet_hosts = {host.name for host in config.fleet.hosts}
+    others = fleet_hosts - set(batch)
+    if not others:
+        return "the batch is the whole fleet"
+    bound = config.fleet.load_balancer.ready_timeout_seconds
+
+    def up() -> list[ServerState] | None:
+        seen = [s for s in balancer.servers() if s.name in others and s.in_rotation]
+        return seen or None
+
+    try:
+        seen = wait_until(up, bound, f"another host than {', '.join(batch)} to be up in the balancer", interval=0.1)
+    except TimeoutError:
+        states = ", ".join(s.describe() for s in balancer.servers() if s.name in fleet_hosts)
+        if not rollback:
+            raise FleetError(f"roll {', '.join(batch)} ({config.name})", f"no other host is up in the balancer "
+                             f"({states}): draining {', '.join(batch)} would leave users no server",
+                             "bring the other hosts up (`deployctl status` shows them), then deploy again") from None
+        run_log().warning("No host but %s is up in the balancer (%s): draining them leaves no server until "
+                          "they are back.", ", ".join(batch), states)
+        return "no other host up"
+    return ", ".join(s.describe() for s in seen)
 
 
 def still_standing_by(config: EnvironmentConfig, runs: dict[str, UUID | None]) -> list[str]:

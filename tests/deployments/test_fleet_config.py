@@ -317,3 +317,36 @@ def test_the_deploy_host_is_one_of_the_hosts(tmp_path: Path) -> None:
     assert load(tmp_path, fleet_section()).fleet.deploy_queue == ""  # type: ignore[union-attr]
     assert "deploy_host 'web-9' is none of the hosts: web-1, web-2, web-3" in error_of(
         tmp_path, '\n[fleet]\ndeploy_host = "web-9"\n' + fleet_section())
+
+
+class ComingUp(FakeBalancer):
+    """web-2 comes up on the balancer's second look, as after a rollback put it back in maintenance."""
+
+    def __init__(self, states: dict[str, str]) -> None:
+        super().__init__(states)
+        self.looks = 0
+
+    def servers(self) -> list[ServerState]:
+        self.looks += 1
+        if self.looks == 2:
+            self.states["web-2"] = "UP"
+        return super().servers()
+
+
+def test_a_batch_is_drained_only_while_another_host_is_up(tmp_path: Path) -> None:
+    config = load(tmp_path, fleet_section(hosts=3).replace('backend = "app"', 'backend = "app"\nready_timeout_seconds = 0.3'))
+    # Another host up: at once.
+    assert fleet_tasks.others_up(config, FakeBalancer({"web-1": "UP", "web-2": "UP", "web-3": "DRAIN"}), ["web-1"],
+                                 rollback=False) == "web-2 UP, 0 in flight"
+    # Put back without waiting for its check: waited for.
+    coming = ComingUp({"web-1": "UP", "web-2": "DOWN", "web-3": "DOWN"})
+    assert fleet_tasks.others_up(config, coming, ["web-1"], rollback=True) == "web-2 UP, 0 in flight"
+    # None ever up: a deploy stops before draining the last host users have; a rollback goes on.
+    down = FakeBalancer({"web-1": "UP", "web-2": "DOWN", "web-3": "DRAIN"})
+    with pytest.raises(fleet_tasks.FleetError) as refused:
+        fleet_tasks.others_up(config, down, ["web-1"], rollback=False)
+    assert "no other host is up in the balancer" in str(refused.value)
+    assert "draining web-1 would leave users no server" in str(refused.value)
+    assert fleet_tasks.others_up(config, down, ["web-1"], rollback=True) == "no other host up"
+    # The whole fleet in one batch has no other host to wait for.
+    assert fleet_tasks.others_up(config, down, ["web-1", "web-2", "web-3"], rollback=False) == "the batch is the whole fleet"
