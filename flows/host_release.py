@@ -37,7 +37,7 @@ from deployments.errors import DeployError
 from deployments.logs import install_log_filters, run_log
 from records.ledger import Ledger
 from tasks.canary import check_canary
-from tasks.dependencies import ensure_environment, prune_environments, switch_environment
+from tasks.dependencies import install_dependencies, prune_environments, switch_environment
 from tasks.fleet import FleetError, given_up, turn_of
 from tasks.release_environments import live_environment
 from tasks.health import check_health, probe
@@ -116,13 +116,10 @@ def prepare_environment(config: Any, sha: str, release_id: int) -> str:
     before the host is drained; nothing the host serves changes."""
     fetch(config)
     tree = add_worktree(config, sha, config.state_dir / "worktrees" / f"{config.name}-{config.host}-{release_id}")
-    try:
-        environment, seconds = ensure_environment(config, config.app_dir(tree), step=f"prepare environment ({config.host})")
+    try:  # what the prerequisites do on the deploy's own machine, here on the host's
+        return f"{config.host}: {install_dependencies.fn(config, tree)}"
     finally:
         remove_worktree(config, tree)
-    if seconds is None:
-        return f"environment {environment.key} on {config.host} already built"
-    return f"environment {environment.key} built on {config.host} in {seconds:.1f} s, before its turn"
 
 
 @read_step("wait-for-turn", retries=0)

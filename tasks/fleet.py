@@ -41,7 +41,7 @@ from deployments.errors import DeployError, ServiceError
 from deployments.fleet import HostConfig
 from deployments.logs import run_log
 from tasks.load_balancer import HAProxy, LoadBalancer, ServerState
-from tasks.steps import change_step, read_step
+from tasks.steps import change_step, current_release, read_step
 from tasks.waiting import wait_until
 
 HOST_FLOW = "host-release"
@@ -142,19 +142,11 @@ def wait_for_hosts(config: EnvironmentConfig, runs: dict[str, UUID | None], roll
     with get_client(sync_client=True) as client:
         while waiting:
             for name, run in list(waiting.items()):
-                current = client.read_flow_run(run)
-                state = current.state
-                if state is not None and state.is_running():
+                current, lost = _not_standing_by(client, config, name, run, since_created=True)
+                if lost is None and current.state is not None and current.state.is_running():
                     del waiting[name]
                     continue
-                waited = time.time() - current.created.timestamp() if current.created else 0.0
-                lost = (f"its run {current.name} ended {state.name} before its turn: "
-                        f"{_first_line(state.message) or 'see the run in the UI'}"
-                        if state is not None and state.is_final() else
-                        _lost(client, current, config.fleet.host(name), waited, config.fleet.rollout))
                 if lost is not None:
-                    give_up(config, config.fleet.host(name), run, lost)
-                    _cancel(client, run, lost)
                     raise FleetError(f"wait for hosts ({config.name})", f"{name}: {lost}; nothing was changed on it",
                                      "no host was drained or changed; start the host's worker (`prefect worker "
                                      "start` as the README shows) and deploy again" if not rollback else
@@ -258,16 +250,34 @@ def still_standing_by(config: EnvironmentConfig, runs: dict[str, UUID | None]) -
         for name, run in runs.items():
             if run is None:
                 continue
-            current = client.read_flow_run(run)
-            state = current.state
-            lost = (f"its run {current.name} ended {state.name} before its turn"
-                    if state is not None and state.is_final() else
-                    _lost(client, current, config.fleet.host(name), 0.0, config.fleet.rollout))
+            _, lost = _not_standing_by(client, config, name, run, since_created=False)
             if lost is not None:
-                give_up(config, config.fleet.host(name), run, lost)
-                _cancel(client, run, lost)
                 gone.append(f"{name}: {lost}; nothing was changed on it")
     return gone
+
+
+def _not_standing_by(client: Any, config: EnvironmentConfig, name: str, run: UUID,
+                     since_created: bool) -> tuple[FlowRun, str | None]:
+    """The host's run as the server has it now, and why it will never take its turn (it ended, or is
+    lost with its worker), in which case it is given up; None while it may still. `since_created`: the
+    run's start bound counts from its creation (before it first stood by), else it is not counted."""
+    assert config.fleet is not None
+    current = client.read_flow_run(run)
+    state = current.state
+    waited = time.time() - current.created.timestamp() if since_created and current.created else 0.0
+    lost = (f"its run {current.name} ended {state.name} before its turn: "
+            f"{_first_line(state.message) or 'see the run in the UI'}"
+            if state is not None and state.is_final() else
+            _lost(client, current, config.fleet.host(name), waited, config.fleet.rollout))
+    if lost is not None:
+        _lose(client, config, config.fleet.host(name), run, lost)
+    return current, lost
+
+
+def _lose(client: Any, config: EnvironmentConfig, host: HostConfig, run: UUID, why: str) -> None:
+    """A host's run given up for lost: said in the ledger, then cancelled."""
+    give_up(config, host, run, why)
+    _cancel(client, run, why)
 
 
 @read_step("check-load-balancer", retries=0)
@@ -338,8 +348,7 @@ def watch_host_run(config: EnvironmentConfig, host: HostConfig, run: UUID, turn:
             if lost is None and waited > rollout.host_timeout_seconds:
                 lost = f"its run {current.name} did not end within {rollout.host_timeout_seconds:g} s"
             if lost is not None:
-                give_up(config, host, run, lost)
-                _cancel(client, run, lost)
+                _lose(client, config, host, run, lost)
                 return HostRun(host.name, False, f"{lost}; its state is unknown", current.name)
             time.sleep(POLL_SECONDS)
 
@@ -381,14 +390,7 @@ GIVEN_UP = "given-up [{host}]"
 def give_up(config: EnvironmentConfig, host: HostConfig, run_id: UUID, why: str) -> None:
     """Said in the ledger, where the run looks before each change it makes: Prefect lets a cancelled
     run that a worker takes later still start, and it must then change nothing behind the rollback."""
-    from tasks.steps import current_release
-
-    found = current_release()
-    if found is None:
-        return
-    ledger, release_id = found
-    ledger.step_finished(ledger.step_started(release_id, GIVEN_UP.format(host=host.name)), "failed",
-                         f"{run_id} {why}"[:2000])
+    _said_to(GIVEN_UP.format(host=host.name), "failed", f"{run_id} {why}")
 
 
 TURN = "turn [{host}]"
@@ -406,15 +408,11 @@ def stand_down(host: str, run_id: UUID, why: str) -> None:
 
 
 def ledger_of_release() -> Any:
-    from tasks.steps import current_release
-
     found = current_release()
     return None if found is None else found[0]
 
 
 def _said_to(name: str, status: str, detail: str) -> None:
-    from tasks.steps import current_release
-
     found = current_release()
     if found is not None:
         ledger, release_id = found
