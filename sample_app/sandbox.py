@@ -279,12 +279,17 @@ def fleet_section(root: Path, port: int, hosts: int) -> str:
 
 
 def haproxy_config(config: EnvironmentConfig) -> str:
-    """HAProxy in front of the fleet: round robin, each host checked every 200 ms on its /api/health
-    (down after three failed checks, each given 2 s), up while it says ok or maintenance (a rollback's maintenance page is the app's, with its Retry-After,
-    not the balancer's "no server available"), the runtime API on the file's socket."""
+    """HAProxy in front of the fleet: round robin, each host checked on its /api/health, up while it says
+    ok or maintenance (a rollback's maintenance page is the app's, with its Retry-After, not the
+    balancer's "no server available"), the runtime API on the file's socket.
+
+    A host in rotation is checked every second; after a failed check, or while it is down (out of
+    maintenance, a restarted host), every 200 ms: down after three failed checks, each given 2 s, up
+    after two good ones, so a host put back is in rotation within half a second. Checking every host
+    every 200 ms all the time made the hosts' health endpoints a fifth of a core's work on their own."""
     assert config.fleet is not None
     front = config.service.base_url.removeprefix("http://")
-    servers = "\n".join(f"    server {host.name} {host.address} check inter 200ms fall 3 rise 2"
+    servers = "\n".join(f"    server {host.name} {host.address} check inter 1s fastinter 200ms downinter 200ms fall 3 rise 2"
                          for host in config.fleet.hosts)
     home = config.fleet.load_balancer.socket.parent
     return f"""\

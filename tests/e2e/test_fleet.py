@@ -314,12 +314,12 @@ def test_a_host_whose_worker_is_killed_mid_rollout_is_lost_and_the_fleet_converg
             os.kill(process, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    assert wait_for(stack, deploy, FINAL, timeout=300) == "FAILED"
+    assert wait_for(stack, deploy, FINAL, timeout=600) == "FAILED"
     message = run_of(stack, deploy)["state"]["message"]
     assert "web-2: its worker stopped polling queue web-2" in message and "its state is unknown" in message, message
     rollback = rollback_of(stack, deploy)
     # web-2 has no worker: the rollback cannot reach it, fails, and says which host.
-    assert wait_for(stack, rollback, FINAL, timeout=300) == "FAILED"
+    assert wait_for(stack, rollback, FINAL, timeout=600) == "FAILED"
     said = run_of(stack, rollback)["state"]["message"]
     assert "web-2: its worker stopped polling queue web-2" in said or "web-2: no worker took its run" in said, said
     status = deployctl(stack, "status", "production")
@@ -346,7 +346,7 @@ def test_a_host_out_of_reach_before_the_rollout_stops_the_deploy_before_anything
     os.killpg(worker_pid(stack, "web-3"), signal.SIGKILL)
     try:
         deploy = start(stack, "production-deployment/production", "ref=v2", "force=true")
-        assert wait_for(stack, deploy, FINAL, timeout=300) == "FAILED"
+        assert wait_for(stack, deploy, FINAL, timeout=600) == "FAILED"
         message = run_of(stack, deploy)["state"]["message"]
         assert "wait for hosts (production): web-3: no worker took its run" in message, message
         assert "nothing was changed on it" in message and "no host was drained or changed" in message, message

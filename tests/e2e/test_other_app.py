@@ -209,15 +209,15 @@ def approve(story: Story, run_id: str, name: str, role: str) -> None:
 
 def test_r2_goes_to_staging_then_production_with_two_approvals(story: Story) -> None:
     story.runs["staging"] = trigger(story.stack, "production-deployment/staging", "r2")
-    assert wait_for(story.stack, story.runs["staging"], FINAL, timeout=420) == "COMPLETED"
+    assert wait_for(story.stack, story.runs["staging"], FINAL, timeout=600) == "COMPLETED"
 
     story.runs["production"] = run_id = trigger(story.stack, "production-deployment/production", "r2")
     for name, role in (("Dana Whitfield", "team-lead"), ("Sam Okafor", "product-owner")):
-        assert wait_for(story.stack, run_id, {"Paused"} | FINAL, timeout=420) == "Paused"
+        assert wait_for(story.stack, run_id, {"Paused"} | FINAL, timeout=600) == "Paused"
         paused = run_of(story.stack, run_id)["state"]["id"]
         approve(story, run_id, name, role)
         wait_until(lambda: run_of(story.stack, run_id)["state"]["id"] != paused, timeout=60)  # resumed
-    assert wait_for(story.stack, run_id, FINAL, timeout=420) == "COMPLETED"
+    assert wait_for(story.stack, run_id, FINAL, timeout=600) == "COMPLETED"
 
     r1, r2 = story.origin.sha("r1"), story.origin.sha("r2")
     for environment in ENVIRONMENTS:
@@ -274,7 +274,7 @@ def test_r2_goes_to_staging_then_production_with_two_approvals(story: Story) -> 
 def test_the_watch_checks_health_only_and_ends_clean(story: Story) -> None:
     watch = next(r for r in flow_runs(story.stack, "post-deploy-watch")
                  if r["parameters"].get("deploy_run_id") == story.runs["production"])
-    assert wait_for(story.stack, watch["id"], FINAL, timeout=120) == "COMPLETED"
+    assert wait_for(story.stack, watch["id"], FINAL, timeout=300) == "COMPLETED"
     release = story.release("production", "production")
     assert release.watch is not None and release.watch["outcome"] == "clean", release.watch
 
@@ -285,7 +285,7 @@ def test_a_rollback_by_hand_returns_production_to_r1_and_its_environment(story: 
     match = re.search(r"UUID: ([0-9a-f-]{36})", out)
     assert match, out
     story.runs["rollback"] = match[1]
-    assert wait_for(story.stack, story.runs["rollback"], FINAL, timeout=420) == "COMPLETED", \
+    assert wait_for(story.stack, story.runs["rollback"], FINAL, timeout=600) == "COMPLETED", \
         how_it_ended(story.stack, story.runs["rollback"])
 
     assert "priority" not in story.databases.columns("production", "items")  # downgraded

@@ -84,7 +84,7 @@ def test_the_watch_runs_after_the_deploy_linked_to_it(stack: tuple[Stack, Sandbo
     watch = watches[0]
     parent = httpx.get(f"{server.api_url}/task_runs/{watch['parent_task_run_id']}", timeout=10).json()
     assert parent["flow_run_id"] == deploy_run["id"], "the watch shows under its deploy in the UI"
-    assert wait_for(server, watch["id"], FINAL, timeout=120) == "COMPLETED"
+    assert wait_for(server, watch["id"], FINAL, timeout=300) == "COMPLETED"
     watch = run_of(server, watch["id"])
     assert watch["name"] == f"watch production: deploy {deploy_run['id'][:8]}"
 

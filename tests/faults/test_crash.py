@@ -110,7 +110,7 @@ def test_killed_mid_deploy_ends_on_the_previous_release(stack: tuple[Stack, Sand
     wait_for_step(ledger, run_id, step)
     killed_at = time.time()
     kill_flow_process(run_id)
-    assert wait_for(server, run_id, FINAL, timeout=120) == "CRASHED"
+    assert wait_for(server, run_id, FINAL, timeout=300) == "CRASHED"
 
     # The server's automation starts a rollback in every case, the on_crashed hook only when something
     # changed: whichever gets the lock first does the work, the other finds nothing left to undo.
