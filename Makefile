@@ -43,8 +43,8 @@ TEST_WORKERS ?= 3
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
-# The edit-test loop: every test that starts no server, sandbox or browser (the `slow` mark), in about
-# a minute. `make test` runs them too.
+# The edit-test loop: every test that starts no server, sandbox or browser (the `slow` mark): about a
+# minute on a fast 2-core machine, 3.5 on a slow one. `make test` runs them too.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not slow"
 
