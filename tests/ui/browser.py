@@ -68,7 +68,9 @@ class PrefectUI:
         self.shots = shots
         self.taken: list[Path] = []
         self.started = time.monotonic()
-        page.set_default_timeout(20_000)
+        # Each wait for what a page shows. On a slow, loaded 2-core machine the UI took over 20 s to
+        # render some of it; a page that never shows it still fails, a minute later.
+        page.set_default_timeout(60_000)
 
     # navigation
 
@@ -131,6 +133,16 @@ class PrefectUI:
 
     def text_field(self, scope, label: str):  # type: ignore[no-untyped-def]
         return self.field(scope, label).locator("textarea")
+
+    def text_holding(self, element, wanted: tuple[str, ...], timeout: float = 60) -> str:  # type: ignore[no-untyped-def]
+        """`element`'s text once it holds every one of `wanted`, or as it is after `timeout` seconds (the
+        caller asserts on it): the Resume dialog renders its Markdown brief after its first fields."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = str(element.inner_text())
+            if all(part in text for part in wanted) or time.monotonic() > deadline:
+                return text
+            self.page.wait_for_timeout(250)
 
     def description(self, scope, label: str) -> str:  # type: ignore[no-untyped-def]
         return str(self.field(scope, label).locator(".schema-form-property__description").inner_text()).strip()

@@ -77,7 +77,7 @@ def deployment_id(stack: Stack, flow: str, name: str) -> str:
     return str(response.json()["id"])
 
 
-def paused_for(stack: Stack, run_id: str, key: str, timeout: float = 120) -> None:
+def paused_for(stack: Stack, run_id: str, key: str, timeout: float = 300) -> None:
     """Until the run waits on the pause named `key` (each approval is a pause of its own)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -126,20 +126,21 @@ def test_trigger_approve_twice_review_and_roll_back_by_hand(ui: PrefectUI, stack
 
     # Approve: the form says what is approved before any log is read; name and role are required.
     card = ui.open_resume_form()
-    brief = card.locator("article").first.inner_text()
-    for fact in ("Deploy v2 to production", f"{v2} Salary insights", f"replacing {v1}", "Reason: salary insights",
-                 "Waiting for: team-lead and product-owner.", "Approved so far: nobody yet.",
-                 "1 migration to run, from revision 0001", "0002 Salary range on jobs",
-                 "1 commit since the live release", "run-security-scan: high 0",
-                 "test-migrations: upgrade, downgrade, upgrade passed", "staging is healthy at",
-                 f"serves {v2} (this release)", "Backup first: the production database (sqlite, revision 0001)",
-                 "pre-deployment-<date>-<time>", "If it fails: rolled back automatically",
-                 "downgraded to 0001 with this release's own scripts", f"code back to {v1}",
-                 # migration safety: what 0002 is, what the linter found, what it held on a copy, the worst case
-                 "(linted by squawk 2.", "0002 Salary range on jobs, and an index on jobs.company.: expand; rollback: "
-                 "downgrade", "require-concurrent-index-creation warns: CREATE INDEX ix_jobs_company ON jobs (company)",
-                 "on a copy of production: the database's write lock for ",
-                 "Worst case, a restore: the database as it is now was copied for the rehearsal in "):
+    facts = ("Deploy v2 to production", f"{v2} Salary insights", f"replacing {v1}", "Reason: salary insights",
+             "Waiting for: team-lead and product-owner.", "Approved so far: nobody yet.",
+             "1 migration to run, from revision 0001", "0002 Salary range on jobs",
+             "1 commit since the live release", "run-security-scan: high 0",
+             "test-migrations: upgrade, downgrade, upgrade passed", "staging is healthy at",
+             f"serves {v2} (this release)", "Backup first: the production database (sqlite, revision 0001)",
+             "pre-deployment-<date>-<time>", "If it fails: rolled back automatically",
+             "downgraded to 0001 with this release's own scripts", f"code back to {v1}",
+             # migration safety: what 0002 is, what the linter found, what it held on a copy, the worst case
+             "(linted by squawk 2.", "0002 Salary range on jobs, and an index on jobs.company.: expand; rollback: "
+             "downgrade", "require-concurrent-index-creation warns: CREATE INDEX ix_jobs_company ON jobs (company)",
+             "on a copy of production: the database's write lock for ",
+             "Worst case, a restore: the database as it is now was copied for the rehearsal in ")
+    brief = ui.text_holding(card.locator("article").first, facts)
+    for fact in facts:
         assert fact in brief, f"{fact!r} is not in the approval form:\n{brief}"
     for label in ("Approver", "Role", "Decision", "Comment"):
         assert ui.description(card, label), f"the {label} field has no description"
@@ -156,8 +157,9 @@ def test_trigger_approve_twice_review_and_roll_back_by_hand(ui: PrefectUI, stack
     paused_for(server, run_id, "approval-2")
     ui.open_run(run_id)
     card = ui.open_resume_form()
-    brief = card.locator("article").first.inner_text()
-    assert "Waiting for: product-owner." in brief and "Approved so far: Dana Whitfield (team-lead)." in brief
+    second = ("Waiting for: product-owner.", "Approved so far: Dana Whitfield (team-lead).")
+    brief = ui.text_holding(card.locator("article").first, second)
+    assert all(fact in brief for fact in second), brief
     ui.answer(card, "Sam Okafor", "product-owner", "approve", "go")
     ui.shoot("second-approval", card, whole=False)
     ui.submit_resume(card)
