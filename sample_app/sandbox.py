@@ -259,7 +259,8 @@ def fleet_section(root: Path, port: int, hosts: int) -> str:
         "batch_size = 1",
         "canary_first = true",
         "pause_seconds = 0",
-        "start_timeout_seconds = 60",
+        "# A host's run may take a minute to start on a busy machine (wait-for-hosts says how long each took).",
+        "start_timeout_seconds = 120",
         "worker_silence_seconds = 20",
     ]
     for number in range(1, hosts + 1):

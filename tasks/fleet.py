@@ -139,12 +139,15 @@ def wait_for_hosts(config: EnvironmentConfig, runs: dict[str, UUID | None], roll
     before any host is drained or changed."""
     assert config.fleet is not None
     waiting = {name: run for name, run in runs.items() if run is not None}
+    took: dict[str, str] = {}
     with get_client(sync_client=True) as client:
         while waiting:
             for name, run in list(waiting.items()):
                 current, lost = _not_standing_by(client, config, name, run, since_created=True)
                 if lost is None and current.state is not None and current.state.is_running():
                     del waiting[name]
+                    took[name] = _start_took(client, current)
+                    run_log().info("%s: run %s standing by, %s.", name, current.name, took[name])
                     continue
                 if lost is not None:
                     raise FleetError(f"wait for hosts ({config.name})", f"{name}: {lost}; nothing was changed on it",
@@ -154,8 +157,21 @@ def wait_for_hosts(config: EnvironmentConfig, runs: dict[str, UUID | None], roll
                                      "the rollback again")
             if waiting:
                 time.sleep(POLL_SECONDS / 2)
-    up = [name for name, run in runs.items() if run is not None]
+    up = [f"{name} ({took[name]})" for name, run in runs.items() if run is not None]
     return f"{len(up)} host run(s) standing by: {', '.join(up)}" if up else "hosts rolled in this process"
+
+
+def _start_took(client: Any, run: FlowRun) -> str:
+    """How long the run took to come up, as the server's states say: from its creation, and from its
+    worker taking it (what `start_timeout_seconds` bounds), to its process running."""
+    running = run.state.timestamp if run.state is not None else None
+    if running is None or run.created is None:
+        return "up"
+    said = f"up {(running - run.created).total_seconds():.0f} s after it was created"
+    taken = [state.timestamp for state in client.read_flow_run_states(run.id) if state.is_pending()]
+    if taken:
+        said += f", {(running - taken[-1]).total_seconds():.0f} s after its worker took it"
+    return said
 
 
 def out_of_rotation_first(config: EnvironmentConfig, batches: list[list[str]]) -> list[list[str]]:

@@ -245,6 +245,9 @@ def test_v2_rolls_across_the_fleet_without_failing_a_request(fleet: tuple[Stack,
     # Built before the turn, so the turn only switches it live.
     assert all("built first" not in step.detail for step in steps if step.name.startswith("switch-environment ["))
     assert order.index("start-host-runs") < order.index("roll-batch-1")
+    came_up = next(step.detail for step in steps if step.name == "wait-for-hosts")
+    assert all(f"{host} (up " in came_up for host in HOSTS), came_up
+    print(f"wait-for-hosts: {came_up}")
     assert {f"wait-for-turn [{host}]" for host in HOSTS} <= set(order)
     assert order.index("check-health [web-1]") < order.index("turn [web-2]") and "turn [web-3]" in order
     # The runbook's success criteria hold for the fleet as a whole: every host's log watched clean.
