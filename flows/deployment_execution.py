@@ -1,6 +1,6 @@
 """deployment-execution: runbook phase 2, in the order that never runs new code on an old schema.
 
-    wait-for-hosts           [fleet]: every host's run (started with phase 1) taken by its worker and
+    wait-for-hosts           [fleet]: every host's run (started in the prerequisites) taken by its worker and
                              standing by; a host out of reach stops the deploy here, nothing changed
     verify-environment       step 6: variables present, secrets resolved from their sources
     pull-release             step 4: check out the resolved SHA

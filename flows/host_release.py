@@ -125,18 +125,21 @@ def prepare_environment(config: Any, sha: str, release_id: int) -> str:
 @read_step("wait-for-turn", retries=0)
 def wait_for_turn(ledger: Ledger, release_id: int, host: str, bound: float) -> str:
     """Until the deploy gives this run its turn (its host drained): "" then; the reason when it stands it
-    down instead, or the run that started it has ended."""
+    down instead, or the deploy (or rollback) whose record it reads has ended."""
     from prefect.runtime import flow_run
 
-    run_id, parent = str(flow_run.id), flow_run.parent_flow_run_id
+    run_id = str(flow_run.id)
+    # The run that writes the record: started from a subflow (the deploy's prerequisites), this run's
+    # parent is that subflow, which ends long before the turns.
+    deploy = ledger.get(release_id).flow_run_id or flow_run.parent_flow_run_id
     asked = [time.monotonic()]
 
     def said() -> str | None:
         answer = turn_of(ledger, release_id, host, run_id)
-        if answer is None and parent and time.monotonic() - asked[0] > 2:  # a crashed deploy says nothing
+        if answer is None and deploy and time.monotonic() - asked[0] > 2:  # a crashed deploy says nothing
             asked[0] = time.monotonic()
-            if _ended(parent):
-                return "stand down: the run that started it ended before its turn"
+            if _ended(deploy):
+                return "stand down: the deploy or rollback that started it ended before its turn"
         return answer
 
     answer = wait_until(said, bound, f"its turn from ledger record {release_id}", interval=0.25,

@@ -1,8 +1,9 @@
 """production-deployment: the team's runbook, carried out.
 
     verify-prerequisites            merged to main · tests pass · security scan · migrations tested · staging verified
+                                    ([fleet]: once the release is resolved, every host's run started on its
+                                    queue, to stand by for its turn while the rest runs)
     approvals                       team lead and product owner, two different people (production)
-    start-host-runs                 [fleet]: every host's run on its queue, to stand by for its turn
     pre-deployment-verification     step 1 staging health · step 2 migration status · step 3 backup · baseline
     deployment-execution            step 6 environment · step 4 code · step 5 migrations · restart · startup log
     post-deployment-verification    step 7 health · step 8 critical paths · step 9 performance
@@ -115,18 +116,20 @@ def production_deployment(environment: str, ref: str | int = "main", dry_run: bo
     with record.recorded(cleanup=lambda: remove_worktree(config, tree)), deploy_lock_unless(dry_run, record):
         with record.phase("verify-prerequisites"):
             prerequisites = verify_prerequisites(config=config, staging=staging, ref=ref,
-                                                 release_id=record.release_id, force=force)
+                                                 release_id=record.release_id, force=force,
+                                                 start_hosts=config.fleet is not None and not dry_run)
             resolved(record, prerequisites)
         release = prerequisites.release
         if prerequisites.noop:
             return record.finish("noop", f"{release.short} is already live; nothing to do")
-        if config.requires_approval and not dry_run:
-            with record.phase("approvals"):
-                approvals = obtain_approvals(config, approval_brief(record, prerequisites, staging))
-                record.update(approvals=[a.as_dict() for a in approvals])
-        # A fleet's hosts are asked to stand by now: their workers start the runs' processes while
-        # phase 1 runs, and a host that cannot be reached stops the deploy before the database changes.
-        with hosts_standing_by(config, release.sha, record.release_id, dry_run) as hosts:
+        # A fleet's hosts stand by from the prerequisites on: their workers started the runs' processes
+        # (and built the release's environment) while the checks and the approvals ran, and a host that
+        # cannot be reached stops the deploy before the database changes.
+        with hosts_standing_by(config, release.sha, record.release_id, dry_run, prerequisites.hosts) as hosts:
+            if config.requires_approval and not dry_run:
+                with record.phase("approvals"):
+                    approvals = obtain_approvals(config, approval_brief(record, prerequisites, staging))
+                    record.update(approvals=[a.as_dict() for a in approvals])
             with record.phase("pre-deployment-verification"):
                 pre = pre_deployment_verification(config=config, staging=staging, release_id=record.release_id,
                                                   sha=release.sha, dry_run=dry_run, run_id=record.run_id,
@@ -141,12 +144,13 @@ def production_deployment(environment: str, ref: str | int = "main", dry_run: bo
     return record.finish("succeeded", f"{release.short} is live in {environment}", watch=lambda: schedule_watch(record))
 
 
-def hosts_standing_by(config: EnvironmentConfig, sha: str, release_id: int,
-                      dry_run: bool) -> AbstractContextManager[dict[str, UUID | None] | None]:
-    """A fleet's host runs, started and standing by for their turns (tasks/fleet); None without one."""
+def hosts_standing_by(config: EnvironmentConfig, sha: str, release_id: int, dry_run: bool,
+                      runs: dict[str, UUID | None] | None) -> AbstractContextManager[dict[str, UUID | None] | None]:
+    """A fleet's host runs (`runs`, started by the prerequisites), standing by for their turns and stood
+    down if the deploy stops first (tasks/fleet); None without a fleet."""
     if config.fleet is None or dry_run:
         return nullcontext()
-    return standing_by(config, sha, release_id)
+    return standing_by(config, sha, release_id, runs=runs)
 
 
 def deploy_lock_unless(dry_run: bool, record: DeployRecord) -> AbstractContextManager[None]:

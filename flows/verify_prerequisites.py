@@ -3,6 +3,7 @@
     fetch-release · resolve-release      the ref, as a 40-hex SHA; a deploy of the live SHA is a noop
     install-dependencies                 the release's own environment ([dependencies]), built or reused
     check-migrations                     what is pending, read with the release's scripts (and its SQL)
+    start-host-runs                      [fleet]: every host's run started, to stand by for its turn
     check-merged-to-main                 code changes merged to the release branch
     check-workspace                      no hand-made changes a deploy would overwrite
     run-release-tests                    the release's own tests, on a scratch worktree of the SHA
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from uuid import UUID
 
 from prefect import flow
 from prefect.logging import get_run_logger
@@ -26,6 +28,7 @@ from prefect.logging import get_run_logger
 from deployments.config import EnvironmentConfig
 from deployments.errors import DeployError, PreflightError
 from tasks.dependencies import install_dependencies
+from tasks.fleet import stand_down_all, start_standing_by
 from tasks.health import check_staging_health
 from tasks.migration_lint import LintReport, lint_migrations, with_kinds
 from tasks.migrations import MigrationStatus, Rehearsal, check_migrations, test_migrations
@@ -52,6 +55,7 @@ class Prerequisites:
     live_environment: str | None = None  # ... and the live one
     lint: LintReport | None = None  # what each pending revision does, and squawk's findings
     rehearsal: Rehearsal | None = None  # each revision measured on a copy (None: no rehearsal)
+    hosts: dict[str, UUID | None] | None = None  # a fleet's host runs, standing by for their turns
 
 
 def release_tree(config: EnvironmentConfig, release_id: int) -> Path:
@@ -61,7 +65,9 @@ def release_tree(config: EnvironmentConfig, release_id: int) -> Path:
 
 @flow(name="verify-prerequisites", flow_run_name="{config.name}: prerequisites for {ref}")
 def verify_prerequisites(config: EnvironmentConfig, staging: EnvironmentConfig | None, ref: str, release_id: int,
-                         force: bool = False) -> Prerequisites:
+                         force: bool = False, start_hosts: bool = False) -> Prerequisites:
+    """`start_hosts`: a [fleet] deploy's; its hosts' runs are started once the release is resolved (and
+    is no noop), and handed over in `Prerequisites.hosts`."""
     fetch_release(config)
     release = resolve_release(config, ref)
     tree = add_worktree(config, release.sha, release_tree(config, release_id))
@@ -73,19 +79,28 @@ def verify_prerequisites(config: EnvironmentConfig, staging: EnvironmentConfig |
     if release.sha == release.live_sha and not status.pending and not force:
         return Prerequisites(release, noop=True, pending_migrations=[], migrations=with_kinds(status, None),
                              **environments)
-    check_merged_to_main(config, release.sha)
-    check_workspace(config)
-    run_release_tests(config, tree)
-    run_security_scan(config, tree)
-    lint = lint_migrations(config, tree, status) if status.pending else None
-    status = with_kinds(status, lint)
-    rehearsal = None
-    if config.prerequisites.migration_rehearsal:
-        rehearsal = test_migrations(config, tree, config.state_dir / "rehearsal", status)
-    if staging is not None:
-        verify_staging(staging, release.sha, config.prerequisites.require_staging_version)
+    # A fleet's hosts start their runs now: each worker starts its process and builds the release's
+    # environment on its host while the checks below and the approvals run (the deploy stands them down
+    # if it stops before their turn).
+    hosts = start_standing_by(config, release.sha, release_id) if start_hosts and config.fleet else None
+    try:
+        check_merged_to_main(config, release.sha)
+        check_workspace(config)
+        run_release_tests(config, tree)
+        run_security_scan(config, tree)
+        lint = lint_migrations(config, tree, status) if status.pending else None
+        status = with_kinds(status, lint)
+        rehearsal = None
+        if config.prerequisites.migration_rehearsal:
+            rehearsal = test_migrations(config, tree, config.state_dir / "rehearsal", status)
+        if staging is not None:
+            verify_staging(staging, release.sha, config.prerequisites.require_staging_version)
+    except BaseException:
+        if hosts:
+            stand_down_all(hosts, release_id, "the deploy's prerequisites failed")
+        raise
     return Prerequisites(release, noop=False, pending_migrations=[p.revision for p in status.pending],
-                         migrations=status, lint=lint, rehearsal=rehearsal, **environments)
+                         migrations=status, lint=lint, rehearsal=rehearsal, hosts=hosts, **environments)
 
 
 def _key(environment: ReleaseEnvironment | None) -> str | None:

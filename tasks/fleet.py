@@ -1,8 +1,9 @@
 """Rolling a release across a fleet, batch by batch ([fleet] in the environment file).
 
     start-host-runs     a `host-release` run per host on the host's own queue, all at once (a deploy
-                        does it as phase 1 begins); each host's worker takes it and starts its process,
-                        which then stands by for its turn
+                        does it in its prerequisites, once the release is resolved and is no noop);
+                        each host's worker takes it and starts its process, which then stands by for
+                        its turn
     wait-for-hosts      every host's run up and standing by (a deploy waits as phase 2 begins): a host
                         whose worker is gone is found before anything is changed, and no batch waits
                         on its processes' start
@@ -94,9 +95,21 @@ def roll_fleet(config: EnvironmentConfig, sha: str, release_id: int, rollback: b
     return done
 
 
-# Before its turn a deploy's run may stand by through the phases ahead of the rollout (the backup, the
-# migrations), besides the batches before its own; the run that started it ending stands it down sooner.
+# Before its turn a deploy's run may stand by through the phases ahead of the rollout (the rest of the
+# prerequisites, the backup, the migrations), besides the batches before its own and the approvals; the
+# deploy or rollback whose record it reads ending stands it down sooner.
 PHASES_BEFORE_ROLLOUT_SECONDS = 7200.0
+
+
+def standby_bound(config: EnvironmentConfig, rollback: bool) -> float:
+    """How long a host's run may stand by for its turn: every batch before it, the start of its process,
+    and for a deploy the phases before the rollout, the approvals' window included."""
+    assert config.fleet is not None
+    rollout = config.fleet.rollout
+    before = 0.0 if rollback else PHASES_BEFORE_ROLLOUT_SECONDS + (
+        config.approvals.timeout_seconds if config.requires_approval else 0)
+    return (len(config.fleet.batches()) * (rollout.host_timeout_seconds + rollout.pause_seconds)
+            + rollout.start_timeout_seconds + before)
 
 
 @contextmanager
@@ -106,20 +119,29 @@ def standing_by(config: EnvironmentConfig, sha: str, release_id: int, rollback: 
     """Every host's run started (`runs` when given), standing by for its turn; on the way out, each run
     whose turn never came is stood down (it ends Cancelled, having changed nothing)."""
     assert config.fleet is not None
-    if ledger_of_release() is None:  # turns are given through the record
-        raise FleetError(f"roll fleet ({config.name})", "no ledger record is being written",
-                         "a fleet is rolled by a deploy or a rollback, which write one")
     if runs is None:
-        rollout = config.fleet.rollout
-        standby = (len(config.fleet.batches()) * (rollout.host_timeout_seconds + rollout.pause_seconds)
-                   + rollout.start_timeout_seconds + (0 if rollback else PHASES_BEFORE_ROLLOUT_SECONDS))
-        runs = start_host_runs(config, sha, release_id, rollback, standby, environment_key)
+        runs = start_standing_by(config, sha, release_id, rollback, environment_key)
     try:
         yield runs
     finally:
-        for host, run in runs.items():
-            if run is not None and turn_of(ledger_of_release(), release_id, host, str(run)) is None:
-                stand_down(host, run, "the deploy stopped before this host's turn")
+        stand_down_all(runs, release_id, "the deploy stopped before this host's turn")
+
+
+def start_standing_by(config: EnvironmentConfig, sha: str, release_id: int, rollback: bool = False,
+                      environment_key: str | None = None) -> dict[str, UUID | None]:
+    """Every host's run started, to stand by for its turn; the caller stands them down (stand_down_all)
+    if it stops before their turns."""
+    if ledger_of_release() is None:  # turns are given through the record
+        raise FleetError(f"roll fleet ({config.name})", "no ledger record is being written",
+                         "a fleet is rolled by a deploy or a rollback, which write one")
+    return start_host_runs(config, sha, release_id, rollback, standby_bound(config, rollback), environment_key)
+
+
+def stand_down_all(runs: dict[str, UUID | None], release_id: int, why: str) -> None:
+    """Each run whose turn has not come is stood down: it ends Cancelled, having changed nothing."""
+    for host, run in runs.items():
+        if run is not None and turn_of(ledger_of_release(), release_id, host, str(run)) is None:
+            stand_down(host, run, why)
 
 
 @change_step("start-host-runs")

@@ -350,3 +350,23 @@ def test_a_batch_is_drained_only_while_another_host_is_up(tmp_path: Path) -> Non
     assert fleet_tasks.others_up(config, down, ["web-1"], rollback=True) == "no other host up"
     # The whole fleet in one batch has no other host to wait for.
     assert fleet_tasks.others_up(config, down, ["web-1", "web-2", "web-3"], rollback=False) == "the batch is the whole fleet"
+
+
+def test_a_host_run_stands_by_through_the_approvals_window_only_when_approvals_are_required(tmp_path: Path) -> None:
+    """A deploy starts its hosts' runs in the prerequisites: their bound for standing by covers the
+    approvals' window (when approvals are required), the phases before the rollout and every batch; a
+    rollback's covers only the batches and a run's start."""
+    rollout = "batch_size = 2\nstart_timeout_seconds = 100\nhost_timeout_seconds = 500\npause_seconds = 10"
+    approved = load(tmp_path, fleet_section(3, rollout), lambda t: t.replace("timeout_seconds = 3600", "timeout_seconds = 86400", 1))
+    assert approved.requires_approval and approved.approvals.timeout_seconds == 86400
+    batches = len(approved.fleet.batches())  # type: ignore[union-attr]
+    assert batches == 2
+    rolling = batches * (500 + 10) + 100
+    before = fleet_tasks.PHASES_BEFORE_ROLLOUT_SECONDS
+    assert fleet_tasks.standby_bound(approved, rollback=False) == rolling + before + 86400
+    assert fleet_tasks.standby_bound(approved, rollback=True) == rolling
+    (tmp_path / "open").mkdir()
+    unapproved = load(tmp_path / "open", fleet_section(3, rollout),
+                      lambda t: t.replace('required_roles = ["team-lead", "product-owner"]', "required_roles = []"))
+    assert not unapproved.requires_approval
+    assert fleet_tasks.standby_bound(unapproved, rollback=False) == rolling + before

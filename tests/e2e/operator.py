@@ -32,8 +32,9 @@ def stack_with_sandbox(tmp_path_factory: pytest.TempPathFactory, db: str = "sqli
     """A sandbox and a Prefect stack serving it; `server_database_url` puts the server on that database,
     `prepare` edits the sandbox's environment files before any flow reads them.
 
-    The sandbox builds while the server starts: nothing on the stack reads the environment files
-    before a flow runs, and both take about ten seconds."""
+    The sandbox builds while the server starts (both take about ten seconds); the pool, the deployments
+    and the workers follow once the sandbox's files are whole: the stack reads them (a fleet's hosts
+    name its queues), and a file read while the sandbox rewrites it can be half written."""
     root = tmp_path_factory.mktemp("sbx") / "sandbox"
     boxes = make_sandbox(tmp_path_factory, db, root=root, hosts=hosts, edit=edit)
     (port,) = free_ports(1)
@@ -43,12 +44,11 @@ def stack_with_sandbox(tmp_path_factory: pytest.TempPathFactory, db: str = "sqli
     with ThreadPoolExecutor(max_workers=1) as pool:
         building = pool.submit(next, boxes)
         try:
-            server.up(log=lambda *_: None)
+            server.start_server()
             box = building.result()
             if prepare is not None:
                 prepare(box)
-            if hosts:  # the fleet's files are whole now: its host-release deployment and host workers
-                server.up(log=lambda *_: None)
+            server.up(log=lambda *_: None)
             yield server, box
         finally:
             drain_prefect_queues()

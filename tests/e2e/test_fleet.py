@@ -244,6 +244,9 @@ def test_v2_rolls_across_the_fleet_without_failing_a_request(fleet: tuple[Stack,
     assert {f"prepare-environment [{host}]" for host in HOSTS} <= {step.name for step in steps}
     # Built before the turn, so the turn only switches it live.
     assert all("built first" not in step.detail for step in steps if step.name.startswith("switch-environment ["))
+    # The hosts' runs were started in the prerequisites, once the release was resolved: their processes
+    # came up while the rest of the prerequisites ran.
+    assert order.index("resolve-release") < order.index("start-host-runs") < order.index("check-merged-to-main")
     assert order.index("start-host-runs") < order.index("roll-batch-1")
     came_up = next(step.detail for step in steps if step.name == "wait-for-hosts")
     assert all(f"{host} (up " in came_up for host in HOSTS), came_up
@@ -371,3 +374,43 @@ def test_a_host_out_of_reach_before_the_rollout_stops_the_deploy_before_anything
         assert not [r for r in flow_runs(stack, "rollback") if r["parameters"].get("failed_run_id") == deploy]
     finally:
         stack.up(log=lambda *_: None)
+
+
+def test_a_prerequisite_failing_after_the_hosts_started_stands_them_down_having_changed_nothing(
+        fleet: tuple[Stack, Sandbox]) -> None:
+    """The hosts' runs start once the prerequisites have resolved the release, so that their processes
+    come up while the rest of the prerequisites run; one failing then (a change made by hand in the
+    deploy's own checkout) stands every run down: each ends Cancelled, no host or database changed."""
+    stack, box = fleet
+    production = box.config("production")
+    changed = production.source.workspace / "jobapp" / "scraper.py"
+    text = changed.read_text()
+    before = {s.name: s.in_rotation for s in balancer(box).servers()}
+    served = serves(stack, box)
+    changed.write_text(text + "\n# changed by hand in the deploy's checkout\n")
+    try:
+        deploy = start(stack, "production-deployment/production", "ref=v2", "force=true")
+        assert wait_for(stack, deploy, FINAL, timeout=600) == "FAILED"
+        message = run_of(stack, deploy)["state"]["message"]
+        assert "check workspace" in message and "has local changes (jobapp/scraper.py)" in message, message
+    finally:
+        changed.write_text(text)
+    ledger = Ledger.for_state_dir(production.state_dir)
+    release = ledger.by_flow_run(deploy)
+    assert release is not None and release.outcome == "aborted", release
+    assert not release.code_changed and not release.migration_started
+    order = [s.name for s in ledger.steps(release.id)]
+    assert order.index("start-host-runs") < order.index("check-workspace"), order
+    runs = {r["parameters"]["host"]: r["id"] for r in host_runs(stack, release.id)}
+    assert sorted(runs) == sorted(HOSTS), runs
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and any(state_of(stack, run) not in FINAL for run in runs.values()):
+        time.sleep(1)
+    assert {h: state_of(stack, run) for h, run in runs.items()} == dict.fromkeys(HOSTS, "CANCELLED")
+    said = {s.name: s.detail for s in ledger.steps(release.id)}
+    for host in HOSTS:
+        assert "the deploy's prerequisites failed" in said[f"stand-down [{host}]"], said
+        assert f"turn [{host}]" not in said and f"pull-release [{host}]" not in said, said
+    assert {s.name: s.in_rotation for s in balancer(box).servers()} == before
+    assert serves(stack, box) == served
+    assert not [r for r in flow_runs(stack, "rollback") if r["parameters"].get("failed_run_id") == deploy]
