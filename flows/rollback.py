@@ -2,6 +2,9 @@
 
     acquire-deploy-lock        waits for a dead deploy's lease to lapse (rollback.lock_wait_seconds)
     choose-rollback-plan       from the ledger: what the failed deploy changed (see tasks/rollback_plan)
+    start-host-runs            [fleet], the code going back: every host's run started, its process up
+                               while traffic stops and the database is undone; stood down if the
+                               rollback stops before its turn
     stop-traffic               immediate action: maintenance mode (503 + Retry-After)
                                (without one, when the release's migrations only added to the schema, the
                                previous code comes back and is healthy first, then the database is undone)
@@ -12,6 +15,7 @@
     restore-backup             the verified pre-deployment backup ... or verify-database-revision
     check-out-previous-release
     switch-back-environment    [dependencies]: the environment live before the failed release, as recorded
+    wait-for-hosts             [fleet]: every host's run standing by, before the first host is drained
     roll-back-batch-<n>        [fleet]: each host drained, rolled back by its own worker, back in rotation
     restart-application        skipped when the failed release never ran (stopped before its reload):
     check-health               the previous SHA is served and healthy (still in maintenance); when the
@@ -31,6 +35,7 @@ the restored version is unhealthy too, it stops, leaves maintenance on and says 
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -51,7 +56,7 @@ from tasks.steps import recording
 from tasks.backups import restore_database
 from tasks.data_loss import NotRestored, restore_allowed
 from tasks.dependencies import ensure_environment, switch_environment
-from tasks.fleet import check_balancer, roll_fleet
+from tasks.fleet import check_balancer, roll_fleet, standing_by
 from tasks.health import check_health
 from records.ledger import Ledger, Release
 from tasks.locks import deploy_lock, release_dead_holder
@@ -124,51 +129,54 @@ def rollback(environment: str, failed_run_id: str = "", to: str = "", reason: st
                     # By hand: a restore that would discard data is refused before anything changes.
                     restore_allowed(config, plan.backup_tag, automatic=False, allow_data_loss=False,
                                     before_any_change=True)
-                notify(config, f"Rollback of {environment} started", f"{plan.describe()}\nReason: {reason or '—'}")
-                stop_traffic(config)
-                code_first = code_before_database(config, plan)
-                restoring = RestorePolicy(automatic=bool(failed_run_id), allow_data_loss=allow_data_loss)
-                if not code_first:
-                    undo_database(config, plan, app_name, restoring)
-                if plan.code:
-                    pull_release.with_options(name="check-out-previous-release")(config, plan.to_sha)
-                    if config.dependencies is not None:
-                        switch_environment.with_options(name="switch-back-environment")(config, subject.environment_before)
-                # A release stopped before its reload (its canary failed) never ran: the app's processes
-                # all predate its checkout and still run the previous code, so traffic need not wait for
-                # a restart. They are renewed from the previous tree once traffic flows again.
-                never_ran = config.fleet is None and never_served(config, ledger, subject)
-                if config.fleet is not None and plan.code:
-                    # Every host, batch by batch as the deploy rolled them: drained, rolled back by its own
-                    # worker, healthy, back in rotation. A host already on the previous release is left.
-                    roll_fleet(config, plan.to_sha, record_id, rollback=True,
-                               environment_key=subject.environment_before if config.dependencies else None)
-                elif not never_ran and config.fleet is None:
-                    restart_application(config)
-                # Retried each second until the health deadline, visibly; the first good answer will do:
-                # the release coming back held its health before, and every second here is downtime.
-                verify_health = check_health.with_options(retries=max(1, int(config.health.deadline_seconds)) - 1,
-                                                          retry_delay_seconds=1)
-                # Processes that predate the failed release's checkout cannot be shown, by the workspace, to
-                # serve the previous one checked out after them: that waits for their renewal.
-                # A fleet's balancer sees no host up while maintenance is on: each host is asked itself.
-                for instance in config.hosts or [config]:
-                    named = verify_health.with_options(name=f"check-health [{instance.host}]") if instance.host else verify_health
-                    named(instance, plan.to_sha, allow_maintenance=True, held=False, unverified_ok=never_ran)
-                if code_first:
-                    undo_database(config, plan, app_name, restoring)
-                ledger.update(subject.id, restored_at=datetime.now(timezone.utc))
-                resume_traffic(config)
-                if config.fleet is not None:
-                    check_balancer(config)
-                    verify_health(config, plan.to_sha, held=False)  # as users see it, through the balancer
-                if never_ran:
-                    restart_application.with_options(name="renew-application")(config)
-                    verify_health(config, plan.to_sha, held=False)
-                if config.rollback.verify_critical_paths:
-                    run_critical_path_tests(config)
-                return _finish(config, ledger, record_id, subject, plan, "rolled_back",
-                               f"{environment} is back on {str(plan.to_sha)[:12]}: {plan.describe()}")
+                # A fleet's hosts start their runs now, before traffic stops: their processes come up while the
+                # database is undone, and no host waits for one to start while users get the maintenance page.
+                with hosts_standing_by(config, plan, record_id, subject) as hosts:
+                    notify(config, f"Rollback of {environment} started", f"{plan.describe()}\nReason: {reason or '—'}")
+                    stop_traffic(config)
+                    code_first = code_before_database(config, plan)
+                    restoring = RestorePolicy(automatic=bool(failed_run_id), allow_data_loss=allow_data_loss)
+                    if not code_first:
+                        undo_database(config, plan, app_name, restoring)
+                    if plan.code:
+                        pull_release.with_options(name="check-out-previous-release")(config, plan.to_sha)
+                        if config.dependencies is not None:
+                            switch_environment.with_options(name="switch-back-environment")(config, subject.environment_before)
+                    # A release stopped before its reload (its canary failed) never ran: the app's processes
+                    # all predate its checkout and still run the previous code, so traffic need not wait for
+                    # a restart. They are renewed from the previous tree once traffic flows again.
+                    never_ran = config.fleet is None and never_served(config, ledger, subject)
+                    if config.fleet is not None and plan.code:
+                        # Every host, batch by batch as the deploy rolled them: drained, rolled back by its own
+                        # worker, healthy, back in rotation. A host already on the previous release is left.
+                        roll_fleet(config, plan.to_sha, record_id, rollback=True, runs=hosts,
+                                   environment_key=subject.environment_before if config.dependencies else None)
+                    elif not never_ran and config.fleet is None:
+                        restart_application(config)
+                    # Retried each second until the health deadline, visibly; the first good answer will do:
+                    # the release coming back held its health before, and every second here is downtime.
+                    verify_health = check_health.with_options(retries=max(1, int(config.health.deadline_seconds)) - 1,
+                                                              retry_delay_seconds=1)
+                    # Processes that predate the failed release's checkout cannot be shown, by the workspace, to
+                    # serve the previous one checked out after them: that waits for their renewal.
+                    # A fleet's balancer sees no host up while maintenance is on: each host is asked itself.
+                    for instance in config.hosts or [config]:
+                        named = verify_health.with_options(name=f"check-health [{instance.host}]") if instance.host else verify_health
+                        named(instance, plan.to_sha, allow_maintenance=True, held=False, unverified_ok=never_ran)
+                    if code_first:
+                        undo_database(config, plan, app_name, restoring)
+                    ledger.update(subject.id, restored_at=datetime.now(timezone.utc))
+                    resume_traffic(config)
+                    if config.fleet is not None:
+                        check_balancer(config)
+                        verify_health(config, plan.to_sha, held=False)  # as users see it, through the balancer
+                    if never_ran:
+                        restart_application.with_options(name="renew-application")(config)
+                        verify_health(config, plan.to_sha, held=False)
+                    if config.rollback.verify_critical_paths:
+                        run_critical_path_tests(config)
+                    return _finish(config, ledger, record_id, subject, plan, "rolled_back",
+                                   f"{environment} is back on {str(plan.to_sha)[:12]}: {plan.describe()}")
             except NotRestored as decided:  # inside the lock and the recording: resume-traffic is a step
                 return _not_restored(config, ledger, record_id, decided)
     except DeployError as exc:
@@ -177,6 +185,16 @@ def rollback(environment: str, failed_run_id: str = "", to: str = "", reason: st
         undone = None if isinstance(exc, InvalidInput) else subject
         _finish(config, ledger, record_id, undone, None, "rollback_failed", str(exc), step=exc.step, error=exc)
         raise
+
+
+def hosts_standing_by(config: EnvironmentConfig, plan: Any, record_id: int,
+                      subject: Release) -> AbstractContextManager[dict[str, UUID | None] | None]:
+    """[fleet], when the code goes back: every host's run started and standing by for its turn, stood
+    down if the rollback stops first; None otherwise."""
+    if config.fleet is None or not plan.code:
+        return nullcontext()
+    return standing_by(config, plan.to_sha, record_id, rollback=True,
+                       environment_key=subject.environment_before if config.dependencies else None)
 
 
 @dataclass(frozen=True)

@@ -71,19 +71,21 @@ def load_balancer(config: EnvironmentConfig) -> LoadBalancer:
 
 
 def roll_fleet(config: EnvironmentConfig, sha: str, release_id: int, rollback: bool = False,
-               runs: dict[str, UUID | None] | None = None, environment_key: str | None = None) -> list[HostRun]:
+               runs: dict[str, UUID | None] | None = None, environment_key: str | None = None,
+               waited_for: bool = False) -> list[HostRun]:
     """Every host onto `sha`, batch by batch; raises on the first batch that fails. `runs`: the hosts'
-    runs started already (`standing_by`), else they are started here. `environment_key`: with
-    [dependencies], the release environment a rollback makes live again on each host."""
+    runs started already (`standing_by`), else they are started here; `waited_for`: the caller saw
+    them all standing by (wait_for_hosts) before it changed anything, else that is waited for here.
+    `environment_key`: with [dependencies], the release environment a rollback makes live again on
+    each host."""
     assert config.fleet is not None
     rollout = config.fleet.rollout
     done: list[HostRun] = []
     batches = [[h.name for h in batch] for batch in config.fleet.batches()]
     if rollback:
         batches = out_of_rotation_first(config, batches)
-    started_here = runs is None
     with standing_by(config, sha, release_id, rollback, runs, environment_key) as runs:
-        if started_here:  # else the caller waited for them, before it changed anything
+        if not waited_for:
             wait_for_hosts(config, runs, rollback)
         for number, batch in enumerate(batches, start=1):
             if number > 1 and rollout.pause_seconds:
@@ -103,11 +105,13 @@ PHASES_BEFORE_ROLLOUT_SECONDS = 7200.0
 
 def standby_bound(config: EnvironmentConfig, rollback: bool) -> float:
     """How long a host's run may stand by for its turn: every batch before it, the start of its process,
-    and for a deploy the phases before the rollout, the approvals' window included."""
+    and the phases before the rollout: for a deploy the approvals' window included, for a rollback
+    the database's undoing and the decision it may wait for."""
     assert config.fleet is not None
     rollout = config.fleet.rollout
-    before = 0.0 if rollback else PHASES_BEFORE_ROLLOUT_SECONDS + (
-        config.approvals.timeout_seconds if config.requires_approval else 0)
+    # A rollback's runs stand by while it undoes the database, which may wait for a decision.
+    before = PHASES_BEFORE_ROLLOUT_SECONDS + (config.rollback.decision_timeout_seconds if rollback else
+                                              config.approvals.timeout_seconds if config.requires_approval else 0)
     return (len(config.fleet.batches()) * (rollout.host_timeout_seconds + rollout.pause_seconds)
             + rollout.start_timeout_seconds + before)
 

@@ -355,7 +355,7 @@ def test_a_batch_is_drained_only_while_another_host_is_up(tmp_path: Path) -> Non
 def test_a_host_run_stands_by_through_the_approvals_window_only_when_approvals_are_required(tmp_path: Path) -> None:
     """A deploy starts its hosts' runs in the prerequisites: their bound for standing by covers the
     approvals' window (when approvals are required), the phases before the rollout and every batch; a
-    rollback's covers only the batches and a run's start."""
+    rollback starts them before it undoes the database: theirs covers the decision it may wait for."""
     rollout = "batch_size = 2\nstart_timeout_seconds = 100\nhost_timeout_seconds = 500\npause_seconds = 10"
     approved = load(tmp_path, fleet_section(3, rollout), lambda t: t.replace("timeout_seconds = 3600", "timeout_seconds = 86400", 1))
     assert approved.requires_approval and approved.approvals.timeout_seconds == 86400
@@ -364,7 +364,7 @@ def test_a_host_run_stands_by_through_the_approvals_window_only_when_approvals_a
     rolling = batches * (500 + 10) + 100
     before = fleet_tasks.PHASES_BEFORE_ROLLOUT_SECONDS
     assert fleet_tasks.standby_bound(approved, rollback=False) == rolling + before + 86400
-    assert fleet_tasks.standby_bound(approved, rollback=True) == rolling
+    assert fleet_tasks.standby_bound(approved, rollback=True) == rolling + before + approved.rollback.decision_timeout_seconds
     (tmp_path / "open").mkdir()
     unapproved = load(tmp_path / "open", fleet_section(3, rollout),
                       lambda t: t.replace('required_roles = ["team-lead", "product-owner"]', "required_roles = []"))

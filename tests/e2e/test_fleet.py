@@ -209,6 +209,10 @@ def test_a_release_failing_on_its_second_batch_is_rolled_back_across_the_fleet(f
     assert undo is not None
     assert steps["switch-environment [web-1]"] == "completed"
     assert {s.name: s.status for s in ledger.steps(undo.id)}["switch-back-environment [web-1]"] == "completed"
+    # The rollback started the hosts' runs before it stopped traffic: they came up while it undid the
+    # database, not while users got the maintenance page.
+    undone = [s.name for s in ledger.steps(undo.id)]
+    assert undone.index("start-host-runs") < undone.index("stop-traffic") < undone.index("wait-for-hosts"), undone
     live = environments(box)
     # web-2 had built v2's while it stood by (before its turn found the hand change), never made live.
     assert len({key for key, _ in live.values()}) == 1 and all(count == 2 for _, count in live.values()), live
