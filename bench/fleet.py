@@ -360,7 +360,7 @@ def deploy_scenario(stack: Any, box: Any, args: argparse.Namespace,
     if len(planned) != len(batches):
         raise SetupError(f"the fleet's file plans {len(planned)} batches, the ledger has {batches}")
     breakdown: Counter[str] = Counter()
-    breakdown[f"{START_RUNS}: every host's run created on its queue (before phase 1)"] = standing_up
+    breakdown[f"{START_RUNS}: every host's run created on its queue (in the prerequisites)"] = standing_up
     breakdown[f"{WAIT_HOSTS}: phase 2 waiting for processes still starting (taken, started while the prerequisites and phase 1 ran)"] = waiting
     for batch, members in zip(batches, planned):
         start, end = windows[batch]
