@@ -9,6 +9,7 @@ the lock. Processes are started detached with pid files; `down` stops them by pi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -106,8 +107,7 @@ class Stack:
                                               for fleet in fleets.values() for host in fleet.hosts}
         if not marker.exists() or marker.read_text() != wanted:
             # A worker started for other environment files would run every deploy against them.
-            for name in self._workers():
-                self._stop(name, log)
+            self._stop(*self._workers(), log=log)
         for name, queue in workers.items():
             if self._pid(name) is None:
                 self._spawn(name, self.worker_argv(queue))
@@ -143,21 +143,24 @@ class Stack:
             self._wait_healthy(timeout=timeout)
 
     def down(self, log=print) -> None:  # type: ignore[no-untyped-def]
-        for name in [*self._workers(), "server"]:
-            self._stop(name, log)
+        """The workers together (each may take its whole grace time), then the server they report to."""
+        self._stop(*self._workers(), log=log)
+        self._stop("server", log=log)
 
-    def _stop(self, name: str, log=print) -> None:  # type: ignore[no-untyped-def]
-        pid = self._pid(name)
-        if pid is None:
-            return
-        os.killpg(pid, signal.SIGTERM)
+    def _stop(self, *names: str, log=print) -> None:  # type: ignore[no-untyped-def]
+        """SIGTERM to each process group, then SIGKILL to those still up after a shared 20 s grace."""
+        pids = {name: pid for name in names if (pid := self._pid(name)) is not None}
+        for pid in pids.values():
+            os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + 20
-        while _alive(pid) and time.monotonic() < deadline:
+        while any(_alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if _alive(pid):
-            os.killpg(pid, signal.SIGKILL)
-        (self.home / f"{name}.pid").unlink(missing_ok=True)
-        log(f"stopped {name} (pid {pid})")
+        for name, pid in pids.items():
+            if _alive(pid):
+                with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+                    os.killpg(pid, signal.SIGKILL)
+            (self.home / f"{name}.pid").unlink(missing_ok=True)
+            log(f"stopped {name} (pid {pid})")
 
     def healthy(self) -> bool:
         try:
