@@ -52,7 +52,8 @@ def deployment_execution(config: EnvironmentConfig, release_id: int, sha: str, a
     revision = database_revision(resolve_database_url(config))
     ledger.update(release_id, db_revision_after=revision)
     if config.fleet is not None:  # the database is shared: migrated once, above, from the deploy's checkout
-        roll_fleet(config, sha, release_id, runs=hosts, waited_for=hosts is not None)
+        assert hosts is not None  # started by the prerequisites, waited for above
+        roll_fleet(config, sha, release_id, hosts, waited_for=True)
         return revision
     check_canary(config, sha)
     offset = log_offset(config)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
-from uuid import UUID
 
 from prefect import Flow, flow
 from prefect.client.schemas.objects import FlowRun
@@ -42,7 +41,7 @@ from records.deploy_record import DeployRecord
 from records.ledger import Ledger
 from records.reporting import rename_run
 from tasks.approvals import obtain_approvals, release_brief
-from tasks.fleet import standing_by
+from tasks.fleet import hosts_standing_by
 from tasks.locks import deploy_lock
 from tasks.source import ResolvedRelease, remove_worktree, validate_ref
 
@@ -125,7 +124,8 @@ def production_deployment(environment: str, ref: str | int = "main", dry_run: bo
         # A fleet's hosts stand by from the prerequisites on: their workers started the runs' processes
         # (and built the release's environment) while the checks and the approvals ran, and a host that
         # cannot be reached stops the deploy before the database changes.
-        with hosts_standing_by(config, release.sha, record.release_id, dry_run, prerequisites.hosts) as hosts:
+        with hosts_standing_by(config, release.sha, record.release_id, wanted=not dry_run,
+                               runs=prerequisites.hosts) as hosts:
             if config.requires_approval and not dry_run:
                 with record.phase("approvals"):
                     approvals = obtain_approvals(config, approval_brief(record, prerequisites, staging))
@@ -142,15 +142,6 @@ def production_deployment(environment: str, ref: str | int = "main", dry_run: bo
         with record.phase("post-deployment-verification"):
             post_deployment_verification(config=config, sha=release.sha, baseline=pre.baseline)
     return record.finish("succeeded", f"{release.short} is live in {environment}", watch=lambda: schedule_watch(record))
-
-
-def hosts_standing_by(config: EnvironmentConfig, sha: str, release_id: int, dry_run: bool,
-                      runs: dict[str, UUID | None] | None) -> AbstractContextManager[dict[str, UUID | None] | None]:
-    """A fleet's host runs (`runs`, started by the prerequisites), standing by for their turns and stood
-    down if the deploy stops first (tasks/fleet); None without a fleet."""
-    if config.fleet is None or dry_run:
-        return nullcontext()
-    return standing_by(config, sha, release_id, runs=runs)
 
 
 def deploy_lock_unless(dry_run: bool, record: DeployRecord) -> AbstractContextManager[None]:

@@ -35,7 +35,6 @@ the restored version is unhealthy too, it stops, leaves maintenance on and says 
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -56,7 +55,7 @@ from tasks.steps import recording
 from tasks.backups import restore_database
 from tasks.data_loss import NotRestored, restore_allowed
 from tasks.dependencies import ensure_environment, switch_environment
-from tasks.fleet import check_balancer, roll_fleet, standing_by
+from tasks.fleet import check_balancer, hosts_standing_by, roll_fleet
 from tasks.health import check_health
 from records.ledger import Ledger, Release
 from tasks.locks import deploy_lock, release_dead_holder
@@ -131,7 +130,9 @@ def rollback(environment: str, failed_run_id: str = "", to: str = "", reason: st
                                     before_any_change=True)
                 # A fleet's hosts start their runs now, before traffic stops: their processes come up while the
                 # database is undone, and no host waits for one to start while users get the maintenance page.
-                with hosts_standing_by(config, plan, record_id, subject) as hosts:
+                with hosts_standing_by(config, plan.to_sha, record_id, wanted=plan.code, rollback=True,
+                                       environment_key=subject.environment_before if config.dependencies else None
+                                       ) as hosts:
                     notify(config, f"Rollback of {environment} started", f"{plan.describe()}\nReason: {reason or '—'}")
                     stop_traffic(config)
                     code_first = code_before_database(config, plan)
@@ -149,7 +150,8 @@ def rollback(environment: str, failed_run_id: str = "", to: str = "", reason: st
                     if config.fleet is not None and plan.code:
                         # Every host, batch by batch as the deploy rolled them: drained, rolled back by its own
                         # worker, healthy, back in rotation. A host already on the previous release is left.
-                        roll_fleet(config, plan.to_sha, record_id, rollback=True, runs=hosts,
+                        assert hosts is not None  # started above, before traffic stopped
+                        roll_fleet(config, plan.to_sha, record_id, hosts, rollback=True,
                                    environment_key=subject.environment_before if config.dependencies else None)
                     elif not never_ran and config.fleet is None:
                         restart_application(config)
@@ -185,16 +187,6 @@ def rollback(environment: str, failed_run_id: str = "", to: str = "", reason: st
         undone = None if isinstance(exc, InvalidInput) else subject
         _finish(config, ledger, record_id, undone, None, "rollback_failed", str(exc), step=exc.step, error=exc)
         raise
-
-
-def hosts_standing_by(config: EnvironmentConfig, plan: Any, record_id: int,
-                      subject: Release) -> AbstractContextManager[dict[str, UUID | None] | None]:
-    """[fleet], when the code goes back: every host's run started and standing by for its turn, stood
-    down if the rollback stops first; None otherwise."""
-    if config.fleet is None or not plan.code:
-        return nullcontext()
-    return standing_by(config, plan.to_sha, record_id, rollback=True,
-                       environment_key=subject.environment_before if config.dependencies else None)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -70,30 +70,28 @@ def load_balancer(config: EnvironmentConfig) -> LoadBalancer:
     return HAProxy(balancer.socket, balancer.backend, step=f"load balancer ({config.name})")
 
 
-def roll_fleet(config: EnvironmentConfig, sha: str, release_id: int, rollback: bool = False,
-               runs: dict[str, UUID | None] | None = None, environment_key: str | None = None,
-               waited_for: bool = False) -> list[HostRun]:
+def roll_fleet(config: EnvironmentConfig, sha: str, release_id: int, runs: dict[str, UUID | None],
+               rollback: bool = False, environment_key: str | None = None, waited_for: bool = False) -> list[HostRun]:
     """Every host onto `sha`, batch by batch; raises on the first batch that fails. `runs`: the hosts'
-    runs started already (`standing_by`), else they are started here; `waited_for`: the caller saw
-    them all standing by (wait_for_hosts) before it changed anything, else that is waited for here.
-    `environment_key`: with [dependencies], the release environment a rollback makes live again on
-    each host."""
+    runs, started (and stood down if need be) by the caller's `hosts_standing_by`; `waited_for`: the
+    caller saw them all standing by (wait_for_hosts) before it changed anything, else that is waited
+    for here. `environment_key`: with [dependencies], the release environment a rollback makes live
+    again on each host."""
     assert config.fleet is not None
     rollout = config.fleet.rollout
     done: list[HostRun] = []
     batches = [[h.name for h in batch] for batch in config.fleet.batches()]
     if rollback:
         batches = out_of_rotation_first(config, batches)
-    with standing_by(config, sha, release_id, rollback, runs, environment_key) as runs:
-        if not waited_for:
-            wait_for_hosts(config, runs, rollback)
-        for number, batch in enumerate(batches, start=1):
-            if number > 1 and rollout.pause_seconds:
-                run_log().info("Pausing %g s before batch %d of %d.", rollout.pause_seconds, number, len(batches))
-                time.sleep(rollout.pause_seconds)
-            name = f"{'roll-back' if rollback else 'roll'}-batch-{number}"
-            done += roll_batch.with_options(name=name)(config, {host: runs[host] for host in batch}, sha,
-                                                       release_id, rollback, environment_key)
+    if not waited_for:
+        wait_for_hosts(config, runs, rollback)
+    for number, batch in enumerate(batches, start=1):
+        if number > 1 and rollout.pause_seconds:
+            run_log().info("Pausing %g s before batch %d of %d.", rollout.pause_seconds, number, len(batches))
+            time.sleep(rollout.pause_seconds)
+        name = f"{'roll-back' if rollback else 'roll'}-batch-{number}"
+        done += roll_batch.with_options(name=name)(config, {host: runs[host] for host in batch}, sha,
+                                                   release_id, rollback, environment_key)
     return done
 
 
@@ -114,6 +112,15 @@ def standby_bound(config: EnvironmentConfig, rollback: bool) -> float:
                                               config.approvals.timeout_seconds if config.requires_approval else 0)
     return (len(config.fleet.batches()) * (rollout.host_timeout_seconds + rollout.pause_seconds)
             + rollout.start_timeout_seconds + before)
+
+
+def hosts_standing_by(config: EnvironmentConfig, sha: str, release_id: int, wanted: bool = True,
+                      **how: Any) -> AbstractContextManager[dict[str, UUID | None] | None]:
+    """`standing_by` for a fleet, when `wanted` (a dry run, or a rollback leaving the code as it is, is
+    not); None for one host."""
+    if config.fleet is None or not wanted:
+        return nullcontext()
+    return standing_by(config, sha, release_id, **how)
 
 
 @contextmanager
