@@ -110,18 +110,26 @@ def flow_runs(stack: Stack, flow_name: str) -> list[dict]:  # type: ignore[type-
 
 
 def flow_process(run_id: str) -> int | None:
-    """The pid of the process the worker started for this flow run."""
+    """The pid of the process the worker started for this flow run (Prefect's engine). What it starts
+    (an app, a migration) inherits its environment, marker and all, and pids wrap around (at 32768
+    here), so neither the marker nor the lowest pid is enough: the engine's is the marked process that
+    runs Prefect and whose parent is not marked."""
     marker = f"PREFECT__FLOW_RUN_ID={run_id}".encode()
+    engines: dict[int, int] = {}
+    marked: set[int] = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            environ = Path(f"/proc/{entry}/environ").read_bytes()
+            if marker not in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
+                continue
+            marked.add(int(entry))
+            if b"prefect" in Path(f"/proc/{entry}/cmdline").read_bytes():
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                engines[int(entry)] = int(stat[stat.rindex(")") + 2:].split()[1])
         except OSError:
             continue
-        if marker in environ.split(b"\0"):
-            return int(entry)
-    return None
+    return next((pid for pid, parent in engines.items() if parent not in marked), None)
 
 
 def kill_flow_process(run_id: str) -> int:

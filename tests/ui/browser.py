@@ -80,6 +80,12 @@ class PrefectUI:
         self.page.goto(self.base_url + path, wait_until="domcontentloaded")
         self.page.locator(".page-heading").first.wait_for()
 
+    def step_away(self) -> None:
+        """Leave the UI while a run goes on, as a person switches to another tab: the UI polls the API and
+        animates a running run's page all the time, about a core of headless Chromium's CPU that the run
+        itself would otherwise wait on. The next `open` comes back."""
+        self.page.goto("about:blank")
+
     def open_run(self, run_id: str) -> None:
         """A run page, once its state badge is drawn (the run has loaded)."""
         self.open(f"/runs/flow-run/{run_id}")

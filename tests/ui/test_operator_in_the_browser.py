@@ -110,6 +110,7 @@ def test_trigger_approve_twice_review_and_roll_back_by_hand(ui: PrefectUI, stack
     ui.open(f"/deployments/deployment/{production}")
     ui.page.get_by_text("flows/production_deployment.py:production_deployment").wait_for()
     ui.shoot("deployment-page")
+    ui.step_away()
     assert wait_for(server, staging_run, FINAL, timeout=400) == "COMPLETED"
 
     # Trigger: Run → Custom run with a ref. The run is named after what it deploys.
@@ -118,6 +119,7 @@ def test_trigger_approve_twice_review_and_roll_back_by_hand(ui: PrefectUI, stack
     ui.text_field(form, "reason").fill("salary insights")
     ui.shoot("custom-run-form")
     run_id = ui.submit_run(form)
+    ui.step_away()
     paused_for(server, run_id, "approval-1")
     ui.open_run(run_id)
     assert ui.title() == f"production: v2 ({v2})"
@@ -153,6 +155,7 @@ def test_trigger_approve_twice_review_and_roll_back_by_hand(ui: PrefectUI, stack
     assert state_of(server, run_id) == "Paused"
     ui.answer(card, "Dana Whitfield", "team-lead", "approve", "tested on staging")
     ui.submit_resume(card)
+    ui.step_away()
 
     paused_for(server, run_id, "approval-2")
     ui.open_run(run_id)
@@ -163,6 +166,7 @@ def test_trigger_approve_twice_review_and_roll_back_by_hand(ui: PrefectUI, stack
     ui.answer(card, "Sam Okafor", "product-owner", "approve", "go")
     ui.shoot("second-approval", card, whole=False)
     ui.submit_resume(card)
+    ui.step_away()
     assert wait_for(server, run_id, FINAL, timeout=400) == "COMPLETED"
     served = httpx.get(box.config("production").service.base_url + "/api/health", timeout=5).json()["version"]
     assert served == box.sha("v2")
@@ -212,6 +216,7 @@ def test_trigger_approve_twice_review_and_roll_back_by_hand(ui: PrefectUI, stack
     ui.text_field(form, "reason").fill("salary insights confuse users")
     ui.shoot("rollback-form")
     rollback_run = ui.submit_run(form)
+    ui.step_away()
     assert wait_for(server, rollback_run, FINAL, timeout=300) == "COMPLETED"
     served = httpx.get(box.config("production").service.base_url + "/api/health", timeout=5).json()["version"]
     assert served == box.sha("v1")
@@ -228,6 +233,7 @@ def test_trigger_approve_twice_review_and_roll_back_by_hand(ui: PrefectUI, stack
     assert ui.text_field(form, "to").input_value() == ""
 
     # Reject: the deploy ends aborted, and the reason is on the run page, in the summary and in one log line.
+    ui.step_away()
     box.edit("production", switch("migration_rehearsal = true", "migration_rehearsal = false"))
     rejected = trigger(server, "production-deployment/production", "v2")
     paused_for(server, rejected, "approval-1")
@@ -236,6 +242,7 @@ def test_trigger_approve_twice_review_and_roll_back_by_hand(ui: PrefectUI, stack
     ui.answer(card, "Sam Okafor", "product-owner", "reject", "not during the sale")
     ui.shoot("rejection", card, whole=False)
     ui.submit_resume(card)
+    ui.step_away()
     assert wait_for(server, rejected, FINAL, timeout=60) == "FAILED"
     reason = "Sam Okafor (product-owner) rejected it: not during the sale. nothing was changed"
     ui.open_run(rejected)
