@@ -17,17 +17,10 @@ from sqlalchemy import create_engine, text
 
 from deployctl.stack import Stack
 from records.ledger import Ledger
-from tests.conftest import scratch_database
 from tests.e2e.operator import FINAL, deployctl, flow_runs, run_of, stack_with_sandbox, trigger, wait_for
 from tests.flows.conftest import Sandbox
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def server_database(postgres_admin_url: str) -> Iterator[str]:
-    with scratch_database(postgres_admin_url, "prefect_e2e") as url:
-        yield url.replace("+psycopg", "+asyncpg")
 
 
 def short_watch(box: Sandbox) -> None:
@@ -37,8 +30,10 @@ def short_watch(box: Sandbox) -> None:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, server_database: str) -> Iterator[tuple[Stack, Sandbox]]:
-    yield from stack_with_sandbox(tmp_path_factory, server_database_url=server_database, prepare=short_watch)
+def stack(tmp_path_factory: pytest.TempPathFactory, postgres_admin_url: str) -> Iterator[tuple[Stack, Sandbox]]:
+    """With PostgreSQL reachable (postgres_admin_url fails or skips otherwise), the server's database is
+    a PostgreSQL copy of the run's migrated template (tests/prefect_servers.py)."""
+    yield from stack_with_sandbox(tmp_path_factory, prepare=short_watch)
 
 
 def approve(stack: Stack, run_id: str, name: str, role: str) -> None:
@@ -102,9 +97,10 @@ def test_the_watch_runs_after_the_deploy_linked_to_it(stack: tuple[Stack, Sandbo
     assert figures["deployments"] == 1 and figures["change_failure_rate"] == 0.0, figures
 
 
-def test_the_server_keeps_its_runs_in_postgres(stack: tuple[Stack, Sandbox], server_database: str) -> None:
+def test_the_server_keeps_its_runs_in_postgres(stack: tuple[Stack, Sandbox]) -> None:
     server, _box = stack
-    engine = create_engine(server_database.replace("+asyncpg", "+psycopg"))
+    assert server.database_url is not None and server.database_url.startswith("postgresql+asyncpg://"), server.database_url
+    engine = create_engine(server.database_url.replace("+asyncpg", "+psycopg"))
     with engine.connect() as conn:
         names = set(conn.execute(text("SELECT f.name FROM flow_run r JOIN flow f ON f.id = r.flow_id")).scalars())
     engine.dispose()
