@@ -126,6 +126,7 @@ def prepare_environment(config: Any, sha: str, release_id: int) -> str:
 def wait_for_turn(ledger: Ledger, release_id: int, host: str, bound: float) -> str:
     """Until the deploy gives this run its turn (its host drained): "" then; the reason when it stands it
     down instead, or the deploy (or rollback) whose record it reads has ended."""
+    from prefect.client.orchestration import get_client
     from prefect.runtime import flow_run
 
     run_id = str(flow_run.id)
@@ -133,27 +134,23 @@ def wait_for_turn(ledger: Ledger, release_id: int, host: str, bound: float) -> s
     # parent is that subflow, which ends long before the turns.
     deploy = ledger.get(release_id).flow_run_id or flow_run.parent_flow_run_id
     asked = [time.monotonic()]
-
-    def said() -> str | None:
-        answer = turn_of(ledger, release_id, host, run_id)
-        if answer is None and deploy and time.monotonic() - asked[0] > 2:  # a crashed deploy says nothing
-            asked[0] = time.monotonic()
-            if _ended(deploy):
-                return "stand down: the deploy or rollback that started it ended before its turn"
-        return answer
-
-    answer = wait_until(said, bound, f"its turn from ledger record {release_id}", interval=0.25,
-                        on_timeout=lambda: FleetError(f"wait for turn ({host})", f"no turn within {bound:g} s",
-                                                      "nothing was changed on this host; see the deploy's run"))
-    return "" if answer == "go" else answer.removeprefix("stand down: ")
-
-
-def _ended(run_id: str) -> bool:
-    from prefect.client.orchestration import get_client
-
+    # One API client for the whole wait, which lasts as long as the approvals: a client built per check
+    # (every 2 s) spent 24 ms of CPU on it, loading the CA bundle anew (1.3 ms with one client).
     with get_client(sync_client=True) as client:
-        state = client.read_flow_run(run_id).state
-    return state is not None and state.is_final()
+
+        def said() -> str | None:
+            answer = turn_of(ledger, release_id, host, run_id)
+            if answer is None and deploy and time.monotonic() - asked[0] > 2:  # a crashed deploy says nothing
+                asked[0] = time.monotonic()
+                state = client.read_flow_run(deploy).state
+                if state is not None and state.is_final():
+                    return "stand down: the deploy or rollback that started it ended before its turn"
+            return answer
+
+        answer = wait_until(said, bound, f"its turn from ledger record {release_id}", interval=0.25,
+                            on_timeout=lambda: FleetError(f"wait for turn ({host})", f"no turn within {bound:g} s",
+                                                          "nothing was changed on this host; see the deploy's run"))
+    return "" if answer == "go" else answer.removeprefix("stand down: ")
 
 
 def still_wanted(ledger: Ledger | None, release_id: int, host: str) -> None:

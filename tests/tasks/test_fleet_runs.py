@@ -115,3 +115,30 @@ def test_a_standing_by_run_hears_its_own_turn_or_stand_down_and_no_other(tmp_pat
     assert turn_of(ledger, release.id, "web-3", str(web2)) is None
     assert turn_of(None, release.id, "web-2", str(web2)) is None
     ledger.engine.dispose()
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_standing_by_run_whose_deploy_ended_stands_down_by_itself(tmp_path: Path) -> None:
+    """A deploy that crashed says nothing to its hosts: a run standing by for it asks the server, every
+    2 s, whether that deploy still runs, and stands down once it has ended; while it runs, it waits."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    from flows.host_release import wait_for_turn
+    from tasks.fleet import FleetError
+
+    @flow(name="a-deploy")
+    def a_deploy() -> None:
+        return None
+
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    with get_client(sync_client=True) as client:
+        deploy = client.create_flow_run(a_deploy, state=Running())
+        release = ledger.open_release(environment="production", ref="v2", flow_run_id=str(deploy.id))
+        with pytest.raises(FleetError, match=r"no turn within 3 s"):  # the deploy runs: no turn, no stand-down
+            wait_for_turn.fn(ledger, release.id, "web-2", 3)
+        client.set_flow_run_state(deploy.id, Crashed(message="its process was killed"), force=True)
+    said = wait_for_turn.fn(ledger, release.id, "web-2", 30)
+    assert said == "the deploy or rollback that started it ended before its turn"
+    ledger.engine.dispose()
