@@ -9,6 +9,7 @@ import re
 import shutil
 import socket
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -184,15 +185,49 @@ def postgres_database(postgres_admin_url: str) -> Iterator[str]:
         yield url
 
 
+def _port_block() -> range:
+    """This test process's own loopback ports: a block below the kernel's ephemeral range, one block per
+    xdist worker. A port from `bind(0)` comes from the ephemeral range, where another worker's `bind(0)`
+    or any outgoing connection's local port can take it between the moment it is handed out and the
+    moment a server binds it: two workers' sandboxes once got the same production port, and one app
+    could never start."""
+    try:
+        ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32768
+    first, size = 10000, 1500
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    start = first + worker % max(1, (ephemeral - first) // size) * size
+    return range(start, start + size)
+
+
+_next_port = [0]
+_ports_lock = threading.Lock()
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_ports(n: int) -> list[int]:
-    """Loopback ports nobody listens on right now."""
-    sockets = [socket.socket() for _ in range(n)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
+    """Loopback ports nobody listens on right now, that no other process of this test run is handed
+    (`_port_block`), and that this process handed out least recently: it goes round its block."""
+    block = _port_block()
+    found: list[int] = []
+    with _ports_lock:
+        for _ in range(len(block)):
+            port = block[_next_port[0] % len(block)]
+            _next_port[0] += 1
+            if _bindable(port):
+                found.append(port)
+                if len(found) == n:
+                    return found
+    raise RuntimeError(f"no {n} free loopback ports left in {block}")
 
 
 def without_canary(environment_file: str) -> str:
