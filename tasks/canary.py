@@ -27,6 +27,7 @@ from typing import Iterator
 
 from deployments.config import EnvironmentConfig
 from deployments.errors import DeployError, ServiceError
+from deployments.logs import run_log
 from deployments.secrets import redact, resolve_app_environment
 from tasks.steps import read_step
 from tasks.health import assess, probe
@@ -69,6 +70,12 @@ def check_canary(config: EnvironmentConfig, sha: str) -> str:
                 f"({time.monotonic() - started:.1f} s of checks)")
 
 
+# A port taken between its choice and the canary's bind (by an outgoing connection's local port, or
+# another process's bind(0)) makes the canary exit at once saying so; then it is started on another.
+PORT_TRIES = 3
+PORT_TAKEN = ("Address already in use", "Connection in use", "EADDRINUSE")
+
+
 @contextmanager
 def canary(config: EnvironmentConfig) -> Iterator[tuple[str, Path, Processes]]:
     """The release running on a free loopback port until the block ends: (its URL, its log, its processes)."""
@@ -77,32 +84,55 @@ def canary(config: EnvironmentConfig) -> Iterator[tuple[str, Path, Processes]]:
     step = f"check canary ({config.name})"
     # The temporary directory, not the state dir: a unix socket's path must stay under 108 bytes.
     scratch = Path(tempfile.mkdtemp(prefix=f"canary-{config.name}-"))
-    values = {"{port}": str(_free_port()), "{scratch}": str(scratch)}
-
-    def fill(text: str) -> str:  # only these two: a value may hold other braces (JSON, say)
-        for placeholder, value in values.items():
-            text = text.replace(placeholder, value)
-        return text
-
-    env = {**resolve_app_environment(config), **{name: fill(value) for name, value in settings.env.items()}}
-    url = fill(settings.url)
+    moves_port = "{port}" in settings.url or any("{port}" in value for value in settings.env.values())
     argv = expand_argv(settings.start_command or config.service.start_command, config)
     log = scratch / "canary.log"
     process = None
     try:
-        with open(log, "ab") as out:
-            # A killed deploy takes its canary with it: SIGTERM, so the master stops its workers.
-            process = spawn(Command.of(argv, cwd=config.app_dir(), env=child_env(env)), step=step,
-                            error=ServiceError, advice=Advice(start="check service.start_command and [service.canary]",
-                                                              slow="check [service.canary] timeout_seconds"),
-                            stdout=out, stderr=subprocess.STDOUT, new_session=True, die_signal=signal.SIGTERM)
-        _wait_until_answering(process, url + config.health.path, settings.timeout_seconds,
-                              config.health.timeout_seconds, log, step)
+        for attempt in range(1, PORT_TRIES + 1):
+            values = {"{port}": str(_free_port()), "{scratch}": str(scratch)}
+            env = {**resolve_app_environment(config), **{name: _fill(value, values) for name, value in settings.env.items()}}
+            url = _fill(settings.url, values)
+            said_before = log.stat().st_size if log.exists() else 0
+            with open(log, "ab") as out:
+                # A killed deploy takes its canary with it: SIGTERM, so the master stops its workers.
+                process = spawn(Command.of(argv, cwd=config.app_dir(), env=child_env(env)), step=step,
+                                error=ServiceError, advice=Advice(start="check service.start_command and [service.canary]",
+                                                                  slow="check [service.canary] timeout_seconds"),
+                                stdout=out, stderr=subprocess.STDOUT, new_session=True, die_signal=signal.SIGTERM)
+            try:
+                _wait_until_answering(process, url + config.health.path, settings.timeout_seconds,
+                                      config.health.timeout_seconds, log, step)
+                break
+            except ServiceError:
+                if not (moves_port and attempt < PORT_TRIES and process.poll() is not None
+                        and _port_taken(log, said_before)):
+                    raise
+                run_log().warning("%s: port %s was taken as the canary started; starting it on another",
+                                  step, values["{port}"])
+                _stop_group(process)
+                process = None
+        assert process is not None
         yield url, log, Processes(process.pid, env)
     finally:
         if process is not None:
             _stop_group(process)
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _fill(text: str, values: dict[str, str]) -> str:
+    """Only the canary's own placeholders: a value may hold other braces (JSON, say)."""
+    for placeholder, value in values.items():
+        text = text.replace(placeholder, value)
+    return text
+
+
+def _port_taken(log: Path, since: int) -> bool:
+    """What the canary logged from byte `since` on says its address was in use."""
+    with open(log, "rb") as said:
+        said.seek(since)
+        text = said.read().decode(errors="replace")
+    return any(sign in text for sign in PORT_TAKEN)
 
 
 def _wait_until_answering(process: subprocess.Popen[bytes], url: str, timeout: float, probe_timeout: float,

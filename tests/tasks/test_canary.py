@@ -218,3 +218,28 @@ def test_a_killed_deploy_takes_its_canary_with_it(tmp_path: Path) -> None:
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not Path(f"/proc/{pid}").exists(), "the canary outlived the deploy that started it"
+
+
+def test_a_canary_whose_port_was_taken_as_it_started_is_started_on_another(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between the choice of a free port and the canary's bind, another process (or an outgoing
+    connection's local port) can take it: the canary exits saying its address is in use, and is started
+    again on another port rather than failing the release."""
+    import socket
+
+    import tasks.canary
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    choices = iter([port])
+    chosen = tasks.canary._free_port
+    monkeypatch.setattr(tasks.canary, "_free_port", lambda: next(choices, None) or chosen())
+    try:
+        said = check_canary.fn(environment(tmp_path, "good"), SHA)
+    finally:
+        taken.close()
+    moved = re.search(r"on a canary at http://127\.0\.0\.1:(\d+)", said)
+    assert moved is not None and int(moved[1]) != port, said
+    assert_cleaned_up(tmp_path)
