@@ -36,10 +36,11 @@ lock:
 
 # Four workers, one test file each at a time (module fixtures such as a sandbox stay in one process):
 # most tests wait on servers, not on the CPU, so workers beyond the two cores fill their idle time
-# (full runs on 2 cores, same code: 936 s with three workers, 865 s with four; earlier, two workers
-# took 897-1004 s where three took 839 s). Files are handed out in the conftest's order, the longest
-# first (--no-loadscope-reorder: xdist would sort them by their number of tests and leave the long e2e
-# files for last). TEST_WORKERS=0 runs everything in this process.
+# (full runs on 2 cores: three workers took 930 and 936 s with 1.49-1.56 cores busy, four took 865, 880
+# and 950 s with 1.60-1.67; earlier, two took 897-1004 s where three took 839 s; the CPU of a run varies
+# by 10 %, 1386-1522 s). Files are handed out in the conftest's order, the longest first
+# (--no-loadscope-reorder: xdist would sort them by their number of tests and leave the long e2e files
+# for last). TEST_WORKERS=0 runs everything in this process.
 TEST_WORKERS ?= 4
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
