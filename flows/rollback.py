@@ -130,9 +130,10 @@ def rollback(environment: str, failed_run_id: str = "", to: str = "", reason: st
                                     before_any_change=True)
                 # A fleet's hosts start their runs now, before traffic stops: their processes come up while the
                 # database is undone, and no host waits for one to start while users get the maintenance page.
+                # With [dependencies], the release environment each host makes live again.
+                environment_key = subject.environment_before if config.dependencies else None
                 with hosts_standing_by(config, plan.to_sha, record_id, wanted=plan.code, rollback=True,
-                                       environment_key=subject.environment_before if config.dependencies else None
-                                       ) as hosts:
+                                       environment_key=environment_key) as hosts:
                     notify(config, f"Rollback of {environment} started", f"{plan.describe()}\nReason: {reason or '—'}")
                     stop_traffic(config)
                     code_first = code_before_database(config, plan)
@@ -151,8 +152,7 @@ def rollback(environment: str, failed_run_id: str = "", to: str = "", reason: st
                         # Every host, batch by batch as the deploy rolled them: drained, rolled back by its own
                         # worker, healthy, back in rotation. A host already on the previous release is left.
                         assert hosts is not None  # started above, before traffic stopped
-                        roll_fleet(config, plan.to_sha, record_id, hosts, rollback=True,
-                                   environment_key=subject.environment_before if config.dependencies else None)
+                        roll_fleet(config, plan.to_sha, record_id, hosts, rollback=True, environment_key=environment_key)
                     elif not never_ran and config.fleet is None:
                         restart_application(config)
                     # Retried each second until the health deadline, visibly; the first good answer will do:

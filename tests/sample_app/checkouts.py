@@ -24,6 +24,8 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, inspect, text
 from sqlalchemy.pool import NullPool
 
+from tests.conftest import free_ports
+
 PROBE = Path(__file__).resolve().parent / "app_probe.py"
 # No keep-alive: a new connection per request lets the kernel hand requests to either worker.
 HTTP = httpx.Client(timeout=10, limits=httpx.Limits(max_keepalive_connections=0))
@@ -140,12 +142,6 @@ class Database:
         return {table: int(self.scalar(f"SELECT count(*) FROM {table}")) for table in tables}
 
 
-def free_port() -> int:
-    from tests.conftest import free_ports
-
-    return free_ports(1)[0]
-
-
 @dataclass
 class Server:
     base_url: str
@@ -191,7 +187,7 @@ class Server:
 
 def start_gunicorn(checkout: Checkout, run_dir: Path, workers: int = 2) -> Server:
     run_dir.mkdir(parents=True, exist_ok=True)
-    bind = f"127.0.0.1:{free_port()}"
+    bind = f"127.0.0.1:{free_ports(1)[0]}"
     log_file = run_dir / "app.log"
     env = checkout.env | {
         "JOBAPP_BIND": bind,
