@@ -73,7 +73,9 @@ def check_canary(config: EnvironmentConfig, sha: str) -> str:
 # A port taken between its choice and the canary's bind (by an outgoing connection's local port, or
 # another process's bind(0)) makes the canary exit at once saying so; then it is started on another.
 PORT_TRIES = 3
-PORT_TAKEN = ("Address already in use", "Connection in use", "EADDRINUSE")
+# How servers say it, lower-cased: Python and gunicorn ("[Errno 98] Address already in use",
+# "Connection in use"), uvicorn ("...: address already in use"), Node (EADDRINUSE).
+PORT_TAKEN = ("address already in use", "connection in use", "eaddrinuse")
 
 
 @contextmanager
@@ -131,7 +133,7 @@ def _port_taken(log: Path, since: int) -> bool:
     """What the canary logged from byte `since` on says its address was in use."""
     with open(log, "rb") as said:
         said.seek(since)
-        text = said.read().decode(errors="replace")
+        text = said.read().decode(errors="replace").lower()
     return any(sign in text for sign in PORT_TAKEN)
 
 

@@ -243,3 +243,21 @@ def test_a_canary_whose_port_was_taken_as_it_started_is_started_on_another(tmp_p
     moved = re.search(r"on a canary at http://127\.0\.0\.1:(\d+)", said)
     assert moved is not None and int(moved[1]) != port, said
     assert_cleaned_up(tmp_path)
+
+
+@pytest.mark.parametrize("said, taken", [
+    ("OSError: [Errno 98] Address already in use", True),  # Python's http.server
+    ("[ERROR] Connection in use: ('127.0.0.1', 46569)", True),  # gunicorn
+    ("ERROR: [Errno 98] error while attempting to bind on address ('127.0.0.1', 8000): address already in use", True),  # uvicorn
+    ("Error: listen EADDRINUSE: address already in use 127.0.0.1:3000", True),  # node
+    ("ModuleNotFoundError: No module named 'jobapp'", False),
+])
+def test_a_taken_port_is_told_from_the_canarys_log_whatever_server_says_it(tmp_path: Path, said: str, taken: bool) -> None:
+    from tasks.canary import _port_taken
+
+    log = tmp_path / "canary.log"
+    log.write_text("Address already in use (an earlier start's line, before this one)\n")
+    before = log.stat().st_size
+    with log.open("a") as out:
+        out.write(said + "\n")
+    assert _port_taken(log, before) is taken
