@@ -1,9 +1,11 @@
 """verify-prerequisites: the runbook's prerequisites, before anything in the environment changes.
 
     fetch-release · resolve-release      the ref, as a 40-hex SHA; a deploy of the live SHA is a noop
+    start-host-runs                      [fleet]: every host's run started, to stand by for its turn; as
+                                         soon as the SHA is resolved (and is not the live one), created
+                                         while the checks below run
     install-dependencies                 the release's own environment ([dependencies]), built or reused
     check-migrations                     what is pending, read with the release's scripts (and its SQL)
-    start-host-runs                      [fleet]: every host's run started, to stand by for its turn
     check-merged-to-main                 code changes merged to the release branch
     check-workspace                      no hand-made changes a deploy would overwrite
     run-release-tests                    the release's own tests, on a scratch worktree of the SHA
@@ -28,7 +30,7 @@ from prefect.logging import get_run_logger
 from deployments.config import EnvironmentConfig
 from deployments.errors import DeployError, PreflightError
 from tasks.dependencies import install_dependencies
-from tasks.fleet import stand_down_all, start_standing_by
+from tasks.fleet import HostsStarting
 from tasks.health import check_staging_health
 from tasks.migration_lint import LintReport, lint_migrations, with_kinds
 from tasks.migrations import MigrationStatus, Rehearsal, check_migrations, test_migrations
@@ -66,24 +68,29 @@ def release_tree(config: EnvironmentConfig, release_id: int) -> Path:
 @flow(name="verify-prerequisites", flow_run_name="{config.name}: prerequisites for {ref}")
 def verify_prerequisites(config: EnvironmentConfig, staging: EnvironmentConfig | None, ref: str, release_id: int,
                          force: bool = False, start_hosts: bool = False) -> Prerequisites:
-    """`start_hosts`: a [fleet] deploy's; its hosts' runs are started once the release is resolved (and
-    is no noop), and handed over in `Prerequisites.hosts`."""
+    """`start_hosts`: a [fleet] deploy's; its hosts' runs are started as soon as the release is resolved
+    to another SHA than the live one (else once check-migrations finds something to do), created while
+    the checks run, and handed over in `Prerequisites.hosts`."""
     fetch_release(config)
     release = resolve_release(config, ref)
-    tree = add_worktree(config, release.sha, release_tree(config, release_id))
-    install_dependencies(config, tree)
-    environments = {} if config.dependencies is None else {
-        "environment": release_environment(config, config.app_dir(tree)).key,
-        "live_environment": _key(live_environment(config))}
-    status = check_migrations(config, tree, render=True)
-    if release.sha == release.live_sha and not status.pending and not force:
-        return Prerequisites(release, noop=True, pending_migrations=[], migrations=with_kinds(status, None),
-                             **environments)
-    # A fleet's hosts start their runs now: each worker starts its process and builds the release's
-    # environment on its host while the checks below and the approvals run (the deploy stands them down
-    # if it stops before their turn).
-    hosts = start_standing_by(config, release.sha, release_id) if start_hosts and config.fleet else None
+    fleet = start_hosts and config.fleet is not None
+    # A fleet's hosts start their runs as soon as the deploy is sure to change something (another SHA than
+    # the live one), beside the checks below: each worker starts its process and builds the release's
+    # environment on its host while the checks and the approvals run. The deploy stands them down if it
+    # stops before their turn.
+    starting = HostsStarting(config, release.sha, release_id) if fleet and release.sha != release.live_sha else None
     try:
+        tree = add_worktree(config, release.sha, release_tree(config, release_id))
+        install_dependencies(config, tree)
+        environments = {} if config.dependencies is None else {
+            "environment": release_environment(config, config.app_dir(tree)).key,
+            "live_environment": _key(live_environment(config))}
+        status = check_migrations(config, tree, render=True)
+        if release.sha == release.live_sha and not status.pending and not force:
+            return Prerequisites(release, noop=True, pending_migrations=[], migrations=with_kinds(status, None),
+                                 **environments)
+        if fleet and starting is None:  # the live SHA again: its pending migrations, or forced
+            starting = HostsStarting(config, release.sha, release_id)
         check_merged_to_main(config, release.sha)
         check_workspace(config)
         run_release_tests(config, tree)
@@ -95,9 +102,10 @@ def verify_prerequisites(config: EnvironmentConfig, staging: EnvironmentConfig |
             rehearsal = test_migrations(config, tree, config.state_dir / "rehearsal", status)
         if staging is not None:
             verify_staging(staging, release.sha, config.prerequisites.require_staging_version)
+        hosts = starting.runs() if starting is not None else None
     except BaseException:
-        if hosts:
-            stand_down_all(hosts, release_id, "the deploy's prerequisites failed")
+        if starting is not None:
+            starting.stand_down("the deploy's prerequisites failed")
         raise
     return Prerequisites(release, noop=False, pending_migrations=[p.revision for p in status.pending],
                          migrations=status, lint=lint, rehearsal=rehearsal, hosts=hosts, **environments)

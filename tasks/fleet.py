@@ -24,6 +24,7 @@ and the host counts as failed, in an unknown state that the rollback must bring 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -33,9 +34,10 @@ from uuid import UUID
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun
-from prefect.deployments import run_deployment
+from prefect.deployments import arun_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelled
+from prefect.utilities.asyncutils import run_coro_as_sync
 
 from deployments.config import EnvironmentConfig
 from deployments.errors import DeployError, ServiceError
@@ -142,10 +144,44 @@ def start_standing_by(config: EnvironmentConfig, sha: str, release_id: int, roll
                       environment_key: str | None = None) -> dict[str, UUID | None]:
     """Every host's run started, to stand by for its turn; the caller stands them down (stand_down_all)
     if it stops before their turns."""
+    _recorded(config)
+    return start_host_runs(config, sha, release_id, rollback, standby_bound(config, rollback), environment_key)
+
+
+class HostsStarting:
+    """A deploy's `start_standing_by`, submitted: the hosts' runs are created on their queues while the
+    deploy goes on with its checks, and their processes start sooner. `runs()` waits for them, bounded."""
+
+    def __init__(self, config: EnvironmentConfig, sha: str, release_id: int) -> None:
+        _recorded(config)
+        self.config, self.release_id = config, release_id
+        self.future = start_host_runs.submit(config, sha, release_id, False, standby_bound(config, False))
+
+    def runs(self) -> dict[str, UUID | None]:
+        """The hosts' runs, once created; raises what creating them raised (a step error, in the ledger),
+        or a FleetError when that takes longer than the rollout's `start_timeout_seconds`."""
+        assert self.config.fleet is not None
+        bound = self.config.fleet.rollout.start_timeout_seconds
+        self.future.wait(bound)
+        if self.future.state.is_final():
+            return self.future.result()
+        raise FleetError(f"start host runs ({self.config.name})", f"creating the hosts' runs on the Prefect server "
+                         f"took longer than {bound:g} s (rollout.start_timeout_seconds)",
+                         "nothing was changed; check that the server answers (`prefect server` log), then deploy again")
+
+    def stand_down(self, why: str) -> None:
+        """The deploy stops before the rollout: each run created stands down. Runs whose creation failed
+        part-way, or took past the bound, stand down by themselves once the deploy's run has ended."""
+        assert self.config.fleet is not None
+        self.future.wait(self.config.fleet.rollout.start_timeout_seconds)
+        if self.future.state.is_completed():
+            stand_down_all(self.future.result(), self.release_id, why)
+
+
+def _recorded(config: EnvironmentConfig) -> None:
     if ledger_of_release() is None:  # turns are given through the record
         raise FleetError(f"roll fleet ({config.name})", "no ledger record is being written",
                          "a fleet is rolled by a deploy or a rollback, which write one")
-    return start_host_runs(config, sha, release_id, rollback, standby_bound(config, rollback), environment_key)
 
 
 def stand_down_all(runs: dict[str, UUID | None], release_id: int, why: str) -> None:
@@ -161,9 +197,20 @@ def start_host_runs(config: EnvironmentConfig, sha: str, release_id: int, rollba
     """Every host's run created on its host's queue (its id), to stand by for its turn. None for a host
     rolled in this process (no host-release deployment on the server), at its turn."""
     assert config.fleet is not None
-    started = {host.name: start_host_run(config, host, sha, release_id, rollback, standby, environment_key)
-               for host in config.fleet.hosts}
-    return {name: None if run is None else run.id for name, run in started.items()}
+    hosts = config.fleet.hosts
+    started = run_coro_as_sync(_start_host_runs(config, hosts, sha, release_id, rollback, standby, environment_key))
+    assert started is not None
+    return {host.name: None if run is None else run.id for host, run in zip(hosts, started)}
+
+
+async def _start_host_runs(config: EnvironmentConfig, hosts: list[HostConfig], sha: str, release_id: int,
+                           rollback: bool, standby: float, environment_key: str | None) -> list[FlowRun | None]:
+    """The runs created together, over one client: each is three calls to the server, which one after
+    the other held the deploy up for seconds on a busy server. One event loop keeps the runs' links to
+    this step apart (their keys are counted without a pause between reading and counting)."""
+    async with get_client() as client:
+        return list(await asyncio.gather(*(start_host_run(client, config, host, sha, release_id, rollback, standby,
+                                                          environment_key) for host in hosts)))
 
 
 @read_step("wait-for-hosts", retries=0)
@@ -349,16 +396,16 @@ def check_balancer(config: EnvironmentConfig) -> str:
     return f"{len(seen)} hosts in rotation: " + ", ".join(s.describe() for s in seen)
 
 
-def start_host_run(config: EnvironmentConfig, host: HostConfig, sha: str, release_id: int, rollback: bool,
-                   standby: float, environment_key: str | None = None) -> FlowRun | None:
+async def start_host_run(client: Any, config: EnvironmentConfig, host: HostConfig, sha: str, release_id: int,
+                         rollback: bool, standby: float, environment_key: str | None = None) -> FlowRun | None:
     """A `host-release` run on the host's own queue, standing by up to `standby` seconds for its turn;
     None when the server has no such deployment (one machine, no workers)."""
     parameters = {"environment": config.name, "host": host.name, "sha": sha, "release_id": release_id,
                   "rollback": rollback, "standby_seconds": standby,
                   **({"environment_key": environment_key} if environment_key else {})}
     try:
-        run = run_deployment(f"{HOST_FLOW}/{config.name}", parameters=parameters, timeout=0,
-                             work_queue_name=host.queue, as_subflow=True)
+        run = await arun_deployment(f"{HOST_FLOW}/{config.name}", client=client, parameters=parameters, timeout=0,
+                                    work_queue_name=host.queue, as_subflow=True)
     except ObjectNotFound:
         run_log().warning("No %s/%s deployment on this server: %s is rolled in this process at its turn.",
                           HOST_FLOW, config.name, host.name)

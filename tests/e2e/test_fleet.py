@@ -28,6 +28,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -248,9 +249,11 @@ def test_v2_rolls_across_the_fleet_without_failing_a_request(fleet: tuple[Stack,
     assert {f"prepare-environment [{host}]" for host in HOSTS} <= {step.name for step in steps}
     # Built before the turn, so the turn only switches it live.
     assert all("built first" not in step.detail for step in steps if step.name.startswith("switch-environment ["))
-    # The hosts' runs were started in the prerequisites, once the release was resolved: their processes
-    # came up while the rest of the prerequisites ran.
-    assert order.index("resolve-release") < order.index("start-host-runs") < order.index("check-merged-to-main")
+    # The hosts' runs were started in the prerequisites, as soon as the release was resolved, beside the
+    # checks: their processes came up while the rest of the prerequisites ran.
+    started = partial(Ledger.for_state_dir(production.state_dir).step_started_at, release.id)
+    assert order.index("resolve-release") < order.index("start-host-runs")
+    assert started("start-host-runs") < started("run-release-tests"), order
     assert order.index("start-host-runs") < order.index("roll-batch-1")
     came_up = next(step.detail for step in steps if step.name == "wait-for-hosts")
     assert all(f"{host} (up " in came_up for host in HOSTS), came_up
@@ -404,7 +407,7 @@ def test_a_prerequisite_failing_after_the_hosts_started_stands_them_down_having_
     assert release is not None and release.outcome == "aborted", release
     assert not release.code_changed and not release.migration_started
     order = [s.name for s in ledger.steps(release.id)]
-    assert order.index("start-host-runs") < order.index("check-workspace"), order
+    assert "start-host-runs" in order, order  # the live SHA forced: started once check-migrations had run
     runs = {r["parameters"]["host"]: r["id"] for r in host_runs(stack, release.id)}
     assert sorted(runs) == sorted(HOSTS), runs
     deadline = time.monotonic() + 300

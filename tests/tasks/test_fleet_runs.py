@@ -142,3 +142,50 @@ def test_a_standing_by_run_whose_deploy_ended_stands_down_by_itself(tmp_path: Pa
     said = wait_for_turn.fn(ledger, release.id, "web-2", 30)
     assert said == "the deploy or rollback that started it ended before its turn"
     ledger.engine.dispose()
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_every_host_run_is_created_at_once_each_on_its_queue_and_linked_to_the_step_apart(tmp_path: Path) -> None:
+    """The hosts' runs are created together (one event loop, one client): each on its host's queue with
+    its host's parameters, each linked to the deploy under a task run of its own. Links counted from
+    several threads at once could share a key, and the server would then hand two hosts one link."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    from tasks.fleet import HOST_FLOW, start_host_runs
+    from tests.deployments.test_fleet_config import fleet_section, load
+
+    config = load(tmp_path, fleet_section(5))
+    assert config.fleet is not None
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    release = ledger.open_release(environment=config.name, ref="v2")
+    pool = f"hosts-{uuid4().hex[:8]}"
+
+    @flow(name="a-deploy")
+    def a_deploy() -> dict:
+        with recording(ledger, release.id):
+            return start_host_runs(config, "ab" * 20, release.id, False, 60.0)
+
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        deployment = client.create_deployment(flow_id=client.create_flow_from_name(HOST_FLOW), name=config.name,
+                                              work_pool_name=pool, entrypoint="flows/host_release.py:host_release")
+        try:
+            runs = a_deploy()
+            assert list(runs) == [host.name for host in config.fleet.hosts]
+            created = {name: client.read_flow_run(run) for name, run in runs.items()}
+            links = {name: client.read_task_run(run.parent_task_run_id) for name, run in created.items()}
+        finally:
+            client.delete_deployment(deployment)
+            client.delete_work_pool(pool)
+    for host in config.fleet.hosts:
+        run = created[host.name]
+        assert run.work_queue_name == host.queue and run.parameters["host"] == host.name
+        assert run.parameters["release_id"] == release.id and run.parameters["standby_seconds"] == 60.0
+    assert len({link.id for link in links.values()}) == 5
+    assert len({link.dynamic_key for link in links.values()}) == 5
+    assert len({link.flow_run_id for link in links.values()}) == 1
+    [step] = ledger.steps(release.id)
+    assert (step.name, step.status) == ("start-host-runs", "completed")
+    ledger.engine.dispose()
