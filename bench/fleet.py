@@ -421,6 +421,60 @@ def back_to_v1(stack: Any, box: Any) -> None:
 
 # --- main ---------------------------------------------------------------------------------------
 
+@dataclass
+class ServerDatabase:
+    """The Prefect server's database: a scratch PostgreSQL database, as a fleet's server runs on (the
+    README's "Deploying to several hosts"), dropped at the end; SQLite in the server's home when
+    PostgreSQL does not answer (DEPLOY_TEST_POSTGRES_URL, as the tests read it), and said so."""
+
+    admin_url: str | None
+    name: str | None
+
+    @classmethod
+    def create(cls) -> ServerDatabase:
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.exc import OperationalError
+
+        from tests.conftest import POSTGRES_ADMIN_URL
+
+        name = f"bench_fleet_{os.getpid()}"
+        engine = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+        try:
+            with engine.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+        except OperationalError as exc:
+            print(f"PostgreSQL does not answer ({str(exc).splitlines()[0]}): the server runs on SQLite", flush=True)
+            return cls(None, None)
+        finally:
+            engine.dispose()
+        return cls(POSTGRES_ADMIN_URL, name)
+
+    @property
+    def url(self) -> str | None:
+        if self.admin_url is None or self.name is None:
+            return None
+        from sqlalchemy.engine import make_url
+
+        return make_url(self.admin_url).set(drivername="postgresql+asyncpg", database=self.name).render_as_string(
+            hide_password=False)
+
+    def describe(self) -> str:
+        return f"PostgreSQL (database {self.name})" if self.name else "SQLite (PostgreSQL did not answer)"
+
+    def drop(self) -> None:
+        if self.admin_url is None:
+            return
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(self.admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+        try:
+            with engine.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+        finally:
+            engine.dispose()
+
+
 def result(figure: str, ours: float | None, baseline: float | None, target: str | None, met: bool | None,
            unit: str, note: str | None = None) -> None:
     ratio = round(ours / baseline, 3) if ours is not None and baseline else None
@@ -455,8 +509,10 @@ def main() -> int:
     root = scratch / "sandbox"
     staging_port, production_port, server_port = free_ports(3)
     os.environ["DEPLOY_ENVIRONMENTS_DIR"] = str(root / "environments")
+    server_database = ServerDatabase.create()
     stack = Stack(home=scratch / "prefect", port=server_port, environments_dir=root / "environments",
-                  tied_to_caller=True)
+                  database_url=server_database.url, tied_to_caller=True)
+    print(f"Prefect server on {server_database.describe()}", flush=True)
     deploys: list[Observed] = []
     rollbacks: list[Observed] = []
     rollouts: list[dict[str, Any]] = []
@@ -507,6 +563,7 @@ def main() -> int:
         finally:
             if root.exists():
                 sandbox.down(root, log=lambda *_: None)  # the apps and HAProxy
+            server_database.drop()
             if args.keep:
                 print(f"kept {scratch}")
             else:
