@@ -1,4 +1,5 @@
-"""What the deploy benchmarks share: a sandbox of their own, approvers who answer at once, and a paced load.
+"""What the deploy benchmarks share: a sandbox of their own, approvers who answer at once, a paced load, and a
+scratch PostgreSQL database for a Prefect server.
 
 Imported by the scripts in bench/ (which put the project root on sys.path), never run itself: its name
 starts with `_`, so bench/run does not take it for a benchmark.
@@ -8,10 +9,12 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import re
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +147,57 @@ class Load:
         if not self.result_file.exists():
             raise RuntimeError("the load process ended without writing its requests")
         return sorted((tuple(row) for row in json.loads(self.result_file.read_text())), key=lambda row: row[0])
+
+
+@dataclass
+class ServerDatabase:
+    """The Prefect server's database: a scratch PostgreSQL database, as a fleet's server runs on (the
+    README's "Deploying to several hosts"), dropped at the end; SQLite in the server's home when
+    PostgreSQL does not answer (DEPLOY_TEST_POSTGRES_URL, as the tests read it), and said so."""
+
+    admin_url: str | None
+    name: str | None
+
+    @classmethod
+    def create(cls) -> ServerDatabase:
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.exc import OperationalError
+
+        from tests.conftest import POSTGRES_ADMIN_URL
+
+        name = f"bench_fleet_{os.getpid()}"
+        engine = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+        try:
+            with engine.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+        except OperationalError as exc:
+            print(f"PostgreSQL does not answer ({str(exc).splitlines()[0]}): the server runs on SQLite", flush=True)
+            return cls(None, None)
+        finally:
+            engine.dispose()
+        return cls(POSTGRES_ADMIN_URL, name)
+
+    @property
+    def url(self) -> str | None:
+        if self.admin_url is None or self.name is None:
+            return None
+        from sqlalchemy.engine import make_url
+
+        return make_url(self.admin_url).set(drivername="postgresql+asyncpg", database=self.name).render_as_string(
+            hide_password=False)
+
+    def describe(self) -> str:
+        return f"PostgreSQL (database {self.name})" if self.name else "SQLite (PostgreSQL did not answer)"
+
+    def drop(self) -> None:
+        if self.admin_url is None:
+            return
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(self.admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+        try:
+            with engine.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+        finally:
+            engine.dispose()

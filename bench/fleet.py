@@ -63,7 +63,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._harness import Load  # noqa: E402 - the path above makes it importable
+from bench._harness import Load, ServerDatabase  # noqa: E402 - the path above makes it importable
 
 START_RUNS = "start-host-runs"
 WAIT_HOSTS = "wait-for-hosts"
@@ -420,60 +420,6 @@ def back_to_v1(stack: Any, box: Any) -> None:
 
 
 # --- main ---------------------------------------------------------------------------------------
-
-@dataclass
-class ServerDatabase:
-    """The Prefect server's database: a scratch PostgreSQL database, as a fleet's server runs on (the
-    README's "Deploying to several hosts"), dropped at the end; SQLite in the server's home when
-    PostgreSQL does not answer (DEPLOY_TEST_POSTGRES_URL, as the tests read it), and said so."""
-
-    admin_url: str | None
-    name: str | None
-
-    @classmethod
-    def create(cls) -> ServerDatabase:
-        from sqlalchemy import create_engine, text
-        from sqlalchemy.exc import OperationalError
-
-        from tests.conftest import POSTGRES_ADMIN_URL
-
-        name = f"bench_fleet_{os.getpid()}"
-        engine = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
-        try:
-            with engine.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-                conn.execute(text(f'CREATE DATABASE "{name}"'))
-        except OperationalError as exc:
-            print(f"PostgreSQL does not answer ({str(exc).splitlines()[0]}): the server runs on SQLite", flush=True)
-            return cls(None, None)
-        finally:
-            engine.dispose()
-        return cls(POSTGRES_ADMIN_URL, name)
-
-    @property
-    def url(self) -> str | None:
-        if self.admin_url is None or self.name is None:
-            return None
-        from sqlalchemy.engine import make_url
-
-        return make_url(self.admin_url).set(drivername="postgresql+asyncpg", database=self.name).render_as_string(
-            hide_password=False)
-
-    def describe(self) -> str:
-        return f"PostgreSQL (database {self.name})" if self.name else "SQLite (PostgreSQL did not answer)"
-
-    def drop(self) -> None:
-        if self.admin_url is None:
-            return
-        from sqlalchemy import create_engine, text
-
-        engine = create_engine(self.admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
-        try:
-            with engine.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
-        finally:
-            engine.dispose()
-
 
 def result(figure: str, ours: float | None, baseline: float | None, target: str | None, met: bool | None,
            unit: str, note: str | None = None) -> None:
