@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -149,55 +148,18 @@ class Load:
         return sorted((tuple(row) for row in json.loads(self.result_file.read_text())), key=lambda row: row[0])
 
 
-@dataclass
-class ServerDatabase:
-    """The Prefect server's database: a scratch PostgreSQL database, as a fleet's server runs on (the
-    README's "Deploying to several hosts"), dropped at the end; SQLite in the server's home when
-    PostgreSQL does not answer (DEPLOY_TEST_POSTGRES_URL, as the tests read it), and said so."""
+def prefect_server_database(cleanup: ExitStack) -> str | None:
+    """A database for a bench's Prefect server: a scratch PostgreSQL database, as a fleet's server runs on
+    (the README's "Deploying to several hosts"), dropped when `cleanup` closes; None (SQLite in the
+    server's home) when PostgreSQL does not answer at DEPLOY_TEST_POSTGRES_URL, as the tests read it."""
+    from sqlalchemy.engine import make_url
 
-    admin_url: str | None
-    name: str | None
+    from tests.conftest import POSTGRES_ADMIN_URL, _postgres_available, scratch_database
 
-    @classmethod
-    def create(cls) -> ServerDatabase:
-        from sqlalchemy import create_engine, text
-        from sqlalchemy.exc import OperationalError
-
-        from tests.conftest import POSTGRES_ADMIN_URL
-
-        name = f"bench_fleet_{os.getpid()}"
-        engine = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
-        try:
-            with engine.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-                conn.execute(text(f'CREATE DATABASE "{name}"'))
-        except OperationalError as exc:
-            print(f"PostgreSQL does not answer ({str(exc).splitlines()[0]}): the server runs on SQLite", flush=True)
-            return cls(None, None)
-        finally:
-            engine.dispose()
-        return cls(POSTGRES_ADMIN_URL, name)
-
-    @property
-    def url(self) -> str | None:
-        if self.admin_url is None or self.name is None:
-            return None
-        from sqlalchemy.engine import make_url
-
-        return make_url(self.admin_url).set(drivername="postgresql+asyncpg", database=self.name).render_as_string(
-            hide_password=False)
-
-    def describe(self) -> str:
-        return f"PostgreSQL (database {self.name})" if self.name else "SQLite (PostgreSQL did not answer)"
-
-    def drop(self) -> None:
-        if self.admin_url is None:
-            return
-        from sqlalchemy import create_engine, text
-
-        engine = create_engine(self.admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
-        try:
-            with engine.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
-        finally:
-            engine.dispose()
+    problem = _postgres_available()
+    if problem is not None:
+        print(f"PostgreSQL does not answer ({problem}): the Prefect server runs on SQLite", flush=True)
+        return None
+    url = cleanup.enter_context(scratch_database(POSTGRES_ADMIN_URL, "bench_prefect"))
+    print("Prefect server on PostgreSQL (a scratch database, dropped at the end)", flush=True)
+    return make_url(url).set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)

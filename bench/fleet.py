@@ -55,6 +55,7 @@ import time
 import traceback
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -63,7 +64,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._harness import Load, ServerDatabase  # noqa: E402 - the path above makes it importable
+from bench._harness import Load, prefect_server_database  # noqa: E402 - the path above makes it importable
 
 START_RUNS = "start-host-runs"
 WAIT_HOSTS = "wait-for-hosts"
@@ -455,10 +456,9 @@ def main() -> int:
     root = scratch / "sandbox"
     staging_port, production_port, server_port = free_ports(3)
     os.environ["DEPLOY_ENVIRONMENTS_DIR"] = str(root / "environments")
-    server_database = ServerDatabase.create()
+    databases = ExitStack()
     stack = Stack(home=scratch / "prefect", port=server_port, environments_dir=root / "environments",
-                  database_url=server_database.url, tied_to_caller=True)
-    print(f"Prefect server on {server_database.describe()}", flush=True)
+                  database_url=prefect_server_database(databases), tied_to_caller=True)
     deploys: list[Observed] = []
     rollbacks: list[Observed] = []
     rollouts: list[dict[str, Any]] = []
@@ -509,7 +509,7 @@ def main() -> int:
         finally:
             if root.exists():
                 sandbox.down(root, log=lambda *_: None)  # the apps and HAProxy
-            server_database.drop()
+            databases.close()
             if args.keep:
                 print(f"kept {scratch}")
             else:
